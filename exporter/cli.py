@@ -1,0 +1,301 @@
+"""Command line: wires config -> client -> poller -> store -> exposition -> HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, load_config, parse_config
+from .logs import setup_logging
+from .metrics import Exposition
+from .poller import Poller
+from .state import StateFile
+from .store import Store
+from .web import WebApp, parse_listen_address, serve
+from .webconfig import WebConfig, load_web_config
+
+log = logging.getLogger("exporter")
+
+DEFAULT_CONFIG = "config.yaml"
+DEFAULT_LISTEN = ":8491"
+SHUTDOWN_SECONDS = 5.0
+
+# budgets and poll settings of the demo: short intervals so data shows within seconds
+DEMO_BUDGETS = {
+    "demo-origin": ("40GB", "1TB"),
+    "live-events": ("15GB", "400GB"),
+    "vod-library": ("60GB", "1.5TB"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scaleengine-exporter",
+        description="Prometheus exporter for ScaleEngine usage.vse bandwidth and request data.",
+    )
+    p.add_argument("--config", metavar="PATH", help=f"YAML config file (default {DEFAULT_CONFIG})")
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen_address",
+        metavar="ADDR",
+        help=f"address to listen on, overrides web.listen_address (default {DEFAULT_LISTEN})",
+    )
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        metavar="PATH",
+        help="path of the metrics endpoint, overrides web.telemetry_path (default /metrics)",
+    )
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="exporter-toolkit web config (TLS, basic auth), overrides web.config_file",
+    )
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        default="info",
+        choices=["debug", "info", "warn", "warning", "error"],
+    )
+    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+    p.add_argument(
+        "--check-config", action="store_true", help="validate the config and exit (0 ok, 2 bad)"
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="poll every app once, print the exposition, exit 0 if all apps succeeded else 1",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against the built-in ScaleEngine simulator on loopback (no credentials needed)",
+    )
+    p.add_argument("--version", action="version", version=f"scaleengine-exporter {__version__}")
+    return p
+
+
+def demo_config(api_url: str, base: Config | None = None) -> Config:
+    """The demo's config: the simulator's URL and credentials; apps etc. from ``base`` if given."""
+    from .simulator import DEMO_API_KEY, DEMO_API_SECRET, DEMO_APPS, DEMO_CDN_ID
+
+    scaleengine = {
+        "api_url": api_url,
+        "cdn_id": DEMO_CDN_ID,
+        "api_key": DEMO_API_KEY,
+        "api_secret": DEMO_API_SECRET,
+        "timeout": "5s",
+    }
+    if base is not None:
+        data: dict[str, Any] = base_to_dict(base)
+        data["scaleengine"] = scaleengine
+        return parse_config(data, env={}, source="demo")
+    apps = []
+    for name in DEMO_APPS:
+        daily, monthly = DEMO_BUDGETS.get(name, (None, None))
+        entry: dict[str, Any] = {"name": name}
+        if daily:
+            entry["daily_bytes_budget"] = daily
+            entry["monthly_bytes_budget"] = monthly
+        apps.append(entry)
+    data = {
+        "scaleengine": scaleengine,
+        "apps": apps,
+        "poll": {"interval": "10s", "month_interval": "30s"},
+    }
+    return parse_config(data, env={}, source="demo")
+
+
+def base_to_dict(config: Config) -> dict[str, Any]:
+    """The non-secret sections of a loaded config, as data parse_config accepts again."""
+    poll = config.poll
+    limits = config.limits
+    return {
+        "apps": [
+            {
+                k: v
+                for k, v in {
+                    "name": a.name,
+                    "urls": a.urls,
+                    "daily_bytes_budget": a.daily_bytes_budget,
+                    "monthly_bytes_budget": a.monthly_bytes_budget,
+                }.items()
+                if v is not None
+            }
+            for a in config.apps
+        ],
+        "poll": {
+            "interval": poll.interval,
+            "month_interval": poll.month_interval if poll.month_interval is not None else "off",
+            "timezone": poll.timezone,
+            "page_size": poll.page_size,
+            "max_pages": poll.max_pages,
+            "concurrency": poll.concurrency,
+            "retries": poll.retries,
+            "late_data_window": poll.late_data_window,
+            "stale_after": poll.stale_after,
+        },
+        "limits": {
+            "max_videos_per_app": limits.max_videos_per_app,
+            "include": limits.include.pattern if limits.include else None,
+            "exclude": limits.exclude.pattern if limits.exclude else None,
+        },
+        "web": {
+            "listen_address": config.web.listen_address,
+            "telemetry_path": config.web.telemetry_path,
+            "config_file": config.web.config_file,
+        },
+        "state": {"path": config.state.path},
+    }
+
+
+class Exporter:
+    """The assembled daemon: store, poller, exposition and (optionally) the HTTP server."""
+
+    def __init__(self, config: Config, clock: Any = None) -> None:
+        self.config = config
+        self.store = Store([a.name for a in config.apps])
+        state = StateFile(config.state.path) if config.state.path else None
+        kwargs = {"clock": clock} if clock is not None else {}
+        self.poller = Poller(config, self.store, state_file=state, **kwargs)
+        budgets = {
+            a.name: (a.daily_bytes_budget, a.monthly_bytes_budget)
+            for a in config.apps
+            if a.daily_bytes_budget is not None or a.monthly_bytes_budget is not None
+        }
+        self.exposition = Exposition(self.store, config.poll.timezone, budgets)
+        self.server: Any = None
+
+    def serve(self, web_config: WebConfig | None = None) -> str:
+        app = WebApp(
+            self.exposition,
+            self.store,
+            lambda: self.poller.ready,
+            web_config,
+            self.config.web.telemetry_path,
+        )
+        ctx = web_config.ssl_context() if web_config else None
+        self.server, _ = serve(self.config.web.listen_address, app, ctx)
+        self.exposition.start()
+        self.poller.start()
+        return self.server.url
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+        self.exposition.stop()
+        self.poller.shutdown()
+
+
+def _fail(message: str) -> int:
+    print(f"scaleengine-exporter: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = "warning" if args.log_level == "warn" else args.log_level
+    formatter = setup_logging(level, args.log_format)
+
+    simulator = None
+    try:
+        config_path = args.config
+        if config_path is None and not args.demo:
+            config_path = DEFAULT_CONFIG
+        base = load_config(config_path) if config_path else None
+        if args.demo:
+            from .simulator import Simulator
+
+            simulator = Simulator()
+            config = demo_config(simulator.start(), base)
+            log.info("demo mode: polling the built-in simulator", extra={"api_url": simulator.url})
+        else:
+            assert base is not None
+            config = base
+        updates: dict[str, Any] = {}
+        if args.listen_address:
+            updates["listen_address"] = args.listen_address
+        if args.telemetry_path:
+            if not args.telemetry_path.startswith("/"):
+                raise ConfigError("--web.telemetry-path: must start with /")
+            updates["telemetry_path"] = args.telemetry_path
+        if args.web_config_file:
+            updates["config_file"] = args.web_config_file
+        if args.listen_address:
+            try:
+                parse_listen_address(args.listen_address)
+            except ValueError as err:
+                raise ConfigError(f"--web.listen-address: {err}") from None
+        if updates:
+            config = config.model_copy(update={"web": config.web.model_copy(update=updates)})
+        web_config = load_web_config(config.web.config_file) if config.web.config_file else None
+    except ConfigError as err:
+        if simulator is not None:
+            simulator.stop()
+        return _fail(str(err))
+    formatter.secrets = sorted(
+        {s for s in config.secret_values() if s and len(s) >= 4}, key=len, reverse=True
+    )
+
+    if args.check_config:
+        print(f"config ok: {len(config.apps)} app(s)")
+        return 0
+
+    exporter = Exporter(config)
+    if args.once:
+        ok = exporter.poller.poll_all()
+        exporter.exposition.render_now()
+        sys.stdout.buffer.write(exporter.exposition.text())
+        sys.stdout.flush()
+        exporter.poller.shutdown()
+        if simulator is not None:
+            simulator.stop()
+        return 0 if ok else 1
+
+    try:
+        url = exporter.serve(web_config)
+    except OSError as err:
+        return _fail(f"cannot listen on {config.web.listen_address}: {err.strerror or err}")
+    log.info(
+        "listening",
+        extra={"url": url + config.web.telemetry_path, "version": __version__},
+    )
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(3600):
+        pass
+    log.info("shutting down", extra={"signal": signal.Signals(received[0]).name})
+    done = threading.Event()
+
+    def finish() -> None:
+        exporter.stop()
+        if simulator is not None:
+            simulator.stop()
+        done.set()
+
+    threading.Thread(target=finish, name="shutdown", daemon=True).start()
+    if not done.wait(SHUTDOWN_SECONDS - 1):
+        log.warning("shutdown took too long, exiting anyway")
+    logging.shutdown()
+    # polls still waiting on the network hold pool threads; their results are not needed
+    os._exit(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

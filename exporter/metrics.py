@@ -1,0 +1,408 @@
+"""Exposition: the usage series rendered once per poll, the small live part at scrape time.
+
+The per-video usage series (tens of thousands of lines for a large library) only change when a
+poll swaps in a new snapshot, so :class:`Exposition` renders them then: one text fragment per app
+and metric family, cached by snapshot identity, joined into one body and compressed once. A scrape
+sends those stored bytes as they are and renders only the live self-metrics (up, counters, poll
+durations, request outcomes, process metrics) through prometheus_client, which is a few dozen
+lines. For gzip the stored part is kept as a sync-flushed raw deflate stream, so a scrape appends
+the live part's deflate blocks and a trailer instead of recompressing megabytes: the result is
+one ordinary gzip member.
+
+The stored part contains gauges only, whose lines read the same in the Prometheus text format and
+in OpenMetrics; the live part is rendered in whichever format the scraper negotiated, and ends
+with OpenMetrics' ``# EOF``, so the stored part goes first.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import generate_latest as generate_text
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from . import __version__
+from .store import AppStatus, AppUsage, Store
+
+log = logging.getLogger(__name__)
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+GZIP_LEVEL = 6
+_GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+
+_POLLED = "Polled from ScaleEngine usage.vse every poll.interval, not fetched at scrape time."
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    help: str
+    per_video: bool
+
+    def header(self) -> bytes:
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} gauge\n".encode()
+
+
+def usage_families(timezone: str) -> tuple[Family, ...]:
+    """The stored (per-poll) gauge families, in exposition order."""
+    today = f"today (the current day in {timezone})"
+    return (
+        Family(
+            "scaleengine_vse_day_bytes",
+            f"Bytes delivered {today} per video or stream; videos past "
+            f"limits.max_videos_per_app or filtered out are summed in video_url=__other__. "
+            + _POLLED,
+            True,
+        ),
+        Family(
+            "scaleengine_vse_day_requests",
+            f"Play, pause and stop commands received {today} per video or stream. " + _POLLED,
+            True,
+        ),
+        Family(
+            "scaleengine_vse_app_day_bytes",
+            f"Bytes delivered {today} by the app, summed over all its videos. " + _POLLED,
+            False,
+        ),
+        Family(
+            "scaleengine_vse_app_day_requests",
+            f"Play, pause and stop commands received {today} by the app. " + _POLLED,
+            False,
+        ),
+        Family(
+            "scaleengine_vse_app_day_videos",
+            f"Distinct videos or streams with usage {today} in the app. " + _POLLED,
+            False,
+        ),
+        Family(
+            "scaleengine_vse_app_month_bytes",
+            f"Bytes delivered by the app in the current month to date ({timezone}). " + _POLLED,
+            False,
+        ),
+        Family(
+            "scaleengine_vse_app_month_requests",
+            f"Commands received by the app in the current month to date ({timezone}). " + _POLLED,
+            False,
+        ),
+        Family(
+            "scaleengine_vse_app_previous_day_bytes",
+            f"Latest total of bytes delivered yesterday ({timezone}) by the app; yesterday is "
+            "polled for late data for poll.late_data_window after midnight. " + _POLLED,
+            False,
+        ),
+        Family(
+            "scaleengine_vse_app_day_end_timestamp_seconds",
+            f"Unix time at which the app's current day ({timezone}) ends.",
+            False,
+        ),
+        Family(
+            "scaleengine_vse_app_day_bytes_budget",
+            "Daily bandwidth budget of the app in bytes (apps[].daily_bytes_budget).",
+            False,
+        ),
+        Family(
+            "scaleengine_vse_app_month_bytes_budget",
+            "Monthly bandwidth budget of the app in bytes (apps[].monthly_bytes_budget).",
+            False,
+        ),
+    )
+
+
+def escape_label(value: str) -> str:
+    """Escape a label value for the text formats (backslash, double quote, newline)."""
+    if "\\" in value or '"' in value or "\n" in value:
+        value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return value
+
+
+def _format_float(value: float) -> str:
+    if value == int(value) and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
+def render_app(usage: AppUsage) -> dict[str, bytes]:
+    """The app's lines of every stored usage family (without headers), by family name."""
+    app = escape_label(usage.app)
+    prefix_b = 'scaleengine_vse_day_bytes{app="' + app + '",video_url="'
+    prefix_r = 'scaleengine_vse_day_requests{app="' + app + '",video_url="'
+    bytes_lines = []
+    request_lines = []
+    for url, nbytes, nrequests in usage.videos:
+        label = escape_label(url)
+        bytes_lines.append(f'{prefix_b}{label}"}} {nbytes}\n')
+        request_lines.append(f'{prefix_r}{label}"}} {nrequests}\n')
+    out = {
+        "scaleengine_vse_day_bytes": "".join(bytes_lines).encode(),
+        "scaleengine_vse_day_requests": "".join(request_lines).encode(),
+    }
+    app_values: list[tuple[str, int | float | None]] = [
+        ("scaleengine_vse_app_day_bytes", usage.day_bytes),
+        ("scaleengine_vse_app_day_requests", usage.day_requests),
+        ("scaleengine_vse_app_day_videos", usage.day_videos),
+        ("scaleengine_vse_app_month_bytes", usage.month_bytes),
+        ("scaleengine_vse_app_month_requests", usage.month_requests),
+        ("scaleengine_vse_app_previous_day_bytes", usage.previous_day_bytes),
+        ("scaleengine_vse_app_day_end_timestamp_seconds", usage.day_end),
+    ]
+    for name, value in app_values:
+        if value is not None:
+            out[name] = f'{name}{{app="{app}"}} {_format_float(value)}\n'.encode()
+    return out
+
+
+def render_budgets(budgets: Mapping[str, tuple[int | None, int | None]]) -> dict[str, bytes]:
+    day = []
+    month = []
+    for app, (daily, monthly) in budgets.items():
+        label = escape_label(app)
+        if daily is not None:
+            day.append(f'scaleengine_vse_app_day_bytes_budget{{app="{label}"}} {daily}\n')
+        if monthly is not None:
+            month.append(f'scaleengine_vse_app_month_bytes_budget{{app="{label}"}} {monthly}\n')
+    return {
+        "scaleengine_vse_app_day_bytes_budget": "".join(day).encode(),
+        "scaleengine_vse_app_month_bytes_budget": "".join(month).encode(),
+    }
+
+
+class LiveCollector:
+    """prometheus_client collector for the small live part, read from the store at scrape."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterable[Metric]:
+        view = self._store.view()
+        statuses: list[AppStatus] = [view.status[a] for a in sorted(view.status)]
+        bytes_total = CounterMetricFamily(
+            "scaleengine_vse_bytes",
+            "Bytes delivered, counted from the growth of each app's day totals seen since the "
+            "exporter started (late data of yesterday included); a new day starts from zero.",
+            labels=["app"],
+        )
+        requests_total = CounterMetricFamily(
+            "scaleengine_vse_requests",
+            "Play, pause and stop commands, counted from the growth of each app's day totals.",
+            labels=["app"],
+        )
+        up = GaugeMetricFamily(
+            "scaleengine_up", "1 when the app's last poll of usage.vse succeeded.", labels=["app"]
+        )
+        last_success = GaugeMetricFamily(
+            "scaleengine_last_success_timestamp_seconds",
+            "Unix time of the app's last successful poll.",
+            labels=["app"],
+        )
+        duration = GaugeMetricFamily(
+            "scaleengine_poll_duration_seconds",
+            "Wall time of the app's last poll (all pages, retries included).",
+            labels=["app"],
+        )
+        skipped = CounterMetricFamily(
+            "scaleengine_vse_skipped_rows",
+            "usage.vse rows skipped because their numbers were unusable.",
+            labels=["app"],
+        )
+        for st in statuses:
+            bytes_total.add_metric([st.app], st.bytes_total)
+            requests_total.add_metric([st.app], st.requests_total)
+            up.add_metric([st.app], 1 if st.up else 0)
+            if st.last_success is not None:
+                last_success.add_metric([st.app], st.last_success)
+            if st.poll_duration is not None:
+                duration.add_metric([st.app], st.poll_duration)
+            skipped.add_metric([st.app], st.skipped_rows)
+        api = CounterMetricFamily(
+            "scaleengine_api_requests",
+            "HTTP requests made to the ScaleEngine API, by app and outcome "
+            "(success, or the kind of error).",
+            labels=["app", "outcome"],
+        )
+        for (app, outcome), count in sorted(view.requests.items()):
+            api.add_metric([app, outcome], count)
+        info = GaugeMetricFamily(
+            "scaleengine_exporter_build_info",
+            "Build information of scaleengine-exporter; always 1.",
+            labels=["version", "python_version"],
+        )
+        info.add_metric([__version__, platform.python_version()], 1)
+        return [bytes_total, requests_total, up, last_success, duration, skipped, api, info]
+
+
+class Exposition:
+    """Pre-rendered exposition of the store's usage data plus the live part at scrape time."""
+
+    def __init__(
+        self,
+        store: Store,
+        timezone: str = "UTC",
+        budgets: Mapping[str, tuple[int | None, int | None]] | None = None,
+        process_metrics: bool = True,
+        debounce: float = 0.05,
+    ) -> None:
+        self._store = store
+        self._families = usage_families(timezone)
+        self._headers = {f.name: f.header() for f in self._families}
+        self._budget_lines = render_budgets(budgets or {})
+        self._fragments: dict[str, tuple[AppUsage, dict[str, bytes]]] = {}
+        self._lock = threading.Lock()  # one render at a time
+        self._plain: bytes = b""
+        self._deflated: bytes = b""
+        self._crc = 0
+        self._rendered_usage: dict[str, AppUsage] | None = None
+        self._debounce = debounce
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.renders = 0
+        self.live_registry = CollectorRegistry(auto_describe=False)
+        self.live_registry.register(LiveCollector(store))  # type: ignore[arg-type]
+        if process_metrics:
+            ProcessCollector(registry=self.live_registry)
+            PlatformCollector(registry=self.live_registry)
+        self.render_now()
+
+    # -- rendering (poll side) ------------------------------------------------------------
+    def render_now(self) -> bool:
+        """Render the stored part from the store's current usage; False if nothing changed."""
+        with self._lock:
+            _, usage = self._store.usage_view()
+            current = dict(usage)
+            if self._rendered_usage is not None and _same(current, self._rendered_usage):
+                return False
+            started = time.perf_counter()
+            per_app: list[dict[str, bytes]] = []
+            fragments: dict[str, tuple[AppUsage, dict[str, bytes]]] = {}
+            for app in sorted(current):
+                snap = current[app]
+                cached = self._fragments.get(app)
+                if cached is not None and cached[0] is snap:
+                    frag = cached[1]
+                else:
+                    frag = render_app(snap)
+                fragments[app] = (snap, frag)
+                per_app.append(frag)
+            self._fragments = fragments
+            chunks: list[bytes] = []
+            for family in self._families:
+                if family.name in self._budget_lines:
+                    parts = [self._budget_lines[family.name]]
+                else:
+                    parts = [frag.get(family.name, b"") for frag in per_app]
+                if any(parts):
+                    chunks.append(self._headers[family.name])
+                    chunks.extend(parts)
+            plain = b"".join(chunks)
+            compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+            deflated = compressor.compress(plain) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            crc = zlib.crc32(plain)
+            # swap all three at once: a scrape reads them as one tuple
+            self._stored = (plain, deflated, crc)
+            self._rendered_usage = current
+            self.renders += 1
+            log.debug(
+                "rendered exposition",
+                extra={
+                    "bytes": len(plain),
+                    "gzip_bytes": len(deflated),
+                    "seconds": round(time.perf_counter() - started, 4),
+                },
+            )
+            return True
+
+    def start(self) -> None:
+        """Re-render in a background thread whenever the store changes."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="exposition", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        version = -1
+        while not self._stop.is_set():
+            version = self._store.wait_for_change(version, timeout=1.0)
+            if self._stop.is_set():
+                return
+            # let polls that finish together land in one render
+            self._stop.wait(self._debounce)
+            try:
+                self.render_now()
+            except Exception:  # pragma: no cover - a bug; keep serving the last body
+                log.exception("rendering the exposition failed")
+
+    # -- serving (scrape side) ------------------------------------------------------------
+    def stored(self) -> bytes:
+        """The stored (per-poll) part in the text format."""
+        return self._stored[0]
+
+    def live(self, openmetrics: bool = False) -> bytes:
+        if openmetrics:
+            return generate_openmetrics(self.live_registry)
+        return generate_text(self.live_registry)
+
+    def payload(self, openmetrics: bool = False, gzip: bool = False) -> tuple[list[bytes], str]:
+        """Body chunks and content type for one scrape; costs only the live part's rendering."""
+        plain, deflated, crc = self._stored
+        live = self.live(openmetrics)
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        if not gzip:
+            return [plain, live], content_type
+        tail = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        live_deflated = tail.compress(live) + tail.flush(zlib.Z_FINISH)
+        trailer = struct.pack("<II", zlib.crc32(live, crc), (len(plain) + len(live)) & 0xFFFFFFFF)
+        return [_GZIP_HEADER, deflated, live_deflated + trailer], content_type
+
+    def text(self, openmetrics: bool = False) -> bytes:
+        """The whole exposition as one bytes object (for --once and tests)."""
+        chunks, _ = self.payload(openmetrics=openmetrics)
+        return b"".join(chunks)
+
+
+def _same(a: Mapping[str, AppUsage], b: Mapping[str, AppUsage]) -> bool:
+    return a.keys() == b.keys() and all(a[k] is b[k] for k in a)
+
+
+def negotiate(accept: str | None, accept_encoding: str | None) -> tuple[bool, bool]:
+    """(openmetrics, gzip) from the request's Accept and Accept-Encoding headers."""
+    openmetrics = False
+    if accept:
+        for part in accept.split(","):
+            media, _, params = part.strip().partition(";")
+            if media.strip() == "application/openmetrics-text" and not _q_zero(params):
+                openmetrics = True
+                break
+    gzip = False
+    if accept_encoding:
+        for part in accept_encoding.split(","):
+            coding, _, params = part.strip().partition(";")
+            if coding.strip().lower() in ("gzip", "*") and not _q_zero(params):
+                gzip = True
+                break
+    return openmetrics, gzip
+
+
+def _q_zero(params: str) -> bool:
+    for p in params.split(";"):
+        key, _, value = p.strip().partition("=")
+        if key.strip() == "q":
+            try:
+                return float(value) == 0
+            except ValueError:
+                return False
+    return False
+
+
+Clock = Callable[[], float]

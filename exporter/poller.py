@@ -1,0 +1,388 @@
+"""Polling: fetch each app's usage on a schedule, account counters, publish whole snapshots.
+
+One APScheduler job per app (at most one run of an app at a time, missed runs coalesced, a
+little jitter) on a bounded thread pool, so a slow app never delays another. Each run fetches
+today (and yesterday while late data may still arrive, and the month to date when due), folds the
+rows into the cardinality cap, adds the growth of the day totals to the counters, and publishes a
+new :class:`~exporter.store.AppUsage` and :class:`~exporter.store.AppStatus` in one swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor as FuturesPool
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from zoneinfo import ZoneInfo
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from .config import AppConfig, Config
+from .scaleengine import ApiError, ScaleEngineClient, UsageResult
+from .state import AppCounters, StateFile
+from .store import OTHER, AppStatus, AppUsage, Store
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+ClientFactory = Callable[[str], ScaleEngineClient]
+
+
+def fold_videos(
+    videos: dict[str, tuple[int, int]],
+    max_videos: int,
+    include: re.Pattern[str] | None = None,
+    exclude: re.Pattern[str] | None = None,
+) -> tuple[tuple[str, int, int], ...]:
+    """Top ``max_videos`` videos by bytes; the rest and the filtered ones summed in __other__."""
+    other_b = other_r = 0
+    folded = False
+    kept: list[tuple[str, int, int]] = []
+    for url, (nbytes, nrequests) in videos.items():
+        if (
+            url == OTHER
+            or (include is not None and not include.search(url))
+            or (exclude is not None and exclude.search(url))
+        ):
+            other_b += nbytes
+            other_r += nrequests
+            folded = True
+        else:
+            kept.append((url, nbytes, nrequests))
+    kept.sort(key=lambda row: (-row[1], row[0]))
+    if len(kept) > max_videos:
+        for _, nbytes, nrequests in kept[max_videos:]:
+            other_b += nbytes
+            other_r += nrequests
+        del kept[max_videos:]
+        folded = True
+    if folded:
+        kept.append((OTHER, other_b, other_r))
+    return tuple(kept)
+
+
+@dataclass
+class _Month:
+    day: str  # the day the month total was fetched on
+    key: tuple[int, int]
+    bytes: int
+    requests: int
+    day_bytes: int  # today's totals at the time of that fetch
+    day_requests: int
+    fetched_at: float
+
+
+@dataclass
+class _AppState:
+    config: AppConfig
+    client: ScaleEngineClient
+    counters: AppCounters
+    lock: threading.Lock
+    usage: AppUsage | None = None
+    last_success: float | None = None
+    month: _Month | None = None
+    previous_day: tuple[str, int] | None = None
+    skipped_rows: int = 0
+    polled: bool = False
+
+
+def day_bounds(now: float, tz: ZoneInfo) -> tuple[date, float, float]:
+    """(today, start of today, end of today) in ``tz``; start and end as unix times."""
+    today = datetime.fromtimestamp(now, tz).date()
+    start = datetime.combine(today, dtime(0), tz).timestamp()
+    end = datetime.combine(today + timedelta(days=1), dtime(0), tz).timestamp()
+    return today, start, end
+
+
+class Poller:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        clock: Clock = time.time,
+        client_factory: ClientFactory | None = None,
+        state_file: StateFile | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.tz = config.poll.tz
+        self.state_file = state_file
+        self._scheduler: BackgroundScheduler | None = None
+        self._save_lock = threading.Lock()
+        factory = client_factory or self._default_client
+        counters = self._load_counters()
+        self._apps: dict[str, _AppState] = {
+            app.name: _AppState(
+                config=app,
+                client=factory(app.name),
+                counters=counters.get(app.name) or AppCounters(),
+                lock=threading.Lock(),
+            )
+            for app in config.apps
+        }
+        for name, st in self._apps.items():
+            if st.counters.bytes_total or st.counters.requests_total:
+                self.store.publish(name, None, self._status(st, up=False, duration=None))
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _default_client(self, app: str) -> ScaleEngineClient:
+        se = self.config.scaleengine
+        return ScaleEngineClient(
+            api_url=se.api_url,
+            cdn_id=se.cdn_id,
+            api_key=se.api_key.get_secret_value(),
+            api_secret=se.api_secret.get_secret_value(),
+            timeout=se.timeout,
+            page_size=self.config.poll.page_size,
+            max_pages=self.config.poll.max_pages,
+            retries=self.config.poll.retries,
+            clock=self.clock,
+            on_request=lambda outcome: self.store.count_request(app, outcome),
+        )
+
+    def _load_counters(self) -> dict[str, AppCounters]:
+        """Counters from the state file when its day is recent enough; else a fresh start."""
+        today, start, _ = day_bounds(self.clock(), self.tz)
+        yesterday = (today - timedelta(days=1)).isoformat()
+        fresh_origin = {today.isoformat(), yesterday}
+        loaded = self.state_file.load() if self.state_file else None
+        if loaded is not None:
+            saved_day, apps = loaded
+            in_window = (
+                saved_day == yesterday and self.clock() - start < self.config.poll.late_data_window
+            )
+            if saved_day == today.isoformat() or in_window:
+                log.info("state loaded", extra={"path": self.state_file.path, "day": saved_day})
+                for counters in apps.values():
+                    counters.prune(fresh_origin)
+                return apps
+            log.warning(
+                "state file is from an earlier day, counters start fresh",
+                extra={"path": self.state_file.path, "day": saved_day},
+            )
+        return {app.name: AppCounters(origin_days=set(fresh_origin)) for app in self.config.apps}
+
+    # -- one poll ---------------------------------------------------------------------------
+    def poll_app(self, name: str) -> bool:
+        """Poll one app now (today, late yesterday, month when due); True if all succeeded."""
+        st = self._apps[name]
+        with st.lock:
+            ok = self._poll_locked(name, st)
+        self.save_state()
+        return ok
+
+    def _fetch(self, st: _AppState, year: int, month: int, day: int | None) -> UsageResult:
+        result = st.client.fetch_usage(st.config.name, st.config.urls, year, month, day)
+        st.skipped_rows += result.skipped
+        return result
+
+    def _poll_locked(self, name: str, st: _AppState) -> bool:
+        started = time.perf_counter()
+        now = self.clock()
+        today, midnight, day_end = day_bounds(now, self.tz)
+        today_iso = today.isoformat()
+        errors: list[ApiError] = []
+        poll = self.config.poll
+
+        day_result: UsageResult | None = None
+        try:
+            day_result = self._fetch(st, today.year, today.month, today.day)
+        except ApiError as err:
+            errors.append(err)
+
+        if poll.late_data_window > 0 and now - midnight < poll.late_data_window:
+            yesterday = today - timedelta(days=1)
+            try:
+                res = self._fetch(st, yesterday.year, yesterday.month, yesterday.day)
+                y_bytes, y_requests = _totals(res)
+                st.counters.observe(yesterday.isoformat(), y_bytes, y_requests)
+                st.previous_day = (yesterday.isoformat(), y_bytes)
+            except ApiError as err:
+                errors.append(err)
+
+        if day_result is not None:
+            day_bytes, day_requests = _totals(day_result)
+            st.counters.observe(today_iso, day_bytes, day_requests)
+            if poll.month_interval is not None and (
+                st.month is None
+                or st.month.day != today_iso
+                or now - st.month.fetched_at >= poll.month_interval
+            ):
+                try:
+                    res = self._fetch(st, today.year, today.month, None)
+                    m_bytes, m_requests = _totals(res)
+                    st.month = _Month(
+                        today_iso,
+                        (today.year, today.month),
+                        m_bytes,
+                        m_requests,
+                        day_bytes,
+                        day_requests,
+                        now,
+                    )
+                except ApiError as err:
+                    errors.append(err)
+            st.usage = self._build_usage(st, today, day_end, day_result, day_bytes, day_requests)
+        elif st.usage is not None and (
+            st.usage.day != today_iso
+            or st.last_success is None
+            or now - st.last_success > poll.stale_after
+        ):
+            # yesterday's per-video values are not today's, and stale data is not shown forever
+            log.warning(
+                "dropping the app's usage series",
+                extra={"app": name, "reason": "stale" if st.usage.day == today_iso else "new day"},
+            )
+            st.usage = None
+        if not errors:
+            st.last_success = now
+        st.polled = True
+        duration = time.perf_counter() - started
+        for err in errors:
+            log.warning(
+                "poll failed",
+                extra={"app": name, "outcome": err.outcome, "err": str(err)},
+            )
+        status = self._status(st, up=not errors, duration=duration, errors=errors)
+        self.store.publish(name, st.usage, status)
+        log.debug(
+            "polled",
+            extra={"app": name, "ok": not errors, "seconds": round(duration, 3)},
+        )
+        return not errors
+
+    def _build_usage(
+        self,
+        st: _AppState,
+        today: date,
+        day_end: float,
+        result: UsageResult,
+        day_bytes: int,
+        day_requests: int,
+    ) -> AppUsage:
+        limits = self.config.limits
+        videos = fold_videos(
+            result.videos, limits.max_videos_per_app, limits.include, limits.exclude
+        )
+        month_bytes = month_requests = None
+        m = st.month
+        if m is not None and m.day == today.isoformat():
+            # the month total as fetched, moved on by today's growth since that fetch
+            month_bytes = m.bytes + max(0, day_bytes - m.day_bytes)
+            month_requests = m.requests + max(0, day_requests - m.day_requests)
+        previous = None
+        yesterday = (today - timedelta(days=1)).isoformat()
+        if st.previous_day is not None and st.previous_day[0] == yesterday:
+            previous = st.previous_day[1]
+        return AppUsage(
+            app=st.config.name,
+            day=today.isoformat(),
+            day_end=day_end,
+            videos=videos,
+            day_bytes=day_bytes,
+            day_requests=day_requests,
+            day_videos=len(result.videos),
+            month_bytes=month_bytes,
+            month_requests=month_requests,
+            previous_day_bytes=previous,
+        )
+
+    def _status(
+        self,
+        st: _AppState,
+        up: bool,
+        duration: float | None,
+        errors: list[ApiError] | None = None,
+    ) -> AppStatus:
+        return AppStatus(
+            app=st.config.name,
+            polled=st.polled,
+            up=up,
+            last_success=st.last_success,
+            poll_duration=duration,
+            bytes_total=st.counters.bytes_total,
+            requests_total=st.counters.requests_total,
+            skipped_rows=st.skipped_rows,
+            last_error=f"{errors[0].outcome}: {errors[0]}" if errors else None,
+        )
+
+    def save_state(self) -> None:
+        if self.state_file is None:
+            return
+        today, _, _ = day_bounds(self.clock(), self.tz)
+        keep = {today.isoformat(), (today - timedelta(days=1)).isoformat()}
+        with self._save_lock:
+            counters = {}
+            for name, st in self._apps.items():
+                c = st.counters
+                baselines = {d: v for d, v in c.baselines.items() if d in keep}
+                counters[name] = AppCounters(c.bytes_total, c.requests_total, baselines)
+            try:
+                self.state_file.save(today.isoformat(), counters)
+            except OSError as err:
+                log.warning(
+                    "could not save state",
+                    extra={"path": self.state_file.path, "err": err.strerror or str(err)},
+                )
+
+    def poll_all(self) -> bool:
+        """Poll every app once, concurrently (bounded by poll.concurrency); True if all ok."""
+        workers = max(1, min(self.config.poll.concurrency, len(self._apps)))
+        with FuturesPool(max_workers=workers, thread_name_prefix="poll") as pool:
+            results = list(pool.map(self.poll_app, list(self._apps)))
+        return all(results)
+
+    @property
+    def ready(self) -> bool:
+        """True once every app has had a poll attempt finish."""
+        return all(st.polled for st in self._apps.values())
+
+    # -- schedule ---------------------------------------------------------------------------
+    def start(self) -> None:
+        poll = self.config.poll
+        workers = max(1, min(poll.concurrency, len(self._apps)))
+        self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=workers)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        jitter = min(poll.interval * 0.1, 30.0)
+        now = datetime.now(UTC)
+        for name in self._apps:
+            self._scheduler.add_job(
+                self.poll_app,
+                IntervalTrigger(seconds=poll.interval, jitter=jitter, timezone=UTC),
+                args=[name],
+                id=f"poll:{name}",
+                name=f"poll {name}",
+                next_run_time=now,
+            )
+        self._scheduler.start()
+        log.info(
+            "polling started",
+            extra={"apps": len(self._apps), "interval": poll.interval, "workers": workers},
+        )
+
+    def shutdown(self) -> None:
+        """Stop the scheduler without waiting for running polls, then save the state."""
+        if self._scheduler is not None and self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        self.save_state()
+        for st in self._apps.values():
+            st.client.close()
+
+
+def _totals(result: UsageResult) -> tuple[int, int]:
+    total_b = total_r = 0
+    for nbytes, nrequests in result.videos.values():
+        total_b += nbytes
+        total_r += nrequests
+    return total_b, total_r

@@ -1,0 +1,114 @@
+"""Snapshot store: the current, complete view of every app, replaced whole after each poll.
+
+The poller builds a new immutable :class:`AppUsage` and :class:`AppStatus` per poll and hands them
+to :meth:`Store.publish`, which swaps them in under a lock in one step. Readers (the exposition)
+take :meth:`Store.view`, a consistent picture that later polls never change. Nothing here knows
+about HTTP or the exposition format.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+OTHER = "__other__"
+
+
+@dataclass(frozen=True, slots=True)
+class AppUsage:
+    """Usage data of one app as of its last successful poll (the big, per-video part)."""
+
+    app: str
+    day: str  # ISO date of "today" in the poll timezone
+    day_end: float  # unix time at which that day ends
+    # (video_url, bytes, requests) after the cardinality cap and folding, bytes descending
+    videos: tuple[tuple[str, int, int], ...]
+    day_bytes: int
+    day_requests: int
+    day_videos: int
+    month_bytes: int | None = None
+    month_requests: int | None = None
+    previous_day_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AppStatus:
+    """Small, per-app health and counter values; rendered at scrape time."""
+
+    app: str
+    polled: bool = False  # at least one poll attempt finished
+    up: bool = False
+    last_success: float | None = None
+    poll_duration: float | None = None
+    bytes_total: int = 0
+    requests_total: int = 0
+    skipped_rows: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    version: int
+    usage: Mapping[str, AppUsage]
+    status: Mapping[str, AppStatus]
+    requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
+
+
+class Store:
+    """Holds the current snapshot of every app; swaps are atomic, reads never block on polls."""
+
+    def __init__(self, apps: list[str]) -> None:
+        self._apps = list(apps)
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        # (version, usage, status), replaced as one tuple so that readers need no lock
+        self._current: tuple[int, Mapping[str, AppUsage], Mapping[str, AppStatus]] = (
+            0,
+            MappingProxyType({}),
+            MappingProxyType({app: AppStatus(app=app) for app in self._apps}),
+        )
+        self._requests: dict[tuple[str, str], int] = {}
+
+    @property
+    def apps(self) -> list[str]:
+        return list(self._apps)
+
+    def publish(self, app: str, usage: AppUsage | None, status: AppStatus) -> None:
+        """Replace the app's usage (None drops its series) and status in one step."""
+        with self._lock:
+            version, old_usage, old_status = self._current
+            new_usage = dict(old_usage)
+            if usage is None:
+                new_usage.pop(app, None)
+            else:
+                new_usage[app] = usage
+            new_status = dict(old_status)
+            new_status[app] = status
+            self._current = (version + 1, MappingProxyType(new_usage), MappingProxyType(new_status))
+            self._changed.notify_all()
+
+    def count_request(self, app: str, outcome: str) -> None:
+        """Count one API request of an app by outcome (success or an error kind)."""
+        with self._count_lock:
+            key = (app, outcome)
+            self._requests[key] = self._requests.get(key, 0) + 1
+
+    def view(self) -> View:
+        """A consistent picture of all apps; never waits for a poll or a swap."""
+        version, usage, status = self._current
+        # dict() of a dict is one C-level copy under the GIL: safe against concurrent counts
+        return View(version, usage, status, dict(self._requests))
+
+    def usage_view(self) -> tuple[int, Mapping[str, AppUsage]]:
+        """The usage mapping with its version, without copying the request counters."""
+        version, usage, _ = self._current
+        return version, usage
+
+    def wait_for_change(self, version: int, timeout: float | None = None) -> int:
+        """Block until the store's version differs from ``version``; return the new version."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._current[0] != version, timeout=timeout)
+            return self._current[0]

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh Debian/Ubuntu machine with Python 3.11+:
+# installs what the tests need (Debian's prometheus for prometheus + promtool, a venv with the
+# package and its test extras), then ruff (lint + format check) and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+ensure_debian_packages prometheus:promtool prometheus:prometheus
+ensure_venv '.[test]'
+
+echo "== ruff check" && .venv/bin/ruff check .
+echo "== ruff format --check" && .venv/bin/ruff format --check .
+echo "== pytest"
+.venv/bin/python -m pytest "$@"

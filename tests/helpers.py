@@ -1,0 +1,165 @@
+"""Shared test utilities (imported as ``helpers``; tests/ is on pytest's pythonpath)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def need_binary(name: str, package: str = "prometheus") -> str:
+    """Path of a binary the test needs; FAILS (never skips) with a clear message if missing."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} not found on PATH: install Debian's '{package}' package "
+            f"(scripts/test.sh does this when run as root)",
+            pytrace=False,
+        )
+    return path
+
+
+def promtool_check_metrics(text: bytes) -> str:
+    """Run `promtool check metrics` on an exposition; returns its combined output."""
+    promtool = need_binary("promtool")
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, timeout=60
+    )
+    out = (proc.stdout + proc.stderr).decode()
+    assert proc.returncode == 0, f"promtool check metrics failed:\n{out}"
+    return out
+
+
+def samples(text: str | bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a text exposition, keyed by (name, sorted labels)."""
+    if isinstance(text, bytes):
+        text = text.decode()
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in out, f"duplicate sample {key}"
+            out[key] = s.value
+    return out
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 10.0):
+    """(status, headers, body) of a GET; HTTP errors are returned, not raised."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def make_pki(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM files
+    in ``directory``; plus a second, unrelated CA's client certificate."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key():
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(k, path: Path) -> None:
+        path.write_bytes(
+            k.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+
+    def ca(cn: str):
+        k = key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(name(cn))
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(k, hashes.SHA256())
+        )
+        return k, cert
+
+    def leaf(cn: str, ca_key, ca_cert, server: bool):
+        k = key()
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn))
+            .issuer_name(ca_cert.subject)
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        )
+        if server:
+            b = b.add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                ),
+                critical=False,
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        else:
+            b = b.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False
+            ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+        return k, b.sign(ca_key, hashes.SHA256())
+
+    ca_key, ca_cert = ca("test-ca")
+    other_key, other_cert = ca("other-ca")
+    paths = {}
+    for label, (k, cert) in {
+        "server": leaf("localhost", ca_key, ca_cert, True),
+        "client": leaf("scraper", ca_key, ca_cert, False),
+        "stranger": leaf("stranger", other_key, other_cert, False),
+    }.items():
+        paths[f"{label}_cert"] = directory / f"{label}.crt"
+        paths[f"{label}_key"] = directory / f"{label}.key"
+        paths[f"{label}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_key(k, paths[f"{label}_key"])
+    paths["ca"] = directory / "ca.crt"
+    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    return paths

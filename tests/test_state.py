@@ -1,0 +1,67 @@
+"""Counter accounting and the state file."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from exporter.state import AppCounters, StateFile
+
+
+def test_growth_counted_once_and_new_day_from_zero():
+    c = AppCounters(origin_days={"2026-11-26"})
+    assert c.observe("2026-11-26", 1000, 10) == (0, 0)  # under way at start: baseline only
+    assert c.observe("2026-11-26", 1500, 12) == (500, 2)
+    assert c.observe("2026-11-26", 1400, 12) == (0, 0)  # a dip is not negative growth
+    assert c.observe("2026-11-26", 1500, 12) == (0, 0)  # ...and not counted again after it
+    assert c.observe("2026-11-27", 300, 1) == (300, 1)  # a new day starts from its own zero
+    assert c.observe("2026-11-26", 1600, 12) == (100, 0)  # late data of yesterday
+    assert (c.bytes_total, c.requests_total) == (900, 3)
+
+
+def test_state_roundtrip_atomic_and_private(tmp_path):
+    path = tmp_path / "state.json"
+    sf = StateFile(str(path))
+    c = AppCounters(bytes_total=5, requests_total=2, baselines={"2026-11-26": (5, 2)})
+    sf.save("2026-11-26", {"a": c})
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
+    day, apps = sf.load()
+    assert day == "2026-11-26"
+    assert apps["a"].bytes_total == 5 and apps["a"].baselines == {"2026-11-26": (5, 2)}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"[]",
+        b'{"version": 1}',
+        b'{"version":1,"day":"x","apps":{"a":{}}}',
+        b'{"version":1,"day":"d","apps":{"a":{"bytes_total":-1,"requests_total":0,"baselines":{}}}}',
+        b'{"version":1,"day":"d","apps":{"a":{"bytes_total":1,"requests_total":0,"baselines":{"d":[1]}}}}',
+        b"\xff\xfe garbage",
+    ],
+)
+def test_corrupt_state_gives_one_warning_and_fresh_start(tmp_path, caplog, content):
+    path = tmp_path / "state.json"
+    path.write_bytes(content)
+    with caplog.at_level("WARNING"):
+        assert StateFile(str(path)).load() is None
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+
+
+def test_truncated_state_file(tmp_path, caplog):
+    path = tmp_path / "state.json"
+    sf = StateFile(str(path))
+    sf.save("2026-11-26", {"a": AppCounters(7, 1, {"2026-11-26": (7, 1)})})
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING"):
+        assert sf.load() is None
+    assert "corrupt" in caplog.text
+    json.loads(data)  # the full file was valid JSON

@@ -1,0 +1,247 @@
+"""The HTTP side over real sockets: endpoints, negotiation, TLS, basic auth, load."""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import socket
+import ssl
+import threading
+import time
+
+import bcrypt
+import pytest
+from helpers import http_get, make_pki, samples
+
+from exporter.metrics import Exposition
+from exporter.store import AppStatus, AppUsage, Store
+from exporter.web import WebApp, parse_listen_address, serve
+from exporter.webconfig import load_web_config
+
+
+def make_usage(app: str, n: int, day_bytes_offset: int = 0) -> AppUsage:
+    videos = tuple((f"v/{i}.mp4", 10 * (n - i) + day_bytes_offset, i) for i in range(n))
+    return AppUsage(app, "2026-11-26", 1.0e9, videos, sum(v[1] for v in videos), 0, n)
+
+
+@pytest.fixture
+def stack():
+    store = Store(["a", "b"])
+    store.publish("a", make_usage("a", 50), AppStatus("a", polled=True, up=True))
+    expo = Exposition(store, "UTC", {"a": (10**9, None)})
+    ready = {"value": False}
+    servers = []
+
+    def start(web_config=None, path="/metrics"):
+        app = WebApp(expo, store, lambda: ready["value"], web_config, path)
+        ctx = web_config.ssl_context() if web_config else None
+        server, _ = serve("127.0.0.1:0", app, ctx)
+        servers.append(server)
+        return server
+
+    yield store, expo, ready, start
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_endpoints(stack):
+    store, expo, ready, start = stack
+    url = start(path="/probe").url
+    status, headers, body = http_get(url + "/probe")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    s = samples(body)
+    assert s[("scaleengine_vse_day_bytes", (("app", "a"), ("video_url", "v/0.mp4")))] == 500
+    assert http_get(url + "/metrics")[0] == 404
+    assert http_get(url + "/-/healthy")[0] == 200
+    assert http_get(url + "/-/ready")[0] == 503
+    ready["value"] = True
+    assert http_get(url + "/-/ready")[0] == 200
+    status, _, page = http_get(url + "/")
+    assert status == 200 and b'href="/probe"' in page and b"<td>a</td>" in page
+
+
+def test_gzip_and_openmetrics_negotiated(stack):
+    _, _, _, start = stack
+    url = start().url + "/metrics"
+    _, _, plain = http_get(url)
+    status, headers, body = http_get(url, {"Accept-Encoding": "gzip"})
+    assert headers["Content-Encoding"] == "gzip" and len(body) < len(plain)
+    # the live part (process metrics) moves between scrapes: compare the usage samples
+    usage = {k: v for k, v in samples(gzip.decompress(body)).items() if "vse" in k[0]}
+    assert usage == {k: v for k, v in samples(plain).items() if "vse" in k[0]}
+    _, headers, body = http_get(url, {"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+
+
+def test_scrape_never_waits_for_the_store(stack):
+    """A scrape answers while a 'poll' holds the store's lock for longer than the scrape."""
+    store, _, _, start = stack
+    url = start().url
+    with store._lock:  # a poll in the middle of a swap
+        t0 = time.monotonic()
+        status, _, body = http_get(url + "/metrics", timeout=5)
+    # the usage part does not need the lock; the live part is rendered from the last view
+    assert status == 200 and b"scaleengine_vse_day_bytes" in body
+    assert time.monotonic() - t0 < 5
+
+
+def write_web_config(tmp_path, text: str):
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    return load_web_config(path)
+
+
+def test_basic_auth(stack, tmp_path):
+    _, _, _, start = stack
+    hashed = bcrypt.hashpw(b"s3cret-pass", bcrypt.gensalt(rounds=4)).decode()
+    wc = write_web_config(tmp_path, f"basic_auth_users:\n  prom: '{hashed}'\n")
+    url = start(wc).url
+    import base64
+
+    def auth(user, pw):
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()}
+
+    status, headers, _ = http_get(url + "/metrics")
+    assert status == 401 and headers["WWW-Authenticate"].startswith("Basic")
+    assert http_get(url + "/metrics", auth("prom", "wrong"))[0] == 401
+    assert http_get(url + "/metrics", auth("other", "s3cret-pass"))[0] == 401
+    assert http_get(url + "/", auth("prom", "wrong"))[0] == 401
+    status, _, body = http_get(url + "/metrics", auth("prom", "s3cret-pass"))
+    assert status == 200 and b"scaleengine_vse_day_bytes" in body
+    # health stays open for container health checks
+    assert http_get(url + "/-/healthy")[0] == 200
+
+
+def tls_get(url: str, ctx: ssl.SSLContext):
+    host, port = parse_listen_address(url.split("//", 1)[1])
+    conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_tls_with_required_client_certificate(stack, tmp_path):
+    _, _, _, start = stack
+    pki = make_pki(tmp_path)
+    wc = write_web_config(
+        tmp_path,
+        "tls_server_config:\n"
+        f"  cert_file: {pki['server_cert']}\n"
+        f"  key_file: {pki['server_key']}\n"
+        "  client_auth_type: RequireAndVerifyClientCert\n"
+        f"  client_ca_file: {pki['ca']}\n"
+        "  min_version: TLS12\n",
+    )
+    server = start(wc)
+    assert server.url.startswith("https://")
+
+    def client_ctx(cert=None, key=None):
+        ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+        if cert:
+            ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+
+    status, body = tls_get(server.url, client_ctx(pki["client_cert"], pki["client_key"]))
+    assert status == 200 and b"scaleengine_vse_day_bytes" in body
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        tls_get(server.url, client_ctx())  # no client certificate
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)):
+        tls_get(server.url, client_ctx(pki["stranger_cert"], pki["stranger_key"]))
+    # a plain-HTTP client gets no metrics out of the TLS port
+    with pytest.raises((http.client.HTTPException, ConnectionResetError, OSError)):
+        host, port = parse_listen_address(server.url.split("//", 1)[1])
+        conn = http.client.HTTPConnection(host, port, timeout=5)
+        conn.request("GET", "/metrics")
+        conn.getresponse().read()
+
+
+def test_tls_server_only(stack, tmp_path):
+    _, _, _, start = stack
+    pki = make_pki(tmp_path)
+    wc = write_web_config(
+        tmp_path,
+        f"tls_server_config:\n  cert_file: {pki['server_cert']}\n  key_file: {pki['server_key']}\n",
+    )
+    server = start(wc)
+    status, _ = tls_get(server.url, ssl.create_default_context(cafile=str(pki["ca"])))
+    assert status == 200
+    with pytest.raises(ssl.SSLError):  # a client that does not trust the CA refuses it
+        tls_get(server.url, ssl.create_default_context())
+
+
+def test_idle_and_slow_connections_do_not_block_scrapes(stack):
+    _, _, _, start = stack
+    server = start()
+    host, port = parse_listen_address(server.url.split("//", 1)[1])
+    idle = [socket.create_connection((host, port)) for _ in range(100)]
+    slow = socket.create_connection((host, port))
+    slow.sendall(b"GET /metrics HTTP/1.1\r\nHo")  # and never finishes the request
+    try:
+        t0 = time.monotonic()
+        status, _, body = http_get(server.url + "/metrics", timeout=5)
+        assert status == 200 and body
+        assert time.monotonic() - t0 < 5
+    finally:
+        for s in idle + [slow]:
+            s.close()
+
+
+def test_concurrent_scrapers_while_polls_swap_snapshots(stack):
+    """50 scrapers for 10 s on loopback, while snapshots are swapped in: no errors, and every
+    body is one complete snapshot (per-video bytes always add up to the app total)."""
+    store, expo, _, start = stack
+    expo.start()
+    url = start().url + "/metrics"
+    stop = threading.Event()
+    errors: list[str] = []
+    scrapes = [0]
+    lock = threading.Lock()
+
+    def poller():
+        i = 0
+        while not stop.is_set():
+            i += 1
+            store.publish("a", make_usage("a", 50 + i % 7, i), AppStatus("a", True, True))
+            time.sleep(0.01)
+
+    def scraper():
+        host, port = parse_listen_address(url.split("//", 1)[1].split("/", 1)[0])
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        while not stop.is_set():
+            try:
+                conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+                resp = conn.getresponse()
+                body = gzip.decompress(resp.read())
+                if resp.status != 200:
+                    raise AssertionError(f"status {resp.status}")
+                s = samples(body)
+                per_video = sum(v for k, v in s.items() if k[0] == "scaleengine_vse_day_bytes")
+                total = s[("scaleengine_vse_app_day_bytes", (("app", "a"),))]
+                if per_video != total:
+                    raise AssertionError(f"torn snapshot: {per_video} != {total}")
+                with lock:
+                    scrapes[0] += 1
+            except Exception as err:  # noqa: BLE001 - collected and asserted below
+                with lock:
+                    errors.append(repr(err))
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=10)
+        conn.close()
+
+    threads = [threading.Thread(target=scraper) for _ in range(50)]
+    threads.append(threading.Thread(target=poller))
+    for t in threads:
+        t.start()
+    time.sleep(10)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    expo.stop()
+    print(f"{scrapes[0]} scrapes by 50 clients in 10 s, {len(errors)} errors")
+    assert errors == []
+    assert scrapes[0] >= 50

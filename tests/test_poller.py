@@ -1,0 +1,177 @@
+"""The poller against the simulator over real HTTP: snapshots, folding, day changes, faults."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime
+
+import pytest
+from helpers import samples
+
+from exporter.config import parse_config
+from exporter.metrics import Exposition
+from exporter.poller import Poller, fold_videos
+from exporter.simulator import SimClock, Simulator
+from exporter.store import OTHER, Store
+
+APPS = {"alpha": 30, "beta": 8, "gamma": 5}
+
+
+def ts(*args: int) -> float:
+    return datetime(*args, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture
+def sim():
+    clock = SimClock(ts(2026, 3, 10, 15, 0))
+    with Simulator(apps=APPS, clock=clock, seed=7) as s:
+        s.fault_delay = 1.5
+        yield s
+
+
+def make(sim, store=None, **overrides):
+    data = {
+        "scaleengine": {
+            "api_url": sim.url,
+            "cdn_id": sim.cdn_id,
+            "api_key": sim.api_key,
+            "api_secret": sim.api_secret,
+            "timeout": "1s",
+        },
+        "apps": list(APPS),
+        "poll": {"interval": "1m", "page_size": 7, "retries": 1, "month_interval": "1h"},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            data.setdefault(section, {}).update(values)
+        else:
+            data[section] = values
+    config = parse_config(data, env={})
+    store = store or Store([a.name for a in config.apps])
+    return Poller(config, store, clock=sim.clock.now), store
+
+
+# -- folding ----------------------------------------------------------------------------
+
+
+def test_fold_keeps_top_by_bytes_and_sums_the_rest():
+    videos = {f"v{i}": (i * 10, i) for i in range(1, 11)}
+    out = fold_videos(videos, 3)
+    assert [v[0] for v in out] == ["v10", "v9", "v8", OTHER]
+    assert out[-1] == (OTHER, sum(i * 10 for i in range(1, 8)), sum(range(1, 8)))
+    assert sum(v[1] for v in out) == sum(b for b, _ in videos.values())
+    assert fold_videos(videos, 10)[-1][0] != OTHER  # nothing folded: no __other__
+
+
+def test_fold_include_exclude_and_ties():
+    videos = {"a.mp4": (5, 1), "b.mp4": (5, 1), "live/x": (9, 2), OTHER: (1, 1)}
+    out = fold_videos(videos, 10, include=re.compile(r"\.mp4$"), exclude=re.compile("^b"))
+    assert out == (("a.mp4", 5, 1), (OTHER, 15, 4))
+    assert fold_videos({"b": (5, 0), "a": (5, 0)}, 1) == (("a", 5, 0), (OTHER, 5, 0))
+
+
+# -- polls ------------------------------------------------------------------------------
+
+
+def test_poll_publishes_exact_totals_with_duplicates_summed(sim):
+    poller, store = make(sim)
+    assert poller.poll_app("alpha")
+    usage = store.view().usage["alpha"]
+    today = date(2026, 3, 10)
+    assert (usage.day_bytes, usage.day_requests) == sim.reported("alpha", today)
+    assert usage.day == "2026-03-10"
+    assert usage.day_end == ts(2026, 3, 11)
+    per_video = sim.reported_videos("alpha", 2026, 3, 10)
+    assert usage.day_videos == len(per_video)
+    assert {url: (b, r) for url, b, r in usage.videos} == per_video
+    month = sim.reported_videos("alpha", 2026, 3, None)
+    assert usage.month_bytes == sum(b for b, _ in month.values())
+    assert usage.month_requests == sum(r for _, r in month.values())
+    # paged at 7 rows: more than one request per fetch
+    assert sim.requests_for("alpha") > 2
+
+
+def test_cap_folds_and_still_adds_up(sim):
+    poller, store = make(sim, limits={"max_videos_per_app": 4})
+    poller.poll_app("alpha")
+    usage = store.view().usage["alpha"]
+    assert len(usage.videos) == 5 and usage.videos[-1][0] == OTHER
+    assert sum(v[1] for v in usage.videos) == usage.day_bytes
+    assert sum(v[2] for v in usage.videos) == usage.day_requests
+
+
+def test_new_day_replaces_per_video_series_and_counts_on(sim):
+    poller, store = make(sim, poll={"late_data_window": "2h"})
+    expo = Exposition(store, "UTC", {}, process_metrics=False)
+    poller.poll_app("beta")
+    first = store.view().status["beta"]
+    assert first.bytes_total == 0  # a day under way at start only sets the baseline
+    sim.clock.set(ts(2026, 3, 10, 23, 0))
+    poller.poll_app("beta")
+    grown = store.view().status["beta"].bytes_total
+    assert (
+        grown
+        == sim.reported("beta", date(2026, 3, 10))[0]
+        - sim.reported("beta", date(2026, 3, 10), at=ts(2026, 3, 10, 15, 0))[0]
+    )
+    sim.clock.set(ts(2026, 3, 11, 0, 30))
+    poller.poll_app("beta")
+    expo.render_now()
+    s = samples(expo.stored())
+    usage = store.view().usage["beta"]
+    assert usage.day == "2026-03-11"
+    assert (
+        s[("scaleengine_vse_app_day_bytes", (("app", "beta"),))]
+        == sim.reported("beta", date(2026, 3, 11))[0]
+    )
+    assert (
+        s[("scaleengine_vse_app_previous_day_bytes", (("app", "beta"),))]
+        == sim.reported("beta", date(2026, 3, 10))[0]
+    )
+    # only the new day's videos are shown
+    shown = {k[1][1][1] for k in s if k[0] == "scaleengine_vse_day_bytes"}
+    assert shown == {u for u, _, _ in usage.videos}
+    total = store.view().status["beta"].bytes_total
+    assert total == (
+        sim.reported("beta", date(2026, 3, 10))[0]
+        - sim.reported("beta", date(2026, 3, 10), at=ts(2026, 3, 10, 15, 0))[0]
+        + sim.reported("beta", date(2026, 3, 11))[0]
+    )
+
+
+def test_failing_app_is_down_others_untouched_then_stale_series_dropped(sim):
+    poller, store = make(sim, poll={"interval": "1m", "stale_after": "3m"})
+    poller.poll_all()
+    before = store.view()
+    sim.set_fault("alpha", "http_500")
+    sim.clock.advance(60)
+    assert not poller.poll_app("alpha")
+    assert poller.poll_app("beta")
+    view = store.view()
+    assert view.status["alpha"].up is False and view.status["beta"].up is True
+    assert view.usage["alpha"] is before.usage["alpha"]  # last good snapshot still served
+    assert view.requests[("alpha", "http_status")] >= 1
+    sim.clock.advance(200)
+    poller.poll_app("alpha")
+    view = store.view()
+    assert "alpha" not in view.usage  # stale: dropped rather than shown forever
+    assert "beta" in view.usage and "gamma" in view.usage
+    sim.set_fault("alpha", None)
+    assert poller.poll_app("alpha")
+    assert store.view().usage["alpha"].day_bytes > 0
+
+
+def test_month_to_date_moves_with_today(sim):
+    poller, store = make(sim)
+    poller.poll_app("gamma")
+    u1 = store.view().usage["gamma"]
+    requests_before = sim.requests_for("gamma")
+    sim.clock.advance(600)  # within month_interval: month is not fetched again
+    poller.poll_app("gamma")
+    u2 = store.view().usage["gamma"]
+    assert u2.month_bytes - u1.month_bytes == u2.day_bytes - u1.day_bytes
+    month_fetches = [e for e in sim.request_log if e.get("app") == "gamma" and e.get("day") is None]
+    assert month_fetches, "the month to date was fetched"
+    assert sim.requests_for("gamma") - requests_before < len(
+        [e for e in sim.request_log if e.get("app") == "gamma"]
+    )

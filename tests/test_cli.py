@@ -145,19 +145,22 @@ def test_secrets_never_in_any_output_even_at_debug(tmp_path, sim):
             assert KEY not in text and SECRET not in text
 
 
+HEAD = "scaleengine: {cdn_id: 1, api_key: k, api_secret: s}\napps: [a]\n"
+
+
 @pytest.mark.parametrize(
     "content,field",
     [
         (
-            "scaleengine: {cdn_id: 1, api_key: k, api_secret: s}\napps: [a]\npoll: {interval: fast}",
+            HEAD + "poll: {interval: fast}",
             "poll.interval",
         ),
         (
-            "scaleengine: {cdn_id: 1, api_key: k, api_secret: s}\napps: [a]\npoll: {timezone: Mars/X}",
+            HEAD + "poll: {timezone: Mars/X}",
             "poll.timezone",
         ),
         ("scaleengine: {cdn_id: x, api_key: k, api_secret: s}\napps: [a]", "scaleengine.cdn_id"),
-        ("scaleengine: {cdn_id: 1, api_key: k, api_secret: s}\napps: [a]\n  bad: [", "line"),
+        (HEAD + "  bad: [", "line"),
         ("scaleengine: {cdn_id: 1, api_key: k}\napps: [a]", "api_secret"),
     ],
 )

@@ -231,13 +231,31 @@ class LiveCollector:
         )
         for (app, outcome), count in sorted(view.requests.items()):
             api.add_metric([app, outcome], count)
+        poll_errors = CounterMetricFamily(
+            "scaleengine_poll_errors",
+            "Fetches of a poll that failed after retries, by app and outcome (the kind of "
+            "error); the app's last good data is kept until poll.stale_after.",
+            labels=["app", "outcome"],
+        )
+        for (app, outcome), count in sorted(view.poll_errors.items()):
+            poll_errors.add_metric([app, outcome], count)
         info = GaugeMetricFamily(
             "scaleengine_exporter_build_info",
             "Build information of scaleengine-exporter; always 1.",
             labels=["version", "python_version"],
         )
         info.add_metric([__version__, platform.python_version()], 1)
-        return [bytes_total, requests_total, up, last_success, duration, skipped, api, info]
+        return [
+            bytes_total,
+            requests_total,
+            up,
+            last_success,
+            duration,
+            skipped,
+            api,
+            poll_errors,
+            info,
+        ]
 
 
 class Exposition:

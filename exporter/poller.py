@@ -247,6 +247,7 @@ class Poller:
         st.polled = True
         duration = time.perf_counter() - started
         for err in errors:
+            self.store.count_poll_error(name, err.outcome)
             log.warning(
                 "poll failed",
                 extra={"app": name, "outcome": err.outcome, "err": str(err)},

@@ -54,6 +54,7 @@ class View:
     usage: Mapping[str, AppUsage]
     status: Mapping[str, AppStatus]
     requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    poll_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 class Store:
@@ -71,6 +72,7 @@ class Store:
             MappingProxyType({app: AppStatus(app=app) for app in self._apps}),
         )
         self._requests: dict[tuple[str, str], int] = {}
+        self._poll_errors: dict[tuple[str, str], int] = {}
 
     @property
     def apps(self) -> list[str]:
@@ -96,11 +98,17 @@ class Store:
             key = (app, outcome)
             self._requests[key] = self._requests.get(key, 0) + 1
 
+    def count_poll_error(self, app: str, outcome: str) -> None:
+        """Count one failed fetch of a poll (after retries) by outcome."""
+        with self._count_lock:
+            key = (app, outcome)
+            self._poll_errors[key] = self._poll_errors.get(key, 0) + 1
+
     def view(self) -> View:
         """A consistent picture of all apps; never waits for a poll or a swap."""
         version, usage, status = self._current
         # dict() of a dict is one C-level copy under the GIL: safe against concurrent counts
-        return View(version, usage, status, dict(self._requests))
+        return View(version, usage, status, dict(self._requests), dict(self._poll_errors))
 
     def usage_view(self) -> tuple[int, Mapping[str, AppUsage]]:
         """The usage mapping with its version, without copying the request counters."""

@@ -188,7 +188,7 @@ def test_version_and_check_config(tmp_path, sim):
     cfg = write_config(tmp_path, sim)
     proc = run("--check-config", "--config", cfg, env={"SCALEENGINE_API_KEY": KEY})
     assert proc.returncode == 0 and "2 app" in proc.stdout
-    assert sim.request_log == []  # checking the config makes no request
+    assert len(sim.request_log) == 0  # checking the config makes no request
 
 
 def start_daemon(args: list[str], env: dict | None = None) -> tuple[subprocess.Popen, str]:

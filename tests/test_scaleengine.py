@@ -1,0 +1,564 @@
+"""The usage.vse client: request building, parsing, pagination, errors and retries.
+
+Real HTTP on loopback against the simulator; nothing of our network stack is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from datetime import date
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from exporter.phpjson import php_json_encode
+from exporter.scaleengine import (
+    ApiError,
+    Page,
+    ScaleEngineClient,
+    UsageResult,
+    build_request,
+    parse_page,
+)
+from exporter.simulator import FAULT_MODES, Simulator
+
+DOC_EXAMPLE = b"""{
+"status": "success",
+"usage": [
+    {"video_url": "sestore\\/jb\\/my_video.mp4", "bytes_total": "5106077", "requests_total": "0"},
+    {"video_url": "sestore\\/jb\\/my_video.mp4", "bytes_total": "2875558", "requests_total": "0"}
+    ],
+"count": 2,
+"message": "Found Video Usage",
+"handle_time": "0.2191 seconds"
+}"""
+
+
+def make_client(sim: Simulator, **kw) -> ScaleEngineClient:
+    kw.setdefault("timeout", 0.5)
+    kw.setdefault("backoff_base", 0.01)
+    kw.setdefault("backoff_max", 0.02)
+    kw.setdefault("clock", sim.clock.now)
+    return ScaleEngineClient(sim.url, sim.cdn_id, sim.api_key, sim.api_secret, **kw)
+
+
+def today(sim: Simulator) -> date:
+    return sim.today()
+
+
+# -- build_request ---------------------------------------------------------------------------
+
+
+def test_build_request_key_order():
+    r = build_request("K", 158, "demo-origin", None, 2025, 1, 20, 1000, 0, 1737331200.9)
+    assert list(r) == [
+        "command", "api_key", "timestamp", "cdn", "app", "year", "month", "day", "limit", "offset",
+    ]  # fmt: skip
+    assert r["command"] == "usage.vse" and r["timestamp"] == 1737331200 and r["cdn"] == 158
+    r = build_request("K", 158, "a", ["x/y", "z"], 2025, 1, None, 10, 20, 1)
+    assert list(r) == [
+        "command", "api_key", "timestamp", "cdn", "app", "url", "year", "month", "limit", "offset",
+    ]  # fmt: skip
+    assert r["url"] == ["x/y", "z"]
+    with pytest.raises(ValueError):
+        build_request("K", 1, "a", [], 2025, 1, None, 10, 0, 1)
+
+
+# -- parse_page ------------------------------------------------------------------------------
+
+
+def test_parse_doc_example():
+    page = parse_page(DOC_EXAMPLE)
+    assert isinstance(page, Page)
+    assert page.rows == [
+        ("sestore/jb/my_video.mp4", 5106077, 0),
+        ("sestore/jb/my_video.mp4", 2875558, 0),
+    ]
+    assert page.count == 2 and page.skipped == 0
+    assert page.handle_time == pytest.approx(0.2191)
+    assert page.message == "Found Video Usage"
+
+
+def _page(rows, count=None, **extra) -> bytes:
+    obj = {"status": "success", "usage": rows, "count": len(rows) if count is None else count}
+    obj.update(extra)
+    return json.dumps(obj).encode()
+
+
+def test_parse_plain_ints_and_limits():
+    rows = [
+        {"video_url": "a", "bytes_total": 5, "requests_total": 0},
+        {"video_url": "b", "bytes_total": str(2**63 - 1), "requests_total": "007"},
+        {"video_url": "c", "bytes_total": 2**63 - 1, "requests_total": 1},
+    ]
+    page = parse_page(_page(rows))
+    assert page.rows == [("a", 5, 0), ("b", 2**63 - 1, 7), ("c", 2**63 - 1, 1)]
+    assert page.skipped == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"bytes_total": "-1"},
+        {"bytes_total": -1},
+        {"bytes_total": "1.5"},
+        {"bytes_total": 1.5},
+        {"bytes_total": 1.0},
+        {"bytes_total": "12abc"},
+        {"bytes_total": ""},
+        {"bytes_total": " 12"},
+        {"bytes_total": "+12"},
+        {"bytes_total": "1_000"},
+        {"bytes_total": "١٢٣"},  # Arabic-Indic digits: not ASCII
+        {"bytes_total": True},
+        {"requests_total": False},
+        {"bytes_total": str(2**63)},
+        {"bytes_total": 2**63},
+        {"bytes_total": str(2**64)},
+        {"bytes_total": None},
+        {"bytes_total": [1]},
+        {"requests_total": "x"},
+        {"video_url": 5},
+        {"video_url": None},
+        "missing_bytes",
+        "not_a_dict",
+    ],
+    ids=repr,
+)
+def test_bad_rows_skipped_rest_kept(bad):
+    good = {"video_url": "v/1", "bytes_total": "10", "requests_total": "2"}
+    if bad == "missing_bytes":
+        row = {"video_url": "v/x", "requests_total": "1"}
+    elif bad == "not_a_dict":
+        row = ["v/x", "1", "1"]
+    else:
+        row = {"video_url": "v/x", "bytes_total": "1", "requests_total": "1", **bad}
+    page = parse_page(_page([good, row, good]))
+    assert page.rows == [("v/1", 10, 2), ("v/1", 10, 2)]
+    assert page.skipped == 1
+    assert page.count == 3
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"usage": [], "count": 0},  # no status
+        {"status": "ok", "usage": [], "count": 0},
+        {"status": None, "usage": [], "count": 0},
+        {"status": "success", "usage": {"1": {}}, "count": 1},
+        {"status": "success", "usage": "none", "count": 1},
+        {"status": "success", "usage": None, "count": 3},
+        {"status": "success", "usage": []},
+        {"status": "success", "usage": [], "count": "x"},
+        {"status": "success", "usage": [], "count": -1},
+        {"status": "success", "usage": [], "count": 1.0},
+        {"status": "success", "usage": [], "count": True},
+        {"status": "success", "usage": [], "count": None},
+    ],
+    ids=repr,
+)
+def test_bad_response(body):
+    with pytest.raises(ApiError) as ei:
+        parse_page(json.dumps(body).encode())
+    assert ei.value.outcome == "bad_response"
+    assert ei.value.retryable is False
+
+
+def test_tolerated_shapes():
+    assert parse_page(b'{"status":"success","usage":null,"count":0}').rows == []
+    assert parse_page(b'{"status":"success","usage":[],"count":"0"}').count == 0
+
+
+@pytest.mark.parametrize(
+    "body", [b"", b"<html>500</html>", b"\xff\xfe", b"[]", b'"x"', b"1", b"null", b"{"]
+)
+def test_invalid_json(body):
+    with pytest.raises(ApiError) as ei:
+        parse_page(body)
+    assert ei.value.outcome == "invalid_json"
+    assert not ei.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"),
+    [("0000", False), ("0001", False), ("0002", False), ("0003", False), ("0004", True),
+     ("0005", False), ("0006", False), ("1000", True), ("4242", False)],
+)  # fmt: skip
+def test_failure_codes(code, retryable):
+    body = json.dumps({"status": "failure", "code": code, "message": "boom"}).encode()
+    with pytest.raises(ApiError) as ei:
+        parse_page(body)
+    err = ei.value
+    assert err.outcome == f"api_{code}" and err.code == code and err.retryable is retryable
+    assert code in str(err) and "boom" in str(err)
+
+
+def test_failure_without_code():
+    with pytest.raises(ApiError) as ei:
+        parse_page(b'{"status":"failure","message":"nope"}')
+    assert ei.value.outcome == "api_unknown" and ei.value.code is None
+    with pytest.raises(ApiError) as ei:
+        parse_page(b'{"status":"failure","code":{"x":1}}')
+    assert ei.value.outcome == "api_unknown"
+
+
+def test_failure_messages_say_what_to_check():
+    def msg(code):
+        with pytest.raises(ApiError) as ei:
+            parse_page(json.dumps({"status": "failure", "code": code, "message": "m"}).encode())
+        return str(ei.value)
+
+    assert "cdn_id" in msg("0001") and "api_key" in msg("0001")
+    assert "api_secret" in msg("0003")
+    assert "clock" in msg("0002") and "UTC" in msg("0002")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("0.2191 seconds", 0.2191), ("3 seconds", 3.0), (".5s", 0.5), (0.25, 0.25), (1, 1.0),
+     ("", None), ("fast", None), (None, None), (True, None), ("-1 seconds", None), ([], None)],
+)  # fmt: skip
+def test_handle_time(value, expected):
+    page = parse_page(_page([], handle_time=value))
+    assert page.handle_time == (pytest.approx(expected) if expected is not None else None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_parse_page_arbitrary_bytes_raise_only_apierror(body):
+    try:
+        page = parse_page(body)
+    except ApiError:
+        return
+    assert isinstance(page, Page)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+    max_leaves=15,
+)
+_row = st.fixed_dictionaries(
+    {},
+    optional={
+        "video_url": st.one_of(st.text(max_size=10), _json),
+        "bytes_total": st.one_of(st.integers(), st.from_regex(r"\A-?[0-9]{0,21}\Z"), _json),
+        "requests_total": st.one_of(st.integers(), st.text(max_size=5), _json),
+    },
+)
+_pages = st.fixed_dictionaries(
+    {},
+    optional={
+        "status": st.one_of(st.sampled_from(["success", "failure"]), _json),
+        "usage": st.one_of(st.lists(st.one_of(_row, _json), max_size=6), _json),
+        "count": st.one_of(st.integers(), _json),
+        "code": _json,
+        "message": _json,
+        "handle_time": _json,
+    },
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(_json, _pages))
+def test_parse_page_arbitrary_json_raise_only_apierror(value):
+    try:
+        body = json.dumps(value).encode()
+    except ValueError:
+        return
+    try:
+        page = parse_page(body)
+    except ApiError as err:
+        assert isinstance(err.outcome, str) and isinstance(err.retryable, bool)
+        return
+    for url, b, r in page.rows:
+        assert type(url) is str and type(b) is int and type(r) is int
+        assert 0 <= b < 2**63 and 0 <= r < 2**63
+    assert len(page.rows) + page.skipped == len(value.get("usage") or [])
+
+
+def test_parse_a_full_page():
+    rows = [
+        {"video_url": f"sestore/bench/clip-{i:05d}.mp4", "bytes_total": str(i * 7919 + 123456789),
+         "requests_total": str(i)}
+        for i in range(1000)
+    ]  # fmt: skip
+    body = php_json_encode(
+        {"status": "success", "usage": rows, "count": 100_000, "message": "Found Video Usage",
+         "handle_time": "0.2191 seconds"}
+    ).encode()  # fmt: skip
+    # speed is measured in bench/, not asserted here; this checks the big page parses whole
+    page = parse_page(body)
+    assert len(page.rows) == 1000 and page.count == 100_000
+    assert page.rows[999] == ("sestore/bench/clip-00999.mp4", 999 * 7919 + 123456789, 999)
+
+
+# -- the client against the simulator --------------------------------------------------------
+
+
+def test_fetch_day_paginated_exact(simulator):
+    outcomes = []
+    with make_client(simulator, page_size=7, on_request=outcomes.append) as client:
+        day = today(simulator)
+        res = client.fetch_usage("demo-origin", None, day.year, day.month, day.day)
+    assert isinstance(res, UsageResult)
+    expected = simulator.reported_videos("demo-origin", day.year, day.month, day.day)
+    assert res.videos == expected
+    total = (sum(v[0] for v in res.videos.values()), sum(v[1] for v in res.videos.values()))
+    assert total == simulator.reported("demo-origin", day)
+    assert res.count == res.rows and res.skipped == 0
+    assert res.pages == -(-res.count // 7)
+    assert outcomes == ["success"] * res.pages
+    offsets = [e["offset"] for e in simulator.request_log]
+    assert offsets == list(range(0, res.count, 7))  # every row fetched exactly once
+
+
+def test_full_day_equals_delivered(simulator, sim_clock):
+    day = today(simulator)
+    yesterday = date.fromordinal(day.toordinal() - 1)
+    with make_client(simulator, page_size=10) as client:
+        res = client.fetch_usage(
+            "vod-library", None, yesterday.year, yesterday.month, yesterday.day
+        )
+    total = (sum(v[0] for v in res.videos.values()), sum(v[1] for v in res.videos.values()))
+    assert total == simulator.delivered("vod-library", yesterday)
+
+
+def test_duplicates_summed(simulator):
+    day = today(simulator)
+    # the simulator splits some videos into two rows; the client must sum them
+    raw = simulator._rows("vod-library", day.year, day.month, day.day)
+    names = [r[0] for r in raw]
+    dups = {n for n in names if names.count(n) > 1}
+    assert dups, "simulator should produce duplicate rows"
+    with make_client(simulator, page_size=1000) as client:
+        res = client.fetch_usage("vod-library", None, day.year, day.month, day.day)
+    for n in dups:
+        assert res.videos[n] == (
+            sum(r[1] for r in raw if r[0] == n),
+            sum(r[2] for r in raw if r[0] == n),
+        )
+    assert res.rows == len(raw) and len(res.videos) == len(set(names))
+
+
+def test_month_request(simulator):
+    day = today(simulator)
+    with make_client(simulator, page_size=25) as client:
+        res = client.fetch_usage("live-events", None, day.year, day.month, None)
+    assert res.videos == simulator.reported_videos("live-events", day.year, day.month, None)
+    assert simulator.request_log[0]["day"] is None
+
+
+def test_url_filter_and_unicode(simulator):
+    day = today(simulator)
+    wanted = [v for v in simulator.videos("demo-origin") if not v.isascii()]
+    assert any(ord(c) > 0xFFFF for v in wanted for c in v)
+    with make_client(simulator) as client:
+        res = client.fetch_usage("demo-origin", wanted, day.year, day.month, day.day)
+    assert set(res.videos) <= set(wanted)
+    expected = {
+        k: v
+        for k, v in simulator.reported_videos("demo-origin", day.year, day.month, day.day).items()
+        if k in wanted
+    }
+    assert res.videos == expected
+
+
+def test_server_page_cap_below_limit(sim_clock):
+    with Simulator(clock=sim_clock, max_page_size=4) as sim:
+        day = sim.today()
+        with make_client(sim, page_size=1000) as client:
+            res = client.fetch_usage("vod-library", None, day.year, day.month, day.day)
+        assert res.videos == sim.reported_videos("vod-library", day.year, day.month, day.day)
+        assert res.pages == -(-res.count // 4)
+
+
+def test_empty_result(simulator):
+    future = date.fromordinal(today(simulator).toordinal() + 40)
+    with make_client(simulator) as client:
+        res = client.fetch_usage("demo-origin", None, future.year, future.month, future.day)
+        assert res.videos == {} and res.count == 0 and res.pages == 1
+        res = client.fetch_usage("no-such-app", None, future.year, future.month, None)
+        assert res.videos == {}
+
+
+FAULT_OUTCOMES = {
+    "reset": ("connection", True),
+    "timeout": ("timeout", True),
+    "http_500": ("http_status", True),
+    "http_503": ("http_status", True),
+    "invalid_json": ("invalid_json", False),
+    "not_object": ("invalid_json", False),
+    "usage_not_list": ("bad_response", False),
+    "ignore_offset": ("pagination", False),
+    "count_changes": ("pagination", False),
+    "empty_page_early": ("pagination", False),
+    **{f"failure_{c}": (f"api_{c}", c in ("0004", "1000"))
+       for c in ("0000", "0001", "0002", "0003", "0004", "0005", "0006", "1000")},
+}  # fmt: skip
+
+
+def test_fault_table_covers_all_modes():
+    from exporter.simulator import ROW_FAULTS
+
+    assert set(FAULT_OUTCOMES) | ROW_FAULTS == FAULT_MODES
+
+
+@pytest.mark.parametrize("mode", sorted(FAULT_OUTCOMES))
+def test_fault_modes(simulator, mode):
+    outcome, retryable = FAULT_OUTCOMES[mode]
+    simulator.set_fault("demo-origin", mode)
+    seen = []
+    day = today(simulator)
+    with make_client(simulator, page_size=10, retries=2, timeout=0.3, on_request=seen.append) as c:
+        with pytest.raises(ApiError) as ei:
+            c.fetch_usage("demo-origin", None, day.year, day.month, day.day)
+        err = ei.value
+        assert err.outcome == outcome and err.retryable is retryable
+        n = simulator.requests_for("demo-origin")
+        if retryable:
+            assert n == 3 and seen == [outcome] * 3
+        elif outcome == "pagination":
+            assert n == 2 and seen == ["success", "success"]
+        else:
+            assert n == 1 and seen == [outcome]
+        # other apps are not affected
+        assert c.fetch_usage("live-events", None, day.year, day.month, day.day).count > 0
+
+
+@pytest.mark.parametrize("mode", ["reset", "timeout", "http_503", "failure_1000", "failure_0004"])
+def test_transient_faults_retried_then_succeed(simulator, mode):
+    simulator.set_fault(None, mode, times=2)
+    seen = []
+    day = today(simulator)
+    with make_client(simulator, retries=3, timeout=0.3, on_request=seen.append) as c:
+        res = c.fetch_usage("demo-origin", None, day.year, day.month, day.day)
+    assert res.videos == simulator.reported_videos("demo-origin", day.year, day.month, day.day)
+    assert seen[2:] == ["success"] and len(seen) == 3 and seen[0] != "success"
+    assert simulator.requests_for("demo-origin") == 3
+
+
+@pytest.mark.parametrize("code", ["0000", "0001", "0002", "0003", "0005", "0006"])
+def test_non_retryable_codes_one_request(simulator, code):
+    simulator.set_fault(None, f"failure_{code}", times=5)
+    day = today(simulator)
+    with make_client(simulator, retries=3) as c, pytest.raises(ApiError) as ei:
+        c.fetch_usage("demo-origin", None, day.year, day.month, day.day)
+    assert ei.value.outcome == f"api_{code}" and ei.value.code == code
+    assert simulator.requests_for("demo-origin") == 1
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["missing_fields", "negative_bytes", "fractional_bytes", "non_numeric_bytes", "huge_bytes",
+     "bool_bytes"],
+)  # fmt: skip
+def test_bad_rows_skipped_in_fetch(simulator, mode):
+    simulator.set_fault("vod-library", mode)
+    day = today(simulator)
+    with make_client(simulator, page_size=10) as c:
+        res = c.fetch_usage("vod-library", None, day.year, day.month, day.day)
+    assert res.videos == simulator.reported_videos("vod-library", day.year, day.month, day.day)
+    assert res.skipped == res.pages  # one bad row per page
+    assert res.rows + res.skipped == res.count
+
+
+def test_max_pages(simulator):
+    day = today(simulator)
+    with make_client(simulator, page_size=3, max_pages=2) as c, pytest.raises(ApiError) as ei:
+        c.fetch_usage("demo-origin", None, day.year, day.month, day.day)
+    assert ei.value.outcome == "pagination" and "max_pages" in str(ei.value)
+    assert simulator.requests_for("demo-origin") == 2
+
+
+def test_connection_refused():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    seen = []
+    client = ScaleEngineClient(
+        f"http://127.0.0.1:{port}/stable/", 1, "k" * 32, "s" * 64, timeout=0.5, retries=1,
+        backoff_base=0.01, on_request=seen.append,
+    )  # fmt: skip
+    with client, pytest.raises(ApiError) as ei:
+        client.fetch_usage("a", None, 2025, 1, 1)
+    assert ei.value.outcome == "connection" and ei.value.retryable
+    assert seen == ["connection", "connection"]
+
+
+def test_clock_skew_gives_0002_with_local_time(simulator, sim_clock):
+    skewed = lambda: sim_clock.now() - 3600  # noqa: E731
+    day = today(simulator)
+    with make_client(simulator, clock=skewed) as c, pytest.raises(ApiError) as ei:
+        c.fetch_usage("demo-origin", None, day.year, day.month, day.day)
+    assert ei.value.outcome == "api_0002" and not ei.value.retryable
+    assert "clock" in str(ei.value)
+    assert time.strftime("%Y-%m-%dT%H", time.gmtime(skewed())) in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    ("kw", "outcome"),
+    [({"api_secret": "wrong-secret-" + "x" * 51}, "api_0003"),
+     ({"api_key": "WRONGKEY" * 4}, "api_0001"),
+     ({"cdn_id": 1}, "api_0001")],
+)  # fmt: skip
+def test_secrets_never_in_errors(simulator, kw, outcome):
+    args = {"cdn_id": simulator.cdn_id, "api_key": simulator.api_key,
+            "api_secret": simulator.api_secret} | kw  # fmt: skip
+    client = ScaleEngineClient(simulator.url, clock=simulator.clock.now, timeout=0.5, **args)
+    day = today(simulator)
+    with client, pytest.raises(ApiError) as ei:
+        client.fetch_usage("demo-origin", None, day.year, day.month, day.day)
+    err = ei.value
+    assert err.outcome == outcome
+    text = str(err) + repr(err) + repr(err.args) + repr(client)
+    for secret in (args["api_key"], args["api_secret"], simulator.api_secret):
+        assert secret not in text
+    assert "signature" not in text.lower() or "signature failed" in text.lower()
+    assert '"command"' not in text
+
+
+def test_server_echo_of_secret_is_scrubbed(sim_clock):
+    # even if the server put our key or secret in its message, it would not reach the error
+    sim = Simulator(clock=sim_clock)
+    original = sim._failure
+    sim._failure = lambda code, detail: original(code, f"{sim.api_key} {sim.api_secret}")
+    with sim, make_client(sim) as c:
+        sim.set_fault(None, "failure_0005")
+        with pytest.raises(ApiError) as ei:
+            c.fetch_usage("demo-origin", None, 2025, 1, 1)
+    assert sim.api_key not in str(ei.value) and sim.api_secret not in str(ei.value)
+    assert "***" in str(ei.value)
+
+
+def test_user_agent_and_session_reuse(simulator):
+    from exporter import __version__
+
+    client = make_client(simulator)
+    assert client.session.headers["User-Agent"] == f"scaleengine-exporter/{__version__}"
+    assert client.session.verify is True
+    client.close()
+    c2 = make_client(simulator, user_agent="custom/1")
+    assert c2.session.headers["User-Agent"] == "custom/1"
+    c2.close()
+
+
+def test_timestamp_from_clock(simulator, sim_clock):
+    sim_clock.advance(100)
+    day = today(simulator)
+    with make_client(simulator) as c:
+        c.fetch_usage("demo-origin", None, day.year, day.month, day.day)
+    assert simulator.request_log[-1]["request_timestamp"] == int(sim_clock.now())
+
+
+def test_static_rows_pages_cached(sim_clock):
+    rows = [(f"sestore/bench/v{i}.mp4", i * 1000, i) for i in range(2500)]
+    with Simulator(clock=sim_clock, static_rows={"bench": rows}) as sim:
+        with make_client(sim, page_size=1000) as c:
+            a = c.fetch_usage("bench", None, 2025, 1, 20)
+            b = c.fetch_usage("bench", None, 2025, 1, 20)
+        assert a.videos == b.videos == {r[0]: (r[1], r[2]) for r in rows}
+        assert a.pages == 3 and len(sim._page_cache) == 3

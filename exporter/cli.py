@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, load_config, parse_config
+from .config import Config, ConfigError, load_config, load_yaml_file, parse_config
 from .logs import setup_logging
 from .metrics import Exposition
 from .poller import Poller
@@ -60,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="exporter-toolkit web config (TLS, basic auth), overrides web.config_file",
     )
     p.add_argument(
+        "--state.path",
+        dest="state_path",
+        metavar="PATH",
+        help="file that keeps the counters across restarts, overrides state.path",
+    )
+    p.add_argument(
         "--log.level",
         dest="log_level",
         default="info",
@@ -83,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def demo_config(api_url: str, base: Config | None = None) -> Config:
-    """The demo's config: the simulator's URL and credentials; apps etc. from ``base`` if given."""
+def demo_config(api_url: str, path: str | None = None) -> Config:
+    """The demo's config: the simulator's URL and fake credentials in the scaleengine section.
+
+    With ``path``, that file's apps, budgets, poll, limits, web and state settings are used
+    (its scaleengine section, if any, is replaced); without, the simulator's demo apps with
+    budgets and short intervals so that data shows within seconds.
+    """
     from .simulator import DEMO_API_KEY, DEMO_API_SECRET, DEMO_APPS, DEMO_CDN_ID
 
     scaleengine = {
@@ -94,17 +105,18 @@ def demo_config(api_url: str, base: Config | None = None) -> Config:
         "api_secret": DEMO_API_SECRET,
         "timeout": "5s",
     }
-    if base is not None:
-        data: dict[str, Any] = base_to_dict(base)
+    if path is not None:
+        data = load_yaml_file(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data["scaleengine"] = scaleengine
-        return parse_config(data, env={}, source="demo")
+        base_dir = os.path.dirname(os.path.abspath(path))
+        return parse_config(data, env={}, source=path, base_dir=base_dir)
     apps = []
     for name in DEMO_APPS:
-        daily, monthly = DEMO_BUDGETS.get(name, (None, None))
         entry: dict[str, Any] = {"name": name}
-        if daily:
-            entry["daily_bytes_budget"] = daily
-            entry["monthly_bytes_budget"] = monthly
+        if name in DEMO_BUDGETS:
+            entry["daily_bytes_budget"], entry["monthly_bytes_budget"] = DEMO_BUDGETS[name]
         apps.append(entry)
     data = {
         "scaleengine": scaleengine,
@@ -112,49 +124,6 @@ def demo_config(api_url: str, base: Config | None = None) -> Config:
         "poll": {"interval": "10s", "month_interval": "30s"},
     }
     return parse_config(data, env={}, source="demo")
-
-
-def base_to_dict(config: Config) -> dict[str, Any]:
-    """The non-secret sections of a loaded config, as data parse_config accepts again."""
-    poll = config.poll
-    limits = config.limits
-    return {
-        "apps": [
-            {
-                k: v
-                for k, v in {
-                    "name": a.name,
-                    "urls": a.urls,
-                    "daily_bytes_budget": a.daily_bytes_budget,
-                    "monthly_bytes_budget": a.monthly_bytes_budget,
-                }.items()
-                if v is not None
-            }
-            for a in config.apps
-        ],
-        "poll": {
-            "interval": poll.interval,
-            "month_interval": poll.month_interval if poll.month_interval is not None else "off",
-            "timezone": poll.timezone,
-            "page_size": poll.page_size,
-            "max_pages": poll.max_pages,
-            "concurrency": poll.concurrency,
-            "retries": poll.retries,
-            "late_data_window": poll.late_data_window,
-            "stale_after": poll.stale_after,
-        },
-        "limits": {
-            "max_videos_per_app": limits.max_videos_per_app,
-            "include": limits.include.pattern if limits.include else None,
-            "exclude": limits.exclude.pattern if limits.exclude else None,
-        },
-        "web": {
-            "listen_address": config.web.listen_address,
-            "telemetry_path": config.web.telemetry_path,
-            "config_file": config.web.config_file,
-        },
-        "state": {"path": config.state.path},
-    }
 
 
 class Exporter:
@@ -208,19 +177,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     simulator = None
     try:
-        config_path = args.config
-        if config_path is None and not args.demo:
-            config_path = DEFAULT_CONFIG
-        base = load_config(config_path) if config_path else None
         if args.demo:
             from .simulator import Simulator
 
             simulator = Simulator()
-            config = demo_config(simulator.start(), base)
+            config = demo_config(simulator.start(), args.config)
             log.info("demo mode: polling the built-in simulator", extra={"api_url": simulator.url})
         else:
-            assert base is not None
-            config = base
+            config = load_config(args.config or DEFAULT_CONFIG)
         updates: dict[str, Any] = {}
         if args.listen_address:
             updates["listen_address"] = args.listen_address
@@ -237,6 +201,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ConfigError(f"--web.listen-address: {err}") from None
         if updates:
             config = config.model_copy(update={"web": config.web.model_copy(update=updates)})
+        if args.state_path:
+            state = config.state.model_copy(update={"path": args.state_path})
+            config = config.model_copy(update={"state": state})
         web_config = load_web_config(config.web.config_file) if config.web.config_file else None
     except ConfigError as err:
         if simulator is not None:

@@ -277,3 +277,23 @@ def _up(url: str) -> bool:
         return http_get(url + "/-/healthy", timeout=1)[0] == 200
     except OSError:
         return False
+
+
+def test_state_path_flag_overrides_the_config(tmp_path, sim):
+    cfg = write_config(tmp_path, sim)
+    state = tmp_path / "from-flag.json"
+    proc = run(
+        "--once", "--config", cfg, "--state.path", str(state), env={"SCALEENGINE_API_KEY": KEY}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert state.exists() and oct(state.stat().st_mode & 0o777) == "0o600"
+
+
+def test_demo_with_a_config_needs_no_scaleengine_section(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text("apps:\n  - name: live-events\n    daily_bytes_budget: 1KB\n")
+    proc = run("--demo", "--once", "--config", str(path))
+    assert proc.returncode == 0, proc.stderr
+    s = samples(proc.stdout)
+    assert {dict(k[1]).get("app") for k in s if k[0] == "scaleengine_up"} == {"live-events"}
+    assert s[("scaleengine_vse_app_day_bytes_budget", (("app", "live-events"),))] == 1000

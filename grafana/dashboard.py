@@ -1,0 +1,509 @@
+"""Generate grafana/scaleengine-usage.json with grafanalib (pinned 0.7.1).
+
+    python grafana/dashboard.py            # rewrite the committed JSON
+    python grafana/dashboard.py --check    # exit 1 if the committed JSON is stale
+
+The dashboard uses a datasource variable (no ``__inputs``), so the same file can be
+imported through the Grafana UI and provisioned from grafana/provisioning/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import attr
+from grafanalib._gen import DashboardEncoder
+from grafanalib.core import (
+    Dashboard,
+    GridPos,
+    Panel,
+    RowPanel,
+    Stat,
+    Table,
+    Target,
+    Template,
+    Templating,
+    Time,
+    TimeSeries,
+)
+
+OUTPUT = Path(__file__).resolve().parent / "scaleengine-usage.json"
+
+UID = "scaleengine-usage"
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+APP = 'app=~"$app"'
+VIDEOS = f'{APP}, video_url!="__other__"'
+
+# Thresholds shared by the budget panels: warning at 80%, exceeded at 100%
+# (the same as the ScaleEngine*BudgetWarning/Exceeded alerts).
+BUDGET_STEPS = [
+    {"color": "green", "value": None},
+    {"color": "orange", "value": 0.8},
+    {"color": "red", "value": 1},
+]
+# Age of the last successful poll: ScaleEngineDataStale fires after 30 minutes.
+AGE_STEPS = [
+    {"color": "green", "value": None},
+    {"color": "orange", "value": 600},
+    {"color": "red", "value": 1800},
+]
+
+
+@attr.s
+class BarGauge(Panel):
+    """A bar gauge in the current (fieldConfig) panel schema.
+
+    grafanalib 0.7.1's BarGauge still writes the Grafana 6 ``fieldOptions`` layout.
+    """
+
+    unit = attr.ib(default="percentunit")
+    min = attr.ib(default=0)
+    max = attr.ib(default=1.2)
+    displayMode = attr.ib(default="gradient")
+    orientation = attr.ib(default="horizontal")
+
+    def to_json_data(self) -> dict[str, Any]:
+        return self.panel_json(
+            {
+                "fieldConfig": {
+                    "defaults": {
+                        "color": {"mode": "thresholds"},
+                        "mappings": [],
+                        "max": self.max,
+                        "min": self.min,
+                        "unit": self.unit,
+                    },
+                    "overrides": [],
+                },
+                "options": {
+                    "displayMode": self.displayMode,
+                    "minVizHeight": 10,
+                    "minVizWidth": 0,
+                    "orientation": self.orientation,
+                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                    "showUnfilled": True,
+                    "valueMode": "color",
+                },
+                "type": "bargauge",
+            }
+        )
+
+
+def target(expr: str, legend: str = "{{app}}", ref: str = "A", **kwargs: Any) -> Target:
+    """A Prometheus query against the dashboard's datasource variable."""
+    return Target(
+        expr=expr,
+        legendFormat=legend,
+        refId=ref,
+        datasource=DATASOURCE,
+        intervalFactor=1,
+        **kwargs,
+    )
+
+
+def budget_override(unit: str) -> list[dict[str, Any]]:
+    """Draw the budget series (legend "... budget") as dashed lines without fill."""
+    return [
+        {
+            "matcher": {"id": "byRegexp", "options": ".* budget$"},
+            "properties": [
+                {"id": "custom.lineStyle", "value": {"dash": [10, 10], "fill": "dash"}},
+                {"id": "custom.fillOpacity", "value": 0},
+                {"id": "unit", "value": unit},
+            ],
+        }
+    ]
+
+
+def timeseries(
+    title: str, description: str, targets: list[Target], unit: str, **kw: Any
+) -> TimeSeries:
+    return TimeSeries(
+        title=title,
+        description=description,
+        dataSource=DATASOURCE,
+        targets=targets,
+        unit=unit,
+        legendDisplayMode="table",
+        legendPlacement="right",
+        legendCalcs=["lastNotNull", "max"],
+        tooltipMode="multi",
+        tooltipSort="desc",
+        fillOpacity=kw.pop("fillOpacity", 10),
+        thresholds=kw.pop("thresholds", [{"color": "green", "value": None}]),
+        **kw,
+    )
+
+
+def usage_panels() -> list[Panel]:
+    return [
+        RowPanel(title="Today", gridPos=GridPos(h=1, w=24, x=0, y=0)),
+        BarGauge(
+            title="Daily budget used",
+            description=(
+                "Bytes delivered today as a share of each app's daily budget "
+                "(apps.daily_bytes_budget). Orange from 80%, red from 100%: the same "
+                "thresholds as the ScaleEngineDailyBudget* alerts. Apps without a budget "
+                "are not shown."
+            ),
+            dataSource=DATASOURCE,
+            targets=[
+                target(
+                    f"scaleengine_vse_app_day_bytes{{{APP}}}"
+                    f" / scaleengine_vse_app_day_bytes_budget{{{APP}}}",
+                    instant=True,
+                )
+            ],
+            thresholds=BUDGET_STEPS,
+            gridPos=GridPos(h=8, w=8, x=0, y=1),
+        ),
+        timeseries(
+            "Bytes today vs daily budget",
+            (
+                "Bytes delivered so far today per app (scaleengine_vse_app_day_bytes), "
+                "with each app's daily budget as a dashed line. Resets when the app's day "
+                "ends in poll.timezone."
+            ),
+            [
+                target(f"scaleengine_vse_app_day_bytes{{{APP}}}"),
+                target(
+                    f"scaleengine_vse_app_day_bytes_budget{{{APP}}}",
+                    legend="{{app}} budget",
+                    ref="B",
+                ),
+            ],
+            "bytes",
+            overrides=budget_override("bytes"),
+            gridPos=GridPos(h=8, w=16, x=8, y=1),
+        ),
+        timeseries(
+            "Delivery rate",
+            (
+                "Bandwidth delivered per app in bits per second, from the growth of the "
+                "day totals (8 * rate(scaleengine_vse_bytes_total)). The API reports "
+                "usage in batches, so the rate is smoothed over $__rate_interval."
+            ),
+            [target(f"8 * rate(scaleengine_vse_bytes_total{{{APP}}}[$__rate_interval])")],
+            "bps",
+            gridPos=GridPos(h=8, w=12, x=0, y=9),
+        ),
+        timeseries(
+            "Requests today",
+            "Requests served so far today per app (scaleengine_vse_app_day_requests).",
+            [target(f"scaleengine_vse_app_day_requests{{{APP}}}")],
+            "short",
+            gridPos=GridPos(h=8, w=12, x=12, y=9),
+        ),
+        Table(
+            title="Top 20 videos today",
+            description=(
+                "The 20 videos with the most bytes delivered today across the selected "
+                "apps. The exporter keeps the top videos per app and folds the rest into "
+                'video_url="__other__", which is left out here.'
+            ),
+            dataSource=DATASOURCE,
+            targets=[
+                target(
+                    f"topk(20, scaleengine_vse_day_bytes{{{VIDEOS}}})",
+                    legend="",
+                    instant=True,
+                    format="table",
+                ),
+                target(
+                    f"scaleengine_vse_day_requests{{{VIDEOS}}}"
+                    f" and on (app, video_url) topk(20, scaleengine_vse_day_bytes{{{VIDEOS}}})",
+                    legend="",
+                    ref="B",
+                    instant=True,
+                    format="table",
+                ),
+            ],
+            transformations=[
+                {"id": "merge", "options": {}},
+                {
+                    "id": "organize",
+                    "options": {
+                        "excludeByName": {"Time": True, "instance": True, "job": True},
+                        "indexByName": {"app": 0, "video_url": 1, "Value #A": 2, "Value #B": 3},
+                        "renameByName": {
+                            "app": "App",
+                            "video_url": "Video",
+                            "Value #A": "Bytes today",
+                            "Value #B": "Requests today",
+                        },
+                    },
+                },
+            ],
+            overrides=[
+                {
+                    "matcher": {"id": "byName", "options": "Bytes today"},
+                    "properties": [
+                        {"id": "unit", "value": "bytes"},
+                        {"id": "custom.displayMode", "value": "gradient-gauge"},
+                    ],
+                },
+                {
+                    "matcher": {"id": "byName", "options": "Requests today"},
+                    "properties": [{"id": "unit", "value": "short"}],
+                },
+            ],
+            sortBy=[],
+            thresholds=[{"color": "green", "value": None}],
+            extraJson={"options": {"sortBy": [{"desc": True, "displayName": "Bytes today"}]}},
+            gridPos=GridPos(h=10, w=16, x=0, y=17),
+        ),
+        Stat(
+            title="Videos with traffic today",
+            description=(
+                "Distinct videos with traffic today per app (scaleengine_vse_app_day_videos)."
+            ),
+            dataSource=DATASOURCE,
+            targets=[target(f"scaleengine_vse_app_day_videos{{{APP}}}", instant=True)],
+            format="short",
+            graphMode="none",
+            reduceCalc="lastNotNull",
+            thresholds=[{"color": "blue", "value": None}],
+            gridPos=GridPos(h=10, w=8, x=16, y=17),
+        ),
+    ]
+
+
+def month_panels(y: int) -> list[Panel]:
+    return [
+        RowPanel(title="Month to date", gridPos=GridPos(h=1, w=24, x=0, y=y)),
+        BarGauge(
+            title="Monthly budget used",
+            description=(
+                "Bytes delivered this month as a share of each app's monthly budget "
+                "(apps.monthly_bytes_budget). Orange from 80%, red from 100%, as the "
+                "ScaleEngineMonthlyBudget* alerts."
+            ),
+            dataSource=DATASOURCE,
+            targets=[
+                target(
+                    f"scaleengine_vse_app_month_bytes{{{APP}}}"
+                    f" / scaleengine_vse_app_month_bytes_budget{{{APP}}}",
+                    instant=True,
+                )
+            ],
+            thresholds=BUDGET_STEPS,
+            gridPos=GridPos(h=8, w=8, x=0, y=y + 1),
+        ),
+        timeseries(
+            "Month to date vs monthly budget",
+            (
+                "Bytes delivered this month per app (scaleengine_vse_app_month_bytes), "
+                "with each app's monthly budget as a dashed line."
+            ),
+            [
+                target(f"scaleengine_vse_app_month_bytes{{{APP}}}"),
+                target(
+                    f"scaleengine_vse_app_month_bytes_budget{{{APP}}}",
+                    legend="{{app}} budget",
+                    ref="B",
+                ),
+                target(
+                    f"scaleengine_vse_app_month_requests{{{APP}}}",
+                    legend="{{app}} requests",
+                    ref="C",
+                ),
+            ],
+            "bytes",
+            overrides=budget_override("bytes")
+            + [
+                {
+                    "matcher": {"id": "byRegexp", "options": ".* requests$"},
+                    "properties": [
+                        {"id": "unit", "value": "short"},
+                        {"id": "custom.axisPlacement", "value": "right"},
+                        {"id": "custom.fillOpacity", "value": 0},
+                    ],
+                }
+            ],
+            gridPos=GridPos(h=8, w=16, x=8, y=y + 1),
+        ),
+    ]
+
+
+def health_panels(y: int) -> list[Panel]:
+    return [
+        RowPanel(title="Exporter health", gridPos=GridPos(h=1, w=24, x=0, y=y)),
+        Stat(
+            title="Last poll",
+            description=(
+                "Whether the exporter's last poll of the usage.vse API succeeded, per app "
+                "(scaleengine_up). ScaleEnginePollsFailing fires after 10 minutes of "
+                "failures; the exporter keeps serving the last good data meanwhile."
+            ),
+            dataSource=DATASOURCE,
+            targets=[target(f"scaleengine_up{{{APP}}}", instant=True)],
+            mappings=[
+                {
+                    "type": "value",
+                    "options": {
+                        "0": {"text": "FAILING", "color": "red", "index": 0},
+                        "1": {"text": "OK", "color": "green", "index": 1},
+                    },
+                }
+            ],
+            colorMode="background",
+            graphMode="none",
+            reduceCalc="lastNotNull",
+            thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}],
+            gridPos=GridPos(h=6, w=6, x=0, y=y + 1),
+        ),
+        Stat(
+            title="Age of last successful poll",
+            description=(
+                "Seconds since each app's last successful poll "
+                "(time() - scaleengine_last_success_timestamp_seconds). Orange from 10 "
+                "minutes, red from 30 minutes, when ScaleEngineDataStale starts."
+            ),
+            dataSource=DATASOURCE,
+            targets=[
+                target(
+                    f"time() - scaleengine_last_success_timestamp_seconds{{{APP}}}",
+                    instant=True,
+                )
+            ],
+            format="s",
+            graphMode="none",
+            reduceCalc="lastNotNull",
+            thresholds=AGE_STEPS,
+            gridPos=GridPos(h=6, w=6, x=6, y=y + 1),
+        ),
+        timeseries(
+            "API requests by outcome",
+            (
+                "usage.vse API requests per second by app and outcome "
+                "(scaleengine_api_requests_total): success, or the error kind such as "
+                "timeout, connection, http_status or api_<code>."
+            ),
+            [
+                target(
+                    "sum by (app, outcome) "
+                    f"(rate(scaleengine_api_requests_total{{{APP}}}[$__rate_interval]))",
+                    legend="{{app}} {{outcome}}",
+                )
+            ],
+            "reqps",
+            gridPos=GridPos(h=6, w=12, x=12, y=y + 1),
+        ),
+        timeseries(
+            "Poll duration",
+            (
+                "How long the last poll of each app took, all pages and retries included "
+                "(scaleengine_poll_duration_seconds). Compare with poll.interval."
+            ),
+            [target(f"scaleengine_poll_duration_seconds{{{APP}}}")],
+            "s",
+            gridPos=GridPos(h=7, w=12, x=0, y=y + 7),
+        ),
+        timeseries(
+            "Skipped API rows",
+            (
+                "Rows of the API's answer that the exporter could not use, per second "
+                "(scaleengine_vse_skipped_rows_total). Should stay at zero."
+            ),
+            [
+                target(
+                    f"rate(scaleengine_vse_skipped_rows_total{{{APP}}}[$__rate_interval])",
+                )
+            ],
+            "short",
+            thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 0.001}],
+            gridPos=GridPos(h=7, w=6, x=12, y=y + 7),
+        ),
+        Stat(
+            title="Exporter version",
+            description="Version of each scraped exporter (scaleengine_exporter_build_info).",
+            dataSource=DATASOURCE,
+            targets=[
+                target(
+                    "count by (version) (scaleengine_exporter_build_info)",
+                    legend="{{version}}",
+                    instant=True,
+                )
+            ],
+            textMode="name",
+            graphMode="none",
+            reduceCalc="lastNotNull",
+            thresholds=[{"color": "text", "value": None}],
+            gridPos=GridPos(h=7, w=6, x=18, y=y + 7),
+        ),
+    ]
+
+
+def app_variable() -> Template:
+    """Multi-select app variable, "All" selected by default."""
+    variable = Template(
+        name="app",
+        label="App",
+        query="label_values(scaleengine_up, app)",
+        dataSource=DATASOURCE,
+        multi=True,
+        includeAll=True,
+        refresh=2,
+    )
+    variable._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    return variable
+
+
+def build() -> Dashboard:
+    """The ScaleEngine usage dashboard."""
+    return Dashboard(
+        title="ScaleEngine usage",
+        uid=UID,
+        description=(
+            "Bandwidth and requests per ScaleEngine app from scaleengine-exporter, "
+            "against daily and monthly budgets, with the exporter's own health."
+        ),
+        tags=["scaleengine", "cdn", "bandwidth"],
+        timezone="browser",
+        refresh="1m",
+        time=Time("now-24h", "now"),
+        schemaVersion=39,
+        graphTooltip=1,
+        templating=Templating(
+            list=[
+                Template(
+                    name="datasource",
+                    label="Data source",
+                    query="prometheus",
+                    type="datasource",
+                    default="default",
+                ),
+                app_variable(),
+            ]
+        ),
+        panels=usage_panels() + month_panels(27) + health_panels(36),
+    ).auto_panel_ids()
+
+
+def render() -> str:
+    """The dashboard JSON exactly as committed."""
+    data = build().to_json_data()
+    return json.dumps(data, cls=DashboardEncoder, sort_keys=True, indent=2) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the JSON is stale")
+    parser.add_argument("--output", type=Path, default=OUTPUT)
+    args = parser.parse_args(argv)
+    text = render()
+    if args.check:
+        if not args.output.exists() or args.output.read_text() != text:
+            print(f"{args.output} is stale: run python grafana/dashboard.py", file=sys.stderr)
+            return 1
+        return 0
+    args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

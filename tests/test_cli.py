@@ -14,7 +14,7 @@ import pytest
 from helpers import ROOT, free_port, http_get, promtool_check_metrics, samples, wait_for
 
 from exporter import __version__
-from exporter.simulator import Simulator
+from exporter.simulator import DEMO_APPS, Simulator
 
 KEY = "TESTKEY7Q2W9E4R1T6Y8U3I5O0P1A2S3"
 SECRET = "f0e1d2c3b4a5968778695a4b3c2d1e0ff0e1d2c3b4a5968778695a4b3c2d1e0f"
@@ -216,15 +216,17 @@ def test_demo_serves_believable_data_within_seconds():
                 status, _, body = http_get(url + "/metrics", timeout=2)
             except OSError:
                 return None
-            if status == 200 and b"scaleengine_vse_day_bytes{" in body:
+            apps = [f'scaleengine_vse_app_day_bytes{{app="{a}"}}'.encode() for a in DEMO_APPS]
+            if status == 200 and all(a in body for a in apps):
                 return body
             return None
 
-        body = wait_for(ready, 15, "the demo's first usage series")
+        body = wait_for(ready, 15, "the usage series of every demo app")
         print(f"demo served usage after {time.monotonic() - t0:.2f} s")
         s = samples(body)
         apps = {dict(k[1])["app"] for k in s if k[0] == "scaleengine_vse_app_day_bytes"}
-        assert apps == {"demo-origin", "live-events", "vod-library"}
+        assert apps == set(DEMO_APPS)
+        assert all(s[("scaleengine_vse_app_day_bytes", (("app", a),))] > 0 for a in apps)
         videos = [k for k in s if k[0] == "scaleengine_vse_day_bytes"]
         assert len(videos) > 30
         assert http_get(url + "/-/ready")[0] == 200

@@ -15,6 +15,43 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# simulator fault mode -> (the client's outcome label, retryable); the row-level modes
+# (exporter.simulator.ROW_FAULTS) skip rows instead of failing
+FAULT_OUTCOMES = {
+    "reset": ("connection", True),
+    "timeout": ("timeout", True),
+    "http_500": ("http_status", True),
+    "http_503": ("http_status", True),
+    "invalid_json": ("invalid_json", False),
+    "not_object": ("invalid_json", False),
+    "usage_not_list": ("bad_response", False),
+    "ignore_offset": ("pagination", False),
+    "count_changes": ("pagination", False),
+    "empty_page_early": ("pagination", False),
+    **{f"failure_{c}": (f"api_{c}", c in ("0004", "1000"))
+       for c in ("0000", "0001", "0002", "0003", "0004", "0005", "0006", "1000")},
+}  # fmt: skip
+
+
+def sim_config(sim, **sections: dict) -> dict:
+    """Config data for an exporter polling ``sim``; ``sections`` update the defaults."""
+    data: dict = {
+        "scaleengine": {
+            "api_url": sim.url,
+            "cdn_id": sim.cdn_id,
+            "api_key": sim.api_key,
+            "api_secret": sim.api_secret,
+            "timeout": "1s",
+        },
+        "apps": list(sim.apps),
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            data.setdefault(name, {}).update(values)
+        else:
+            data[name] = values
+    return data
+
 
 def free_port() -> int:
     with socket.socket() as s:

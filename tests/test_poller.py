@@ -6,7 +6,7 @@ import re
 from datetime import UTC, date, datetime
 
 import pytest
-from helpers import samples
+from helpers import samples, sim_config
 
 from exporter.config import parse_config
 from exporter.metrics import Exposition
@@ -31,22 +31,11 @@ def sim():
 
 
 def make(sim, store=None, **overrides):
-    data = {
-        "scaleengine": {
-            "api_url": sim.url,
-            "cdn_id": sim.cdn_id,
-            "api_key": sim.api_key,
-            "api_secret": sim.api_secret,
-            "timeout": "1s",
-        },
-        "apps": list(APPS),
-        "poll": {"interval": "1m", "page_size": 7, "retries": 1, "month_interval": "1h"},
-    }
+    data = sim_config(
+        sim, poll={"interval": "1m", "page_size": 7, "retries": 1, "month_interval": "1h"}
+    )
     for section, values in overrides.items():
-        if isinstance(values, dict):
-            data.setdefault(section, {}).update(values)
-        else:
-            data[section] = values
+        data.setdefault(section, {}).update(values)
     config = parse_config(data, env={})
     store = store or Store([a.name for a in config.apps])
     state_file = StateFile(config.state.path) if config.state.path else None

@@ -11,6 +11,7 @@ import time
 from datetime import date
 
 import pytest
+from helpers import FAULT_OUTCOMES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -383,22 +384,6 @@ def test_empty_result(simulator):
         assert res.videos == {} and res.count == 0 and res.pages == 1
         res = client.fetch_usage("no-such-app", None, future.year, future.month, None)
         assert res.videos == {}
-
-
-FAULT_OUTCOMES = {
-    "reset": ("connection", True),
-    "timeout": ("timeout", True),
-    "http_500": ("http_status", True),
-    "http_503": ("http_status", True),
-    "invalid_json": ("invalid_json", False),
-    "not_object": ("invalid_json", False),
-    "usage_not_list": ("bad_response", False),
-    "ignore_offset": ("pagination", False),
-    "count_changes": ("pagination", False),
-    "empty_page_early": ("pagination", False),
-    **{f"failure_{c}": (f"api_{c}", c in ("0004", "1000"))
-       for c in ("0000", "0001", "0002", "0003", "0004", "0005", "0006", "1000")},
-}  # fmt: skip
 
 
 def test_fault_table_covers_all_modes():

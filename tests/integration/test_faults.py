@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from helpers import http_get, samples, wait_for
+from helpers import FAULT_OUTCOMES, http_get, samples, sim_config, wait_for
 
 from exporter.cli import Exporter
 from exporter.config import parse_config
@@ -20,27 +20,7 @@ from exporter.web import WebApp, serve
 APPS = {"bad": 12, "good": 6}
 START = datetime(2026, 2, 3, 9, 0, tzinfo=UTC).timestamp()
 
-# fault mode -> (outcome label counted for the app, retried within the poll)
-EXPECTED = {
-    "reset": ("connection", True),
-    "timeout": ("timeout", True),
-    "http_500": ("http_status", True),
-    "http_503": ("http_status", True),
-    "invalid_json": ("invalid_json", False),
-    "not_object": ("invalid_json", False),
-    "usage_not_list": ("bad_response", False),
-    "ignore_offset": ("pagination", False),
-    "count_changes": ("pagination", False),
-    "empty_page_early": ("pagination", False),
-    "failure_0000": ("api_0000", False),
-    "failure_0001": ("api_0001", False),
-    "failure_0002": ("api_0002", False),
-    "failure_0003": ("api_0003", False),
-    "failure_0004": ("api_0004", True),
-    "failure_0005": ("api_0005", False),
-    "failure_0006": ("api_0006", False),
-    "failure_1000": ("api_1000", True),
-}
+EXPECTED = FAULT_OUTCOMES  # mode -> (outcome label, retried within the poll)
 
 
 def test_every_fault_mode_is_covered():
@@ -53,17 +33,11 @@ def rig():
     with Simulator(apps=APPS, clock=clock, seed=5) as sim:
         sim.fault_delay = 1.0
         config = parse_config(
-            {
-                "scaleengine": {
-                    "api_url": sim.url,
-                    "cdn_id": sim.cdn_id,
-                    "api_key": sim.api_key,
-                    "api_secret": sim.api_secret,
-                    "timeout": "0.4s",
-                },
-                "apps": list(APPS),
-                "poll": {"interval": "5m", "page_size": 4, "retries": 2, "month_interval": "off"},
-            },
+            sim_config(
+                sim,
+                scaleengine={"timeout": "0.4s"},
+                poll={"interval": "5m", "page_size": 4, "retries": 2, "month_interval": "off"},
+            ),
             env={},
         )
         exporter = Exporter(config, clock=clock.now)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from helpers import samples
+from helpers import samples, sim_config
 
 from exporter.cli import Exporter
 from exporter.config import parse_config
@@ -32,24 +32,17 @@ END = at(3, 2.5)  # past day 3's late window
 
 def config(sim: Simulator, state_path: str):
     return parse_config(
-        {
-            "scaleengine": {
-                "api_url": sim.url,
-                "cdn_id": sim.cdn_id,
-                "api_key": sim.api_key,
-                "api_secret": sim.api_secret,
-                "timeout": "1s",
-            },
-            "apps": list(APPS),
-            "poll": {
+        sim_config(
+            sim,
+            poll={
                 "interval": "15m",
                 "late_data_window": "2h",
                 "page_size": 4,
                 "retries": 1,
                 "month_interval": "1h",
             },
-            "state": {"path": state_path},
-        },
+            state={"path": state_path},
+        ),
         env={},
     )
 

@@ -12,6 +12,7 @@ import html
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CONNECTION_TIMEOUT = 10.0
 MAX_CONNECTIONS = 512
+_SEND_TIMEOUT = struct.pack("ll", int(CONNECTION_TIMEOUT), 0)  # struct timeval
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -135,8 +137,20 @@ class Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = CONNECTION_TIMEOUT
 
+    def setup(self) -> None:
+        super().setup()
+        try:
+            # small writes (headers, the live part) leave at once, not after a delayed ACK
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not isinstance(self.connection, ssl.SSLSocket):
+                # the kernel's own send timeout, for the blocking write in _send_all
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _SEND_TIMEOUT)
+        except OSError:
+            pass
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("http " + format % args)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("http " + format % args)
 
     def do_HEAD(self) -> None:  # noqa: N802
         self._dispatch(head=True)
@@ -192,6 +206,15 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(sum(len(c) for c in chunks)))
+        buffered = getattr(self, "_headers_buffer", None)
+        if not head and buffered and not isinstance(self.connection, ssl.SSLSocket):
+            buffered.append(b"\r\n")
+            self._headers_buffer = []
+            try:
+                self._send_all([b"".join(buffered), *chunks])
+            except OSError:  # the client went away or stopped reading (SO_SNDTIMEO)
+                self.close_connection = True
+            return
         self.end_headers()
         if head:
             return
@@ -200,6 +223,28 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.write(chunk)
         except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
             self.close_connection = True
+
+    def _send_all(self, chunks: list[bytes]) -> None:
+        """Headers and body in one writev on a blocking socket.
+
+        With a Python-level timeout the socket is non-blocking, and a multi-megabyte body
+        leaves in many send() calls, each followed by re-taking the GIL: while polls keep
+        other threads busy, every one of those waits for its turn. Blocking, the kernel takes
+        the whole answer in one call (SO_SNDTIMEO still bounds a client that stops reading).
+        """
+        sock = self.connection
+        views = [memoryview(c) for c in chunks if c]
+        sock.settimeout(None)
+        try:
+            while views:
+                sent = sock.sendmsg(views)
+                while views and sent >= views[0].nbytes:
+                    sent -= views[0].nbytes
+                    views.pop(0)
+                if sent:
+                    views[0] = views[0][sent:]
+        finally:
+            sock.settimeout(self.timeout)
 
     def _landing(self) -> str:
         app = self.server.app

@@ -31,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
+from .cpu import CPU_LOCK
 from .store import AppStatus, AppUsage, Store
 
 log = logging.getLogger(__name__)
@@ -307,7 +308,8 @@ class Exposition:
                 if cached is not None and cached[0] is snap:
                     frag = cached[1]
                 else:
-                    frag = render_app(snap)
+                    with CPU_LOCK:
+                        frag = render_app(snap)
                 fragments[app] = (snap, frag)
                 per_app.append(frag)
             self._fragments = fragments

@@ -24,6 +24,7 @@ import requests
 import tenacity
 
 from exporter import __version__
+from exporter.cpu import CPU_LOCK
 from exporter.phpjson import php_json_encode
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
 log = logging.getLogger("exporter.scaleengine")
 
 COMMAND = "usage.vse"
+
 INT64_MAX = 2**63 - 1
 
 # Published error codes: (meaning, retryable).
@@ -402,7 +404,8 @@ class ScaleEngineClient:
                     "connection",
                     True,
                 ) from None
-            page = parse_page(content)
+            with CPU_LOCK:
+                page = parse_page(content)
         except ApiError as err:
             if err.outcome == "api_0002":
                 err = api_failure(err.code, "", self.clock())
@@ -495,9 +498,10 @@ class ScaleEngineClient:
                     "pagination",
                     False,
                 )
-            for url, b, r in page.rows:
-                old = videos.get(url)
-                videos[url] = (b, r) if old is None else (old[0] + b, old[1] + r)
+            with CPU_LOCK:
+                for url, b, r in page.rows:
+                    old = videos.get(url)
+                    videos[url] = (b, r) if old is None else (old[0] + b, old[1] + r)
             result.rows += len(page.rows)
             result.skipped += page.skipped
             offset += returned

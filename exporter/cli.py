@@ -20,13 +20,13 @@ from .state import StateFile
 from .store import Store
 from .web import WebApp, parse_listen_address, serve
 from .webconfig import WebConfig, load_web_config
+from .worker import PollWorker, budgets_of
 
 log = logging.getLogger("exporter")
 
 DEFAULT_CONFIG = "config.yaml"
 DEFAULT_LISTEN = ":8491"
 SHUTDOWN_SECONDS = 5.0
-SWITCH_INTERVAL = 0.001
 
 # budgets and poll settings of the demo: short intervals so data shows within seconds
 DEMO_BUDGETS = {
@@ -128,7 +128,7 @@ def demo_config(api_url: str, path: str | None = None) -> Config:
 
 
 class Exporter:
-    """The assembled daemon: store, poller, exposition and (optionally) the HTTP server."""
+    """Store, poller and exposition in one process (--once, tests); the daemon splits them."""
 
     def __init__(self, config: Config, clock: Any = None) -> None:
         self.config = config
@@ -136,32 +136,10 @@ class Exporter:
         state = StateFile(config.state.path) if config.state.path else None
         kwargs = {"clock": clock} if clock is not None else {}
         self.poller = Poller(config, self.store, state_file=state, **kwargs)
-        budgets = {
-            a.name: (a.daily_bytes_budget, a.monthly_bytes_budget)
-            for a in config.apps
-            if a.daily_bytes_budget is not None or a.monthly_bytes_budget is not None
-        }
+        budgets = budgets_of(config)
         self.exposition = Exposition(self.store, config.poll.timezone, budgets)
-        self.server: Any = None
-
-    def serve(self, web_config: WebConfig | None = None) -> str:
-        app = WebApp(
-            self.exposition,
-            self.store,
-            lambda: self.poller.ready,
-            web_config,
-            self.config.web.telemetry_path,
-        )
-        ctx = web_config.ssl_context() if web_config else None
-        self.server, _ = serve(self.config.web.listen_address, app, ctx)
-        self.exposition.start()
-        self.poller.start()
-        return self.server.url
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
         self.exposition.stop()
         self.poller.shutdown()
 
@@ -218,8 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config ok: {len(config.apps)} app(s)")
         return 0
 
-    exporter = Exporter(config)
     if args.once:
+        exporter = Exporter(config)
         ok = exporter.poller.poll_all()
         exporter.exposition.render_now()
         sys.stdout.buffer.write(exporter.exposition.text())
@@ -228,18 +206,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         if simulator is not None:
             simulator.stop()
         return 0 if ok else 1
+    return serve_forever(config, web_config, level, args.log_format, simulator)
 
-    # A scrape needs the GIL a few times (request parsing, the live part); while polls parse
-    # and render in other threads, each hand-over waits up to the switch interval (5 ms by
-    # default). 1 ms keeps scrapes during a poll close to idle ones at a small CPU cost.
-    sys.setswitchinterval(SWITCH_INTERVAL)
+
+def serve_forever(
+    config: Config,
+    web_config: WebConfig | None,
+    log_level: str,
+    log_format: str,
+    simulator: Any = None,
+) -> int:
+    """The daemon: HTTP here, polling and rendering in the poll worker process."""
+    store = Store([a.name for a in config.apps])
+    exposition = Exposition(store, config.poll.timezone, budgets_of(config))
+    worker = PollWorker(config, store, exposition)
+    app = WebApp(exposition, store, lambda: worker.ready, web_config, config.web.telemetry_path)
+    ctx = web_config.ssl_context() if web_config else None
     try:
-        url = exporter.serve(web_config)
+        server, _ = serve(config.web.listen_address, app, ctx)
     except OSError as err:
+        if simulator is not None:
+            simulator.stop()
         return _fail(f"cannot listen on {config.web.listen_address}: {err.strerror or err}")
+    worker.start(log_level, log_format)
     log.info(
         "listening",
-        extra={"url": url + config.web.telemetry_path, "version": __version__},
+        extra={"url": server.url + config.web.telemetry_path, "version": __version__},
     )
     stop = threading.Event()
     received: list[int] = []
@@ -250,23 +242,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(
+        target=lambda: (worker.exited.wait(), stop.set()), name="watch", daemon=True
+    ).start()
     while not stop.wait(3600):
         pass
-    log.info("shutting down", extra={"signal": signal.Signals(received[0]).name})
+    code = 0
+    if received:
+        log.info("shutting down", extra={"signal": signal.Signals(received[0]).name})
+    else:
+        log.error("the poll worker process ended unexpectedly; exiting")
+        code = 1
     done = threading.Event()
 
     def finish() -> None:
-        exporter.stop()
+        server.shutdown()
+        server.server_close()
+        worker.stop(SHUTDOWN_SECONDS - 1.5)
         if simulator is not None:
             simulator.stop()
         done.set()
 
     threading.Thread(target=finish, name="shutdown", daemon=True).start()
-    if not done.wait(SHUTDOWN_SECONDS - 1):
+    if not done.wait(SHUTDOWN_SECONDS - 0.5):
         log.warning("shutdown took too long, exiting anyway")
     logging.shutdown()
-    # polls still waiting on the network hold pool threads; their results are not needed
-    os._exit(0)
+    os._exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,7 +31,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
-from .cpu import CPU_LOCK
 from .store import AppStatus, AppUsage, Store
 
 log = logging.getLogger(__name__)
@@ -276,9 +275,7 @@ class Exposition:
         self._budget_lines = render_budgets(budgets or {})
         self._fragments: dict[str, tuple[AppUsage, dict[str, bytes]]] = {}
         self._lock = threading.Lock()  # one render at a time
-        self._plain: bytes = b""
-        self._deflated: bytes = b""
-        self._crc = 0
+        self._stored: tuple[bytes, bytes, int] = (b"", b"", 0)
         self._rendered_usage: dict[str, AppUsage] | None = None
         self._debounce = debounce
         self._stop = threading.Event()
@@ -308,8 +305,7 @@ class Exposition:
                 if cached is not None and cached[0] is snap:
                     frag = cached[1]
                 else:
-                    with CPU_LOCK:
-                        frag = render_app(snap)
+                    frag = render_app(snap)
                 fragments[app] = (snap, frag)
                 per_app.append(frag)
             self._fragments = fragments
@@ -364,6 +360,14 @@ class Exposition:
                 log.exception("rendering the exposition failed")
 
     # -- serving (scrape side) ------------------------------------------------------------
+    def stored_parts(self) -> tuple[bytes, bytes, int]:
+        """(plain, sync-flushed raw deflate of it, its CRC-32): what a scrape sends."""
+        return self._stored
+
+    def set_stored(self, parts: tuple[bytes, bytes, int]) -> None:
+        """Serve parts rendered elsewhere (by the poll worker process)."""
+        self._stored = parts
+
     def stored(self) -> bytes:
         """The stored (per-poll) part in the text format."""
         return self._stored[0]

@@ -24,7 +24,6 @@ import requests
 import tenacity
 
 from exporter import __version__
-from exporter.cpu import CPU_LOCK
 from exporter.phpjson import php_json_encode
 
 __all__ = [
@@ -404,8 +403,7 @@ class ScaleEngineClient:
                     "connection",
                     True,
                 ) from None
-            with CPU_LOCK:
-                page = parse_page(content)
+            page = parse_page(content)
         except ApiError as err:
             if err.outcome == "api_0002":
                 err = api_failure(err.code, "", self.clock())
@@ -498,10 +496,9 @@ class ScaleEngineClient:
                     "pagination",
                     False,
                 )
-            with CPU_LOCK:
-                for url, b, r in page.rows:
-                    old = videos.get(url)
-                    videos[url] = (b, r) if old is None else (old[0] + b, old[1] + r)
+            for url, b, r in page.rows:
+                old = videos.get(url)
+                videos[url] = (b, r) if old is None else (old[0] + b, old[1] + r)
             result.rows += len(page.rows)
             result.skipped += page.skipped
             offset += returned

@@ -104,6 +104,22 @@ class Store:
             key = (app, outcome)
             self._poll_errors[key] = self._poll_errors.get(key, 0) + 1
 
+    def mirror(
+        self,
+        usage: Mapping[str, AppUsage],
+        status: Mapping[str, AppStatus],
+        requests: Mapping[tuple[str, str], int],
+        poll_errors: Mapping[tuple[str, str], int],
+    ) -> None:
+        """Take over another store's whole state (the serving side of a poll worker)."""
+        with self._lock:
+            version = self._current[0] + 1
+            self._current = (version, MappingProxyType(dict(usage)), MappingProxyType(dict(status)))
+            with self._count_lock:
+                self._requests = dict(requests)
+                self._poll_errors = dict(poll_errors)
+            self._changed.notify_all()
+
     def view(self) -> View:
         """A consistent picture of all apps; never waits for a poll or a swap."""
         version, usage, status = self._current

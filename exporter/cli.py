@@ -15,7 +15,6 @@ from . import __version__
 from .config import Config, ConfigError, load_config, load_yaml_file, parse_config
 from .logs import setup_logging
 from .metrics import Exposition
-from .poller import Poller
 from .state import StateFile
 from .store import Store
 from .web import WebApp, parse_listen_address, serve
@@ -132,6 +131,8 @@ class Exporter:
 
     def __init__(self, config: Config, clock: Any = None) -> None:
         self.config = config
+        from .poller import Poller  # not needed by the serving process of the daemon
+
         self.store = Store([a.name for a in config.apps])
         state = StateFile(config.state.path) if config.state.path else None
         kwargs = {"clock": clock} if clock is not None else {}

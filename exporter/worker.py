@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import multiprocessing
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
@@ -21,8 +24,6 @@ from typing import Any
 from .config import Config
 from .logs import setup_logging
 from .metrics import Exposition
-from .poller import Poller
-from .state import StateFile
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,10 @@ def budgets_of(config: Config) -> dict[str, tuple[int | None, int | None]]:
 
 def _worker_main(config: Config, conn: Connection, log_level: str, log_format: str) -> None:
     """Entry point of the worker process."""
+    # imported here: the serving process never polls, so it does not load requests/APScheduler
+    from .poller import Poller
+    from .state import StateFile
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -124,17 +129,20 @@ class PollWorker:
         self.exited = threading.Event()
 
     def start(self, log_level: str = "info", log_format: str = "logfmt") -> None:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe()
-        self._process = ctx.Process(
-            target=_worker_main,
-            args=(self.config, child, log_level, log_format),
-            name="scaleengine-poll-worker",
-            daemon=True,
+        """Start ``python -m exporter.worker`` on one end of a socket pair."""
+        ours, theirs = socket.socketpair()
+        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "exporter.worker", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
-        self._process.start()
-        child.close()
-        self._conn = parent
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send((self.config, log_level, log_format))
         threading.Thread(target=self._receive, name="receive", daemon=True).start()
 
     def _receive(self) -> None:
@@ -167,8 +175,19 @@ class PollWorker:
         except OSError:
             pass
         self.stopped.wait(timeout)
-        self._process.join(0.5)
-        if self._process.is_alive():
+        try:
+            self._process.wait(0.5)
+        except subprocess.TimeoutExpired:
             log.warning("poll worker did not stop in time, killing it")
             self._process.kill()
-            self._process.join(1)
+            self._process.wait(1)
+
+
+def _child() -> None:  # pragma: no cover - runs in the worker process
+    conn = Connection(int(sys.argv[1]))
+    config, log_level, log_format = conn.recv()
+    _worker_main(config, conn, log_level, log_format)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _child()

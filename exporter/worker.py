@@ -187,6 +187,9 @@ def _child() -> None:  # pragma: no cover - runs in the worker process
     conn = Connection(int(sys.argv[1]))
     config, log_level, log_format = conn.recv()
     _worker_main(config, conn, log_level, log_format)
+    logging.shutdown()
+    # a poll still waiting on the network holds a pool thread; the state is saved already
+    os._exit(0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,8 +1,9 @@
 """Exposition: the usage series rendered once per poll, the small live part at scrape time.
 
 The per-video usage series (tens of thousands of lines for a large library) only change when a
-poll swaps in a new snapshot, so :class:`Exposition` renders them then: one text fragment per app
-and metric family, cached by snapshot identity, joined into one body and compressed once. A scrape
+poll swaps in a new snapshot, so :class:`Exposition` renders them then (the daemon's worker
+once per poll cycle): one text fragment per app and metric family, joined into one body and
+compressed once. A scrape
 sends those stored bytes as they are and renders only the live self-metrics (up, counters, poll
 durations, request outcomes, process metrics) through prometheus_client, which is a few dozen
 lines. For gzip the stored part is kept as a sync-flushed raw deflate stream, so a scrape appends
@@ -17,6 +18,7 @@ with OpenMetrics' ``# EOF``, so the stored part goes first.
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import struct
 import threading
@@ -41,6 +43,37 @@ GZIP_LEVEL = 6
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 _POLLED = "Polled from ScaleEngine usage.vse every poll.interval, not fetched at scrape time."
+
+
+class StoredFile:
+    """Bytes held in an (unlinked) file instead of memory; sent with sendfile.
+
+    The daemon's worker hands its renderings over as files, so the serving process keeps
+    megabytes of exposition in the page cache (as nginx would) rather than in its heap. The
+    descriptor is closed when the last reference goes, so a scrape still sending an older
+    rendering keeps it alive.
+    """
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self) -> bytes:
+        return os.pread(self.fd, self.size, 0)
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+Chunk = bytes | StoredFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,9 +306,8 @@ class Exposition:
         self._families = usage_families(timezone)
         self._headers = {f.name: f.header() for f in self._families}
         self._budget_lines = render_budgets(budgets or {})
-        self._fragments: dict[str, tuple[AppUsage, dict[str, bytes]]] = {}
         self._lock = threading.Lock()  # one render at a time
-        self._stored: tuple[bytes, bytes, int] = (b"", b"", 0)
+        self._stored: tuple[Chunk, Chunk, int] = (b"", b"", 0)
         self._rendered_usage: dict[str, AppUsage] | None = None
         self._debounce = debounce
         self._stop = threading.Event()
@@ -297,18 +329,7 @@ class Exposition:
             if self._rendered_usage is not None and _same(current, self._rendered_usage):
                 return False
             started = time.perf_counter()
-            per_app: list[dict[str, bytes]] = []
-            fragments: dict[str, tuple[AppUsage, dict[str, bytes]]] = {}
-            for app in sorted(current):
-                snap = current[app]
-                cached = self._fragments.get(app)
-                if cached is not None and cached[0] is snap:
-                    frag = cached[1]
-                else:
-                    frag = render_app(snap)
-                fragments[app] = (snap, frag)
-                per_app.append(frag)
-            self._fragments = fragments
+            per_app = [render_app(current[app]) for app in sorted(current)]
             chunks: list[bytes] = []
             for family in self._families:
                 if family.name in self._budget_lines:
@@ -360,24 +381,25 @@ class Exposition:
                 log.exception("rendering the exposition failed")
 
     # -- serving (scrape side) ------------------------------------------------------------
-    def stored_parts(self) -> tuple[bytes, bytes, int]:
+    def stored_parts(self) -> tuple[Chunk, Chunk, int]:
         """(plain, sync-flushed raw deflate of it, its CRC-32): what a scrape sends."""
         return self._stored
 
-    def set_stored(self, parts: tuple[bytes, bytes, int]) -> None:
+    def set_stored(self, parts: tuple[Chunk, Chunk, int]) -> None:
         """Serve parts rendered elsewhere (by the poll worker process)."""
         self._stored = parts
 
     def stored(self) -> bytes:
         """The stored (per-poll) part in the text format."""
-        return self._stored[0]
+        plain = self._stored[0]
+        return plain.read() if isinstance(plain, StoredFile) else plain
 
     def live(self, openmetrics: bool = False) -> bytes:
         if openmetrics:
             return generate_openmetrics(self.live_registry)
         return generate_text(self.live_registry)
 
-    def payload(self, openmetrics: bool = False, gzip: bool = False) -> tuple[list[bytes], str]:
+    def payload(self, openmetrics: bool = False, gzip: bool = False) -> tuple[list[Chunk], str]:
         """Body chunks and content type for one scrape; costs only the live part's rendering."""
         plain, deflated, crc = self._stored
         live = self.live(openmetrics)
@@ -392,7 +414,7 @@ class Exposition:
     def text(self, openmetrics: bool = False) -> bytes:
         """The whole exposition as one bytes object (for --once and tests)."""
         chunks, _ = self.payload(openmetrics=openmetrics)
-        return b"".join(chunks)
+        return b"".join(c.read() if isinstance(c, StoredFile) else c for c in chunks)
 
 
 def _same(a: Mapping[str, AppUsage], b: Mapping[str, AppUsage]) -> bool:

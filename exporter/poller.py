@@ -117,6 +117,8 @@ class Poller:
         self.state_file = state_file
         self._scheduler: BackgroundScheduler | None = None
         self._save_lock = threading.Lock()
+        self._flight_lock = threading.Lock()
+        self._in_flight = 0
         factory = client_factory or self._default_client
         counters = self._load_counters()
         self._apps: dict[str, _AppState] = {
@@ -174,10 +176,21 @@ class Poller:
     def poll_app(self, name: str) -> bool:
         """Poll one app now (today, late yesterday, month when due); True if all succeeded."""
         st = self._apps[name]
-        with st.lock:
-            ok = self._poll_locked(name, st)
-        self.save_state()
+        with self._flight_lock:
+            self._in_flight += 1
+        try:
+            with st.lock:
+                ok = self._poll_locked(name, st)
+            self.save_state()
+        finally:
+            with self._flight_lock:
+                self._in_flight -= 1
         return ok
+
+    @property
+    def in_flight(self) -> int:
+        """Polls running right now (a renderer waits for 0 to render a cycle once)."""
+        return self._in_flight
 
     def _fetch(self, st: _AppState, year: int, month: int, day: int | None) -> UsageResult:
         result = st.client.fetch_usage(st.config.name, st.config.urls, year, month, day)

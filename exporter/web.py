@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import socket
 import ssl
 import struct
@@ -21,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import __version__
-from .metrics import Exposition, negotiate
+from .metrics import Chunk, Exposition, StoredFile, negotiate
 from .store import Store
 from .webconfig import WebConfig
 
@@ -200,7 +201,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self._finish(body, content_type, head)
 
-    def _finish(self, body: bytes | list[bytes], content_type: str, head: bool) -> None:
+    def _finish(self, body: bytes | list[Chunk], content_type: str, head: bool) -> None:
         chunks = [body] if isinstance(body, bytes) else body
         for name, value in self.server.app.web_config.headers.items():
             self.send_header(name, value)
@@ -220,29 +221,34 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             for chunk in chunks:
-                self.wfile.write(chunk)
+                self.wfile.write(chunk.read() if isinstance(chunk, StoredFile) else chunk)
         except (BrokenPipeError, ConnectionResetError, TimeoutError, ssl.SSLError):
             self.close_connection = True
 
-    def _send_all(self, chunks: list[bytes]) -> None:
-        """Headers and body in one writev on a blocking socket.
+    def _send_all(self, chunks: list[Chunk]) -> None:
+        """The answer on a blocking socket: bytes in one writev, stored files by sendfile.
 
         With a Python-level timeout the socket is non-blocking, and a multi-megabyte body
-        leaves in many send() calls, each followed by re-taking the GIL: while polls keep
-        other threads busy, every one of those waits for its turn. Blocking, the kernel takes
-        the whole answer in one call (SO_SNDTIMEO still bounds a client that stops reading).
+        leaves in many send() calls, each followed by re-taking the GIL. Blocking, the kernel
+        takes each part in one call (SO_SNDTIMEO still bounds a client that stops reading).
         """
         sock = self.connection
-        views = [memoryview(c) for c in chunks if c]
         sock.settimeout(None)
         try:
-            while views:
-                sent = sock.sendmsg(views)
-                while views and sent >= views[0].nbytes:
-                    sent -= views[0].nbytes
-                    views.pop(0)
-                if sent:
-                    views[0] = views[0][sent:]
+            views: list[memoryview] = []
+            for chunk in chunks:
+                if isinstance(chunk, StoredFile):
+                    _sendmsg_all(sock, views)
+                    views = []
+                    offset = 0
+                    while offset < chunk.size:
+                        sent = os.sendfile(sock.fileno(), chunk.fd, offset, chunk.size - offset)
+                        if sent == 0:
+                            raise ConnectionResetError("sendfile sent nothing")
+                        offset += sent
+                elif chunk:
+                    views.append(memoryview(chunk))
+            _sendmsg_all(sock, views)
         finally:
             sock.settimeout(self.timeout)
 
@@ -289,6 +295,16 @@ schedule; a scrape never calls the API.</p>
 {"".join(rows)}
 </table></body></html>
 """
+
+
+def _sendmsg_all(sock: socket.socket, views: list[memoryview]) -> None:
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= views[0].nbytes:
+            sent -= views[0].nbytes
+            views.pop(0)
+        if sent:
+            views[0] = views[0][sent:]
 
 
 def _fmt_duration(value: float | None) -> str:

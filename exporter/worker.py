@@ -4,12 +4,15 @@ Under CPython's GIL, a scrape served in the same process as a poll of 100k rows 
 poll's threads at every step, so its latency grows with the poll's work. The daemon therefore
 runs the poller, its store and the usage renderer here, in a child process, and ships each
 new rendering (the stored exposition bytes, already deflated) and the small live state
-(statuses, counters) to the serving process over a pipe. The serving process only answers
-HTTP from what it last received. ``--once`` and the tests run everything in one process.
+(statuses, counters) to the serving process over a socket pair; the bytes travel as the
+descriptors of unlinked temporary files, which the serving process sends with sendfile, so
+they sit in the page cache rather than in either heap. The serving process only answers HTTP
+from what it last received. ``--once`` and the tests run everything in one process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import os
@@ -17,18 +20,40 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
 
 from .config import Config
 from .logs import setup_logging
-from .metrics import Exposition
+from .metrics import Exposition, StoredFile
 from .store import Store
 
 log = logging.getLogger(__name__)
 
 DEBOUNCE = 0.05
+MAX_RENDER_DELAY = 2.0  # the longest a finished poll waits for the others before rendering
+
+
+def _load_malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS after a big poll or rendering (glibc keeps it)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 EMPTY: tuple[bytes, bytes, int] = (b"", b"", 0)
 
 
@@ -38,6 +63,14 @@ def budgets_of(config: Config) -> dict[str, tuple[int | None, int | None]]:
         for a in config.apps
         if a.daily_bytes_budget is not None or a.monthly_bytes_budget is not None
     }
+
+
+def _to_file(data: object) -> Any:
+    """An unlinked temporary file holding ``data`` (the serving process sends it by sendfile)."""
+    fh = tempfile.TemporaryFile()
+    fh.write(data)  # type: ignore[arg-type]
+    fh.flush()
+    return fh
 
 
 def _worker_main(config: Config, conn: Connection, log_level: str, log_format: str) -> None:
@@ -61,18 +94,20 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
         usage = {app: dataclasses.replace(u, videos=()) for app, u in view.usage.items()}
         message = (
             "update",
-            None if parts is None else parts[2],  # the CRC; the bytes follow as raw messages
+            None if parts is None else parts[2],  # the CRC; two file descriptors follow
             usage,
             dict(view.status),
             dict(view.requests),
             dict(view.poll_errors),
             poller.ready,
         )
+        files = [_to_file(p) for p in parts[:2]] if parts is not None else []
         with send_lock:
             conn.send(message)
-            if parts is not None:
-                conn.send_bytes(parts[0])
-                conn.send_bytes(parts[1])
+            for fh in files:  # the descriptors themselves, over the socket pair
+                send_handle(conn, fh.fileno(), os.getppid())
+        for fh in files:
+            fh.close()
 
     def shipper() -> None:
         version = -1
@@ -81,12 +116,16 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
             if new == version:
                 continue
             version = new
-            stop.wait(DEBOUNCE)  # polls that end together land in one rendering
+            # render a poll cycle once: wait while other apps' polls are still running
+            deadline = time.monotonic() + MAX_RENDER_DELAY
+            while poller.in_flight and time.monotonic() < deadline and not stop.is_set():
+                stop.wait(DEBOUNCE)
             try:
                 changed = expo.render_now()
                 ship(expo.stored_parts() if changed else None)
                 if changed:  # the serving process has them now; the fragments stay here
                     expo.set_stored(EMPTY)
+                    release_memory()
             except (BrokenPipeError, EOFError, OSError):
                 stop.set()
             except Exception:  # pragma: no cover - a bug; keep polling
@@ -155,10 +194,11 @@ class PollWorker:
                     break
                 _, crc, usage, status, requests, poll_errors, ready = message
                 if crc is not None:
-                    plain = self._conn.recv_bytes()
-                    deflated = self._conn.recv_bytes()
-                    self.exposition.set_stored((plain, deflated, crc))
-                    del plain, deflated
+                    files = []
+                    for _ in range(2):
+                        fd = recv_handle(self._conn)
+                        files.append(StoredFile(fd, os.fstat(fd).st_size))
+                    self.exposition.set_stored((files[0], files[1], crc))
                 self.store.mirror(usage, status, requests, poll_errors)
                 self.ready = ready
         except (EOFError, OSError):

@@ -299,3 +299,52 @@ def test_demo_with_a_config_needs_no_scaleengine_section(tmp_path):
     s = samples(proc.stdout)
     assert {dict(k[1]).get("app") for k in s if k[0] == "scaleengine_up"} == {"live-events"}
     assert s[("scaleengine_vse_app_day_bytes_budget", (("app", "live-events"),))] == 1000
+
+
+def test_daemon_serves_over_tls_with_basic_auth(tmp_path):
+    """The daemon's path (worker-rendered exposition sent from files) over TLS and auth."""
+    import base64
+    import ssl
+    import urllib.request
+
+    import bcrypt
+    from helpers import make_pki
+
+    pki = make_pki(tmp_path)
+    hashed = bcrypt.hashpw(b"pw-123", bcrypt.gensalt(rounds=4)).decode()
+    web = tmp_path / "web.yml"
+    web.write_text(
+        f"tls_server_config:\n  cert_file: {pki['server_cert']}\n  key_file: {pki['server_key']}\n"
+        f"basic_auth_users:\n  prom: '{hashed}'\n"
+    )
+    proc, url = start_daemon(["--demo", "--web.config.file", str(web)])
+    url = url.replace("http://", "https://")
+    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+    auth = "Basic " + base64.b64encode(b"prom:pw-123").decode()
+
+    def scrape():
+        req = urllib.request.Request(url + "/metrics", headers={"Authorization": auth})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=2) as resp:
+                body = resp.read()
+        except OSError:
+            return None
+        return body if b'scaleengine_vse_app_day_bytes{app="vod-library"}' in body else None
+
+    try:
+        body = wait_for(scrape, 20, "a full exposition over TLS")
+        s = samples(body)
+        assert s[("scaleengine_up", (("app", "vod-library"),))] == 1
+        per_video = sum(
+            v
+            for k, v in s.items()
+            if k[0] == "scaleengine_vse_day_bytes" and ("app", "vod-library") in k[1]
+        )
+        assert per_video == s[("scaleengine_vse_app_day_bytes", (("app", "vod-library"),))]
+        req = urllib.request.Request(url + "/metrics")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req, context=ctx, timeout=5)
+        assert err.value.code == 401
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)

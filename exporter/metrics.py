@@ -313,11 +313,15 @@ class Exposition:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.renders = 0
+        # the app families change only with the store: rendered once per change and format;
+        # the process metrics move all the time: rendered at every scrape
         self.live_registry = CollectorRegistry(auto_describe=False)
         self.live_registry.register(LiveCollector(store))  # type: ignore[arg-type]
+        self.process_registry = CollectorRegistry(auto_describe=False)
         if process_metrics:
-            ProcessCollector(registry=self.live_registry)
-            PlatformCollector(registry=self.live_registry)
+            ProcessCollector(registry=self.process_registry)
+            PlatformCollector(registry=self.process_registry)
+        self._live_cache: dict[bool, tuple[tuple[int, int], bytes]] = {}
         self.render_now()
 
     # -- rendering (poll side) ------------------------------------------------------------
@@ -395,9 +399,19 @@ class Exposition:
         return plain.read() if isinstance(plain, StoredFile) else plain
 
     def live(self, openmetrics: bool = False) -> bytes:
+        """The live part: the store's app families (cached per change) and process metrics."""
+        version = self._store.live_version
+        cached = self._live_cache.get(openmetrics)
+        if cached is None or cached[0] != version:
+            if openmetrics:
+                apps = generate_openmetrics(self.live_registry)[: -len(b"# EOF\n")]
+            else:
+                apps = generate_text(self.live_registry)
+            cached = (version, apps)
+            self._live_cache[openmetrics] = cached
         if openmetrics:
-            return generate_openmetrics(self.live_registry)
-        return generate_text(self.live_registry)
+            return cached[1] + generate_openmetrics(self.process_registry)
+        return cached[1] + generate_text(self.process_registry)
 
     def payload(self, openmetrics: bool = False, gzip: bool = False) -> tuple[list[Chunk], str]:
         """Body chunks and content type for one scrape; costs only the live part's rendering."""

@@ -73,6 +73,7 @@ class Store:
         )
         self._requests: dict[tuple[str, str], int] = {}
         self._poll_errors: dict[tuple[str, str], int] = {}
+        self._counts_version = 0
 
     @property
     def apps(self) -> list[str]:
@@ -97,12 +98,14 @@ class Store:
         with self._count_lock:
             key = (app, outcome)
             self._requests[key] = self._requests.get(key, 0) + 1
+            self._counts_version += 1
 
     def count_poll_error(self, app: str, outcome: str) -> None:
         """Count one failed fetch of a poll (after retries) by outcome."""
         with self._count_lock:
             key = (app, outcome)
             self._poll_errors[key] = self._poll_errors.get(key, 0) + 1
+            self._counts_version += 1
 
     def mirror(
         self,
@@ -125,6 +128,11 @@ class Store:
         version, usage, status = self._current
         # dict() of a dict is one C-level copy under the GIL: safe against concurrent counts
         return View(version, usage, status, dict(self._requests), dict(self._poll_errors))
+
+    @property
+    def live_version(self) -> tuple[int, int]:
+        """Changes whenever anything the live metrics show changes (swaps and counts)."""
+        return self._current[0], self._counts_version
 
     def usage_view(self) -> tuple[int, Mapping[str, AppUsage]]:
         """The usage mapping with its version, without copying the request counters."""

@@ -35,6 +35,7 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 DEBOUNCE = 0.05
+WORKER_NICENESS = 10
 MAX_RENDER_DELAY = 2.0  # the longest a finished poll waits for the others before rendering
 
 
@@ -225,6 +226,11 @@ class PollWorker:
 
 def _child() -> None:  # pragma: no cover - runs in the worker process
     conn = Connection(int(sys.argv[1]))
+    try:
+        # polling is background work: when the CPUs are busy, a scrape should win them
+        os.nice(WORKER_NICENESS)
+    except OSError:
+        pass
     config, log_level, log_format = conn.recv()
     _worker_main(config, conn, log_level, log_format)
     logging.shutdown()

@@ -348,3 +348,29 @@ def test_daemon_serves_over_tls_with_basic_auth(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+def test_daemon_exits_1_when_its_poll_worker_dies():
+    proc, url = start_daemon(["--demo"])
+    try:
+        wait_for(lambda: _up(url), 15, "the exporter to answer")
+
+        def worker_pid():
+            try:
+                with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
+                    pids = [int(p) for p in f.read().split()]
+            except OSError:
+                return None
+            for pid in pids:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"exporter.worker" in f.read():
+                        return pid
+            return None
+
+        pid = wait_for(worker_pid, 10, "the poll worker process")
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(10) == 1  # a supervisor restarts it rather than it serving stale data
+        assert "poll worker" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import need_binary
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,8 +122,8 @@ def test_string_property(s):
         i = out.find("/", i + 1)
 
 
-@pytest.mark.skipif(shutil.which("php") is None, reason="php not installed")
 def test_random_strings_against_real_php():
+    need_binary("php", "php-cli")  # scripts/test.sh installs it
     rng = random.Random(1234)
     pools = [
         [chr(c) for c in range(0, 128)],

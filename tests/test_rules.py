@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
+from helpers import need_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 PROM_DIR = ROOT / "prometheus"
@@ -18,10 +17,7 @@ EXAMPLE = PROM_DIR / "prometheus.example.yml"
 
 
 def _promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.fail("promtool not found on PATH: install Debian's 'prometheus' package")
-    return path
+    return need_binary("promtool")
 
 
 def _alert_rules() -> list[dict]:

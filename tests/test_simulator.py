@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -11,6 +10,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 import requests
+from helpers import need_binary
 
 from exporter.phpjson import php_json_encode
 from exporter.scaleengine import build_request, encode_body, sign
@@ -55,8 +55,8 @@ def test_accepts_urlencoded_and_multipart(simulator):
         assert ans["count"] == len(ans["usage"]) > 0
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_accepts_curl_multipart_like_php_example(simulator):
+    need_binary("curl", "curl")  # scripts/test.sh installs it
     text = signed_text(good_request(simulator))
     out = subprocess.run(
         ["curl", "-s", "-F", f"json={text}", simulator.url],

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import free_port, need_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "prometheus" / "alerts.yml"
@@ -32,19 +31,6 @@ ALERTS = ROOT / "prometheus" / "alerts.yml"
 LOW_BUDGET_APP = "demo-origin"
 DEMO_APPS = ("demo-origin", "live-events", "vod-library")
 JOB = "scaleengine"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def require_binary(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} not found on PATH: install Debian's 'prometheus' package")
-    return path
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -181,7 +167,7 @@ def prometheus(
     exporter: Exporter, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     """Debian's prometheus scraping the exporter every second with alerts.yml loaded."""
-    binary = require_binary("prometheus")
+    binary = need_binary("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},

@@ -140,10 +140,6 @@ class Exporter:
         budgets = budgets_of(config)
         self.exposition = Exposition(self.store, config.poll.timezone, budgets)
 
-    def stop(self) -> None:
-        self.exposition.stop()
-        self.poller.shutdown()
-
 
 def _fail(message: str) -> int:
     print(f"scaleengine-exporter: error: {message}", file=sys.stderr)

@@ -24,7 +24,7 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -463,6 +463,3 @@ def _q_zero(params: str) -> bool:
             except ValueError:
                 return False
     return False
-
-
-Clock = Callable[[], float]

@@ -192,3 +192,22 @@ def test_background_renderer_follows_the_store(store):
 )
 def test_negotiate(accept, encoding, expected):
     assert negotiate(accept, encoding) == expected
+
+
+def test_readme_metrics_table_matches_the_code():
+    """Every metric the exporter can emit is in the README's table, and nothing else is."""
+    import re
+
+    from helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = set(re.findall(r"^\| `(scaleengine_[a-z_]+)`", readme, re.M))
+    store = Store(["a"])
+    store.count_request("a", "success")
+    store.count_poll_error("a", "timeout")
+    store.publish(
+        "a", usage("a", 2), AppStatus("a", True, True, last_success=1.0, poll_duration=0.1)
+    )
+    expo = Exposition(store, "UTC", {"a": (1, 2)}, process_metrics=False)
+    emitted = {k[0] for k in samples(expo.text())}
+    assert emitted == table

@@ -14,7 +14,6 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import free_port
 
 import exporter
 
@@ -76,12 +76,6 @@ def env_defaults() -> dict[str, str]:
                 key, _, value = item.partition("=")
                 env[key] = value
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def hadolint() -> str:

@@ -8,7 +8,6 @@ done in the connection's thread rather than in the accept loop.
 
 from __future__ import annotations
 
-import html
 import logging
 import os
 import socket
@@ -17,11 +16,11 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import __version__
+from .landing import render_landing
 from .metrics import Chunk, Exposition, StoredFile, negotiate
 from .store import Store
 from .webconfig import WebConfig
@@ -122,12 +121,15 @@ class WebApp:
         ready: Callable[[], bool],
         web_config: WebConfig | None = None,
         telemetry_path: str = "/metrics",
+        reload: Callable[[], tuple[bool, str]] | None = None,
     ) -> None:
         self.exposition = exposition
         self.store = store
         self.ready = ready
         self.web_config = web_config or WebConfig()
         self.telemetry_path = telemetry_path
+        # POST /-/reload calls this ((ok, message)); None: the lifecycle API is not enabled
+        self.reload = reload
         self.started = time.time()
 
 
@@ -160,7 +162,20 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch(head=False)
 
     def do_POST(self) -> None:  # noqa: N802
-        self._send(405, b"Method Not Allowed\n", "text/plain; charset=utf-8", head=False)
+        app = self.server.app
+        path = self.path.split("?", 1)[0]
+        if path != "/-/reload":
+            self._send(405, b"Method Not Allowed\n", "text/plain; charset=utf-8", head=False)
+        elif not app.web_config.check_basic_auth(self.headers.get("Authorization")):
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="scaleengine-exporter"')
+            self._finish(b"Unauthorized\n", "text/plain; charset=utf-8", False)
+        elif app.reload is None:
+            self._send(403, b"Lifecycle API is not enabled.\n", "text/plain; charset=utf-8", False)
+        else:
+            ok, message = app.reload()
+            body = (message.rstrip("\n") + "\n").encode()
+            self._send(200 if ok else 500, body, "text/plain; charset=utf-8", False)
 
     def _dispatch(self, head: bool) -> None:
         app = self.server.app
@@ -182,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == app.telemetry_path:
             self._metrics(head)
         elif path == "/":
-            self._send(200, self._landing().encode(), "text/html; charset=utf-8", head)
+            self._send(200, render_landing(app).encode(), "text/html; charset=utf-8", head)
         else:
             self._send(404, b"Not Found\n", "text/plain; charset=utf-8", head)
 
@@ -252,50 +267,6 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             sock.settimeout(self.timeout)
 
-    def _landing(self) -> str:
-        app = self.server.app
-        view = app.store.view()
-        rows = []
-        for name in sorted(view.status):
-            st = view.status[name]
-            if not st.polled:
-                result = "not polled yet"
-            elif st.up:
-                result = "ok"
-            else:
-                result = "failed: " + (st.last_error or "unknown error")
-            last = (
-                datetime.fromtimestamp(st.last_success, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-                if st.last_success
-                else "never"
-            )
-            usage = view.usage.get(name)
-            videos = str(usage.day_videos) if usage else "-"
-            rows.append(
-                "<tr>"
-                + "".join(
-                    f"<td>{html.escape(v)}</td>"
-                    for v in (name, result, last, videos, _fmt_duration(st.poll_duration))
-                )
-                + "</tr>"
-            )
-        path = html.escape(app.telemetry_path)
-        return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>ScaleEngine Exporter</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style>
-</head><body>
-<h1>ScaleEngine Exporter</h1>
-<p>Version {html.escape(__version__)}. Usage data from ScaleEngine's usage.vse API, polled on a
-schedule; a scrape never calls the API.</p>
-<ul><li><a href="{path}">Metrics</a></li><li><a href="/-/healthy">Health</a></li>
-<li><a href="/-/ready">Readiness</a></li></ul>
-<h2>Apps</h2>
-<table><tr><th>App</th><th>Last poll</th><th>Last success</th><th>Videos today</th>
-<th>Poll duration</th></tr>
-{"".join(rows)}
-</table></body></html>
-"""
-
 
 def _sendmsg_all(sock: socket.socket, views: list[memoryview]) -> None:
     while views:
@@ -305,10 +276,6 @@ def _sendmsg_all(sock: socket.socket, views: list[memoryview]) -> None:
             views.pop(0)
         if sent:
             views[0] = views[0][sent:]
-
-
-def _fmt_duration(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f} s"
 
 
 def serve(

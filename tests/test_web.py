@@ -8,6 +8,8 @@ import socket
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import bcrypt
 import pytest
@@ -245,3 +247,28 @@ def test_concurrent_scrapers_while_polls_swap_snapshots(stack):
     print(f"{scrapes[0]} scrapes by 50 clients in 10 s, {len(errors)} errors")
     assert errors == []
     assert scrapes[0] >= 50
+
+
+def _post(url: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_reload_endpoint_only_when_enabled(stack):
+    store, expo, ready, start = stack
+    url = start().url
+    assert _post(url + "/-/reload") == (403, b"Lifecycle API is not enabled.\n")
+    assert _post(url + "/metrics")[0] == 405
+    answers = iter([(True, "config reloaded"), (False, "apps[0].name: bad")])
+    app = WebApp(expo, store, lambda: True, reload=lambda: next(answers))
+    server, _ = serve("127.0.0.1:0", app)
+    try:
+        assert _post(server.url + "/-/reload") == (200, b"config reloaded\n")
+        assert _post(server.url + "/-/reload") == (500, b"apps[0].name: bad\n")
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -11,9 +11,12 @@ nothing is counted twice.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
+import stat
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -21,6 +24,30 @@ from dataclasses import dataclass, field
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+# a real state file is a few kilobytes; anything near this is not ours
+MAX_STATE_BYTES = 64 * 2**20
+
+
+class StateLockedError(Exception):
+    """Another exporter holds the state file's lock."""
+
+
+def check_state_path(path: str) -> str | None:
+    """Why ``path`` cannot hold the state file (its folder missing or not writable), or None.
+
+    Checked at start-up and by --check-config: a state that can never be saved is a config
+    error, not a log line after every poll. ``os.access`` also reports a read-only file
+    system, which stops root too.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"{path} is a folder, not a file"
+    if not os.path.isdir(folder):
+        what = "is not a folder" if os.path.exists(folder) else "does not exist"
+        return f"the folder {folder} of {path} {what}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} of {path} is not writable"
+    return None
 
 
 @dataclass
@@ -57,9 +84,43 @@ class AppCounters:
 class StateFile:
     """Atomic JSON state file (temp file, fsync, rename; mode 0600)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, max_bytes: int = MAX_STATE_BYTES) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None
+
+    @property
+    def lock_path(self) -> str:
+        return self.path + ".lock"
+
+    def acquire(self) -> int:
+        """Take the exclusive lock (``<path>.lock``) for this process's life; its descriptor.
+
+        Two exporters saving one state file would overwrite each other's counters; the second
+        one gets :class:`StateLockedError`. The lock goes with the last descriptor of it (a
+        child given the descriptor keeps it held), also when the process is killed.
+        """
+        if self._lock_fd is not None:
+            return self._lock_fd
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StateLockedError(
+                    f"state file {self.path} is in use by another exporter"
+                    f" (lock {self.lock_path} held)"
+                ) from None
+            raise
+        self._lock_fd = fd
+        return fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def save(self, day: str, counters: dict[str, AppCounters]) -> None:
         data = {
@@ -100,19 +161,50 @@ class StateFile:
             except OSError:
                 pass
 
-    def load(self) -> tuple[str, dict[str, AppCounters]] | None:
-        """(saved day, counters by app), or None with one warning if missing or unusable."""
+    def _read(self) -> bytes | None:
+        """The file's bytes, or None with one warning: never blocks, never reads past the cap."""
         try:
-            with open(self.path, "rb") as fh:
-                raw = fh.read()
+            # O_NONBLOCK: a FIFO without a writer must not hang the start
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except FileNotFoundError:
-            log.info("no state file yet, starting fresh", extra={"path": self.path})
+            log.warning("no state file yet, starting fresh", extra={"path": self.path})
             return None
         except OSError as err:
             log.warning(
                 "state file unreadable, starting fresh",
                 extra={"path": self.path, "err": err.strerror or str(err)},
             )
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                reason = "not a regular file"
+            elif info.st_size > self.max_bytes:
+                reason = f"larger than {self.max_bytes} bytes"
+            else:
+                chunks = []
+                left = self.max_bytes + 1
+                while left > 0:
+                    chunk = os.read(fd, min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    left -= len(chunk)
+                raw = b"".join(chunks)
+                if len(raw) <= self.max_bytes:
+                    return raw
+                reason = f"larger than {self.max_bytes} bytes"
+        except OSError as err:
+            reason = err.strerror or str(err)
+        finally:
+            os.close(fd)
+        log.warning("state file unusable, starting fresh", extra={"path": self.path, "err": reason})
+        return None
+
+    def load(self) -> tuple[str, dict[str, AppCounters]] | None:
+        """(saved day, counters by app), or None with one warning if missing or unusable."""
+        raw = self._read()
+        if raw is None:
             return None
         try:
             data = json.loads(raw)
@@ -133,9 +225,10 @@ class StateFile:
                     baselines=baselines,
                 )
             return day, apps
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
+        except Exception as err:  # noqa: BLE001 - nesting, garbage, memory: all a fresh start
             log.warning(
-                "state file corrupt, starting fresh", extra={"path": self.path, "err": str(err)}
+                "state file corrupt, starting fresh",
+                extra={"path": self.path, "err": f"{type(err).__name__}: {str(err)[:200]}"},
             )
             return None
 

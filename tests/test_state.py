@@ -8,7 +8,13 @@ import stat
 
 import pytest
 
-from exporter.state import AppCounters, StateFile
+from exporter.state import (
+    MAX_STATE_BYTES,
+    AppCounters,
+    StateFile,
+    StateLockedError,
+    check_state_path,
+)
 
 
 def test_growth_counted_once_and_new_day_from_zero():
@@ -65,3 +71,59 @@ def test_truncated_state_file(tmp_path, caplog):
         assert sf.load() is None
     assert "corrupt" in caplog.text
     json.loads(data)  # the full file was valid JSON
+
+
+def _one_warning(caplog, sf: StateFile) -> str:
+    with caplog.at_level("INFO"):
+        assert sf.load() is None
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, caplog.text
+    assert not [r for r in caplog.records if r.exc_info]
+    return f"{warnings[0].getMessage()}: {warnings[0].__dict__.get('err', '')}"
+
+
+def test_missing_state_file_is_one_warning(tmp_path, caplog):
+    assert "no state file" in _one_warning(caplog, StateFile(str(tmp_path / "none.json")))
+
+
+def test_deeply_nested_state_is_a_fresh_start(tmp_path, caplog):
+    path = tmp_path / "state.json"
+    path.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    assert "corrupt" in _one_warning(caplog, StateFile(str(path)))
+
+
+def test_fifo_device_and_folder_are_a_fresh_start_without_blocking(tmp_path, caplog):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # no writer: a blocking open would hang forever
+    for path in (str(fifo), "/dev/zero", str(tmp_path)):
+        caplog.clear()
+        assert "not a regular file" in _one_warning(caplog, StateFile(path))
+
+
+def test_state_over_the_size_cap_is_not_read(tmp_path, caplog):
+    path = tmp_path / "state.json"
+    with open(path, "wb") as fh:  # sparse: 64 MiB + 1 byte without writing them
+        fh.truncate(MAX_STATE_BYTES + 1)
+    assert "larger than" in _one_warning(caplog, StateFile(str(path)))
+    small = StateFile(str(path), max_bytes=10)
+    path.write_bytes(b'{"version":1}')
+    caplog.clear()
+    assert "larger than" in _one_warning(caplog, small)
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    path = str(tmp_path / "state.json")
+    first = StateFile(path)
+    first.acquire()
+    with pytest.raises(StateLockedError, match="state.json"):
+        StateFile(path).acquire()
+    first.release()
+    StateFile(path).acquire()
+
+
+def test_check_state_path(tmp_path):
+    assert check_state_path(str(tmp_path / "state.json")) is None
+    assert "does not exist" in check_state_path(str(tmp_path / "gone" / "state.json"))
+    (tmp_path / "file").write_text("x")
+    assert "not a folder" in check_state_path(str(tmp_path / "file" / "state.json"))
+    assert "is a folder" in check_state_path(str(tmp_path))

@@ -15,7 +15,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config, load_yaml_file, parse_config
 from .logs import setup_logging
 from .metrics import Exposition
-from .state import StateFile
+from .state import StateFile, StateLockedError, check_state_path
 from .store import Store
 from .web import WebApp, parse_listen_address, serve
 from .webconfig import WebConfig, load_web_config
@@ -180,6 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.state_path:
             state = config.state.model_copy(update={"path": args.state_path})
             config = config.model_copy(update={"state": state})
+        if config.state.path:
+            problem = check_state_path(config.state.path)
+            if problem:
+                raise ConfigError(f"state.path: {problem}")
         web_config = load_web_config(config.web.config_file) if config.web.config_file else None
     except ConfigError as err:
         if simulator is not None:
@@ -193,6 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"config ok: {len(config.apps)} app(s)")
         return 0
 
+    # one exporter per state file: a second one would overwrite the first one's counters
+    lock = StateFile(config.state.path) if config.state.path else None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except (StateLockedError, OSError) as err:
+            if simulator is not None:
+                simulator.stop()
+            return _fail(f"state.path: {err}")
+
     if args.once:
         exporter = Exporter(config)
         ok = exporter.poller.poll_all()
@@ -202,8 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         exporter.poller.shutdown()
         if simulator is not None:
             simulator.stop()
+        # an app whose usage could not be rendered is down too
+        ok = ok and all(st.up for st in exporter.store.view().status.values())
         return 0 if ok else 1
-    return serve_forever(config, web_config, level, args.log_format, simulator)
+    keep_fds = () if lock is None else (lock.acquire(),)
+    return serve_forever(config, web_config, level, args.log_format, simulator, keep_fds)
 
 
 def serve_forever(
@@ -212,11 +229,12 @@ def serve_forever(
     log_level: str,
     log_format: str,
     simulator: Any = None,
+    keep_fds: tuple[int, ...] = (),
 ) -> int:
     """The daemon: HTTP here, polling and rendering in the poll worker process."""
     store = Store([a.name for a in config.apps])
     exposition = Exposition(store, config.poll.timezone, budgets_of(config))
-    worker = PollWorker(config, store, exposition)
+    worker = PollWorker(config, store, exposition, keep_fds)
     app = WebApp(exposition, store, lambda: worker.ready, web_config, config.web.telemetry_path)
     ctx = web_config.ssl_context() if web_config else None
     try:

@@ -362,6 +362,8 @@ class LimitsConfig(BaseModel):
     model_config = _MODEL_CONFIG
 
     max_videos_per_app: Int = Field(default=1000, ge=1)
+    # bytes of UTF-8 per video_url label; longer ones are cut and a hash appended
+    max_label_length: Int = Field(default=1024, ge=64)
     include: Pattern = None
     exclude: Pattern = None
 

@@ -42,6 +42,8 @@ OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset
 GZIP_LEVEL = 6
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
+RENDER_OUTCOME = "render"  # poll error outcome of an app whose usage could not be rendered
+
 _POLLED = "Polled from ScaleEngine usage.vse every poll.interval, not fetched at scrape time."
 
 
@@ -248,8 +250,11 @@ class LiveCollector:
             labels=["app"],
         )
         for st in statuses:
-            bytes_total.add_metric([st.app], st.bytes_total)
-            requests_total.add_metric([st.app], st.requests_total)
+            # absent until the worker has its counters (state loaded): never a false reset
+            if st.bytes_total is not None:
+                bytes_total.add_metric([st.app], st.bytes_total)
+            if st.requests_total is not None:
+                requests_total.add_metric([st.app], st.requests_total)
             up.add_metric([st.app], 1 if st.up else 0)
             if st.last_success is not None:
                 last_success.add_metric([st.app], st.last_success)
@@ -272,6 +277,24 @@ class LiveCollector:
         )
         for (app, outcome), count in sorted(view.poll_errors.items()):
             poll_errors.add_metric([app, outcome], count)
+        state: list[Metric] = []
+        if view.state_saves is not None:
+            failures, last_save = view.state_saves
+            save_failures = CounterMetricFamily(
+                "scaleengine_state_save_failures",
+                "Saves of the state file (state.path) that failed (disk full, folder gone, ...); "
+                "a restart then loads older counters.",
+            )
+            save_failures.add_metric([], failures)
+            state.append(save_failures)
+            if last_save is not None:
+                state.append(
+                    GaugeMetricFamily(
+                        "scaleengine_state_last_save_timestamp_seconds",
+                        "Unix time of the last successful save of the state file.",
+                        value=last_save,
+                    )
+                )
         info = GaugeMetricFamily(
             "scaleengine_exporter_build_info",
             "Build information of scaleengine-exporter; always 1.",
@@ -287,6 +310,7 @@ class LiveCollector:
             skipped,
             api,
             poll_errors,
+            *state,
             info,
         ]
 
@@ -333,7 +357,16 @@ class Exposition:
             if self._rendered_usage is not None and _same(current, self._rendered_usage):
                 return False
             started = time.perf_counter()
-            per_app = [render_app(current[app]) for app in sorted(current)]
+            per_app = []
+            for app in sorted(current):
+                # one app's bad data must not stop the others' updates: render each alone
+                try:
+                    per_app.append(render_app(current[app]))
+                except Exception as err:  # noqa: BLE001 - any failure: that app is down
+                    failed = current.pop(app)
+                    error = f"cannot render its usage ({type(err).__name__}: {str(err)[:200]})"
+                    log.warning("app marked down", extra={"app": app, "err": error})
+                    self._store.fail_app(app, RENDER_OUTCOME, error, failed)
             chunks: list[bytes] = []
             for family in self._families:
                 if family.name in self._budget_lines:

@@ -9,6 +9,8 @@ new :class:`~exporter.store.AppUsage` and :class:`~exporter.store.AppStatus` in 
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import re
 import threading
@@ -35,16 +37,53 @@ Clock = Callable[[], float]
 ClientFactory = Callable[[str], ScaleEngineClient]
 
 
+DEFAULT_MAX_LABEL_LENGTH = 1024  # bytes of UTF-8 (limits.max_label_length)
+LABEL_HASH_CHARS = 16  # hex digits of SHA-256 appended to a cut label
+INTERNAL_OUTCOME = "internal"  # poll error outcome of an unexpected exception inside a poll
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def label_value(url: str, max_bytes: int = DEFAULT_MAX_LABEL_LENGTH) -> str:
+    """``url`` made a safe label value; the same object when it already is one.
+
+    Valid UTF-8 whatever the API sent: each lone UTF-16 surrogate (valid JSON, not encodable)
+    becomes U+FFFD. At most ``max_bytes`` bytes of UTF-8: a longer value is cut on a
+    character boundary and ``~`` plus the first 16 hex digits of the SHA-256 of the whole
+    URL are appended, so distinct long URLs stay distinct series.
+    """
+    try:
+        size = len(url.encode())
+    except UnicodeEncodeError:
+        clean = _SURROGATE.sub("\ufffd", url)
+        size = len(clean.encode())
+    else:
+        clean = url
+    if size <= max_bytes:
+        return clean
+    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
+    suffix = "~" + digest[:LABEL_HASH_CHARS]
+    head = clean.encode()[: max(0, max_bytes - len(suffix))].decode("utf-8", "ignore")
+    return head + suffix
+
+
 def fold_videos(
     videos: dict[str, tuple[int, int]],
     max_videos: int,
     include: re.Pattern[str] | None = None,
     exclude: re.Pattern[str] | None = None,
+    *,
+    max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
 ) -> tuple[tuple[str, int, int], ...]:
-    """Top ``max_videos`` videos by bytes; the rest and the filtered ones summed in __other__."""
+    """Top ``max_videos`` videos by bytes; the rest and the filtered ones summed in __other__.
+
+    The filters see the URL as the API sent it; what is kept is labelled by
+    :func:`label_value` (valid UTF-8, at most ``max_label_length`` bytes), rows whose labels
+    coincide summed, so the totals stay exact.
+    """
     other_b = other_r = 0
     folded = False
     kept: list[tuple[str, int, int]] = []
+    renamed: dict[str, tuple[int, int]] = {}
     for url, (nbytes, nrequests) in videos.items():
         if (
             url == OTHER
@@ -54,8 +93,23 @@ def fold_videos(
             other_b += nbytes
             other_r += nrequests
             folded = True
-        else:
+            continue
+        label = label_value(url, max_label_length)
+        if label is url:
             kept.append((url, nbytes, nrequests))
+        else:
+            old = renamed.get(label)
+            renamed[label] = (
+                (nbytes, nrequests) if old is None else (old[0] + nbytes, old[1] + nrequests)
+            )
+    if renamed:
+        merged = {u: (b, r) for u, b, r in kept}
+        for label, (nbytes, nrequests) in renamed.items():
+            old = merged.get(label)
+            merged[label] = (
+                (nbytes, nrequests) if old is None else (old[0] + nbytes, old[1] + nrequests)
+            )
+        kept = [(u, b, r) for u, (b, r) in merged.items()]
     kept.sort(key=lambda row: (-row[1], row[0]))
     if len(kept) > max_videos:
         for _, nbytes, nrequests in kept[max_videos:]:
@@ -130,9 +184,11 @@ class Poller:
             )
             for app in config.apps
         }
+        # the counters are known now (loaded or fresh): from here on they are exported
         for name, st in self._apps.items():
-            if st.counters.bytes_total or st.counters.requests_total:
-                self.store.publish(name, None, self._status(st, up=False, duration=None))
+            self.store.publish(name, None, self._status(st, up=False, duration=None))
+        if state_file is not None:
+            self.store.record_state_save(None)
 
     # -- set-up -----------------------------------------------------------------------------
     def _default_client(self, app: str) -> ScaleEngineClient:
@@ -180,12 +236,37 @@ class Poller:
             self._in_flight += 1
         try:
             with st.lock:
-                ok = self._poll_locked(name, st)
+                try:
+                    ok = self._poll_locked(name, st)
+                except Exception as err:  # noqa: BLE001 - MemoryError, a bug: a failed poll
+                    ok = False
+                    self._poll_crashed(name, st, err)
+                    del err
             self.save_state()
         finally:
             with self._flight_lock:
                 self._in_flight -= 1
         return ok
+
+    def _poll_crashed(self, name: str, st: _AppState, err: Exception) -> None:
+        """An unexpected exception inside a poll: the app is down, the error counted."""
+        error = f"{type(err).__name__}: {str(err)[:200]}"
+        now = self.clock()
+        today_iso = day_bounds(now, self.tz)[0].isoformat()
+        if st.usage is not None and (
+            st.usage.day != today_iso
+            or st.last_success is None
+            or now - st.last_success > self.config.poll.stale_after
+        ):
+            st.usage = None
+        st.polled = True
+        self.store.count_poll_error(name, INTERNAL_OUTCOME)
+        log.error("poll failed", extra={"app": name, "outcome": INTERNAL_OUTCOME, "err": error})
+        status = dataclasses.replace(
+            self._status(st, up=False, duration=None),
+            last_error=f"{INTERNAL_OUTCOME}: {error}",
+        )
+        self.store.publish(name, st.usage, status)
 
     @property
     def in_flight(self) -> int:
@@ -284,7 +365,11 @@ class Poller:
     ) -> AppUsage:
         limits = self.config.limits
         videos = fold_videos(
-            result.videos, limits.max_videos_per_app, limits.include, limits.exclude
+            result.videos,
+            limits.max_videos_per_app,
+            limits.include,
+            limits.exclude,
+            max_label_length=limits.max_label_length,
         )
         month_bytes = month_requests = None
         m = st.month
@@ -341,11 +426,15 @@ class Poller:
                 counters[name] = AppCounters(c.bytes_total, c.requests_total, baselines)
             try:
                 self.state_file.save(today.isoformat(), counters)
-            except OSError as err:
+            except Exception as err:  # noqa: BLE001 - disk full, folder gone, ...: counted
+                reason = err.strerror if isinstance(err, OSError) else None
                 log.warning(
                     "could not save state",
-                    extra={"path": self.state_file.path, "err": err.strerror or str(err)},
+                    extra={"path": self.state_file.path, "err": reason or str(err)[:200]},
                 )
+                self.store.record_state_save(False)
+            else:
+                self.store.record_state_save(True, self.clock())
 
     def poll_all(self) -> bool:
         """Poll every app once, concurrently (bounded by poll.concurrency); True if all ok."""

@@ -92,8 +92,13 @@ ROW_FAULTS = {
     "huge_bytes",
     "bool_bytes",
 }
+# label fault modes: every page's first row keeps its numbers but gets a hostile video_url
+# (valid JSON that PHP's json_encode would not write, so spliced into the encoded answer)
+LABEL_FAULTS = {"surrogate_url"}
+_SURROGATE_MARK = "@@SURROGATE@@"
 FAULT_MODES = frozenset(
     {
+        *LABEL_FAULTS,
         "reset",
         "timeout",
         "http_500",
@@ -643,6 +648,8 @@ class Simulator:
             else {"video_url": r[0], "bytes_total": str(r[1]), "requests_total": str(r[2])}
             for r in chosen
         ]
+        if mode == "surrogate_url" and usage:
+            usage[0] = {**usage[0], "video_url": usage[0]["video_url"] + _SURROGATE_MARK}
         if mode == "usage_not_list":
             usage = {str(i + 1): r for i, r in enumerate(usage)} or {"1": None}
         elapsed = time.perf_counter() - started
@@ -654,6 +661,8 @@ class Simulator:
             "handle_time": f"{elapsed:.4f} seconds",
         }
         body = php_json_encode(answer).encode("ascii")
+        if mode == "surrogate_url":  # a lone UTF-16 surrogate
+            body = body.replace(_SURROGATE_MARK.encode(), b"bad\\ud800url")
         if cache_key is not None:
             with self._lock:
                 self._page_cache[cache_key] = body

@@ -8,6 +8,7 @@ about HTTP or the exposition format.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,8 +43,10 @@ class AppStatus:
     up: bool = False
     last_success: float | None = None
     poll_duration: float | None = None
-    bytes_total: int = 0
-    requests_total: int = 0
+    # None until the poller has its counters (state file loaded): a counter is absent rather
+    # than 0, so a restart never shows Prometheus a reset
+    bytes_total: int | None = None
+    requests_total: int | None = None
     skipped_rows: int = 0
     last_error: str | None = None
 
@@ -55,6 +58,8 @@ class View:
     status: Mapping[str, AppStatus]
     requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
     poll_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    # (failed saves, unix time of the last good save or None); None without a state file
+    state_saves: tuple[int, float | None] | None = None
 
 
 class Store:
@@ -74,6 +79,7 @@ class Store:
         self._requests: dict[tuple[str, str], int] = {}
         self._poll_errors: dict[tuple[str, str], int] = {}
         self._counts_version = 0
+        self._state_saves: tuple[int, float | None] | None = None
 
     @property
     def apps(self) -> list[str]:
@@ -107,12 +113,43 @@ class Store:
             self._poll_errors[key] = self._poll_errors.get(key, 0) + 1
             self._counts_version += 1
 
+    def fail_app(self, app: str, outcome: str, error: str, usage: AppUsage | None = None) -> None:
+        """Drop the app's usage and mark it down, counting a poll error (e.g. it cannot be
+        rendered); its counters and everything else stay. With ``usage``, only if that is
+        still the app's current usage (a newer poll's is left alone)."""
+        with self._lock:
+            version, old_usage, old_status = self._current
+            if usage is not None and old_usage.get(app) is not usage:
+                return
+            self.count_poll_error(app, outcome)
+            new_usage = dict(old_usage)
+            new_usage.pop(app, None)
+            new_status = dict(old_status)
+            old = new_status.get(app) or AppStatus(app=app)
+            new_status[app] = dataclasses.replace(
+                old, polled=True, up=False, last_error=f"{outcome}: {error}"
+            )
+            self._current = (version + 1, MappingProxyType(new_usage), MappingProxyType(new_status))
+            self._changed.notify_all()
+
+    def record_state_save(self, ok: bool | None, at: float | None = None) -> None:
+        """Count a save of the state file (ok True/False); None only says there is one."""
+        with self._count_lock:
+            failures, last = self._state_saves or (0, None)
+            if ok is True:
+                last = at
+            elif ok is False:
+                failures += 1
+            self._state_saves = (failures, last)
+            self._counts_version += 1
+
     def mirror(
         self,
         usage: Mapping[str, AppUsage],
         status: Mapping[str, AppStatus],
         requests: Mapping[tuple[str, str], int],
         poll_errors: Mapping[tuple[str, str], int],
+        state_saves: tuple[int, float | None] | None = None,
     ) -> None:
         """Take over another store's whole state (the serving side of a poll worker)."""
         with self._lock:
@@ -121,13 +158,22 @@ class Store:
             with self._count_lock:
                 self._requests = dict(requests)
                 self._poll_errors = dict(poll_errors)
+                self._state_saves = state_saves
+                self._counts_version += 1
             self._changed.notify_all()
 
     def view(self) -> View:
         """A consistent picture of all apps; never waits for a poll or a swap."""
         version, usage, status = self._current
         # dict() of a dict is one C-level copy under the GIL: safe against concurrent counts
-        return View(version, usage, status, dict(self._requests), dict(self._poll_errors))
+        return View(
+            version,
+            usage,
+            status,
+            dict(self._requests),
+            dict(self._poll_errors),
+            self._state_saves,
+        )
 
     @property
     def live_version(self) -> tuple[int, int]:

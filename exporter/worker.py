@@ -101,6 +101,7 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
             dict(view.requests),
             dict(view.poll_errors),
             poller.ready,
+            view.state_saves,
         )
         files = [_to_file(p) for p in parts[:2]] if parts is not None else []
         with send_lock:
@@ -123,6 +124,10 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
                 stop.wait(DEBOUNCE)
             try:
                 changed = expo.render_now()
+            except Exception:  # pragma: no cover - a bug; the live part still goes out
+                log.exception("rendering the exposition failed")
+                changed = False
+            try:
                 ship(expo.stored_parts() if changed else None)
                 if changed:  # the serving process has them now; the fragments stay here
                     expo.set_stored(EMPTY)
@@ -158,8 +163,11 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
 class PollWorker:
     """The serving side: starts the worker process and mirrors what it ships."""
 
-    def __init__(self, config: Config, store: Store, exposition: Exposition) -> None:
+    def __init__(
+        self, config: Config, store: Store, exposition: Exposition, keep_fds: tuple[int, ...] = ()
+    ) -> None:
         self.config = config
+        self.keep_fds = keep_fds  # e.g. the state file's lock: held while the worker lives
         self.store = store
         self.exposition = exposition
         self.ready = False
@@ -176,7 +184,7 @@ class PollWorker:
         env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
         self._process = subprocess.Popen(
             [sys.executable, "-m", "exporter.worker", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
+            pass_fds=[theirs.fileno(), *self.keep_fds],
             stdin=subprocess.DEVNULL,
             env=env,
         )
@@ -193,14 +201,14 @@ class PollWorker:
                 if message[0] == "stopped":
                     self.stopped.set()
                     break
-                _, crc, usage, status, requests, poll_errors, ready = message
+                _, crc, usage, status, requests, poll_errors, ready, state_saves = message
                 if crc is not None:
                     files = []
                     for _ in range(2):
                         fd = recv_handle(self._conn)
                         files.append(StoredFile(fd, os.fstat(fd).st_size))
                     self.exposition.set_stored((files[0], files[1], crc))
-                self.store.mirror(usage, status, requests, poll_errors)
+                self.store.mirror(usage, status, requests, poll_errors, state_saves)
                 self.ready = ready
         except (EOFError, OSError):
             pass

@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 ROOT = Path(__file__).resolve().parent.parent
 
 # simulator fault mode -> (the client's outcome label, retryable); the row-level modes
-# (exporter.simulator.ROW_FAULTS) skip rows instead of failing
+# (exporter.simulator.ROW_FAULTS) skip rows instead of failing, the label modes
+# (exporter.simulator.LABEL_FAULTS) send good rows with hostile video_urls
 FAULT_OUTCOMES = {
     "reset": ("connection", True),
     "timeout": ("timeout", True),

@@ -4,6 +4,7 @@ what prometheus_client itself renders for the same data."""
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 
 import pytest
 from helpers import promtool_check_metrics, samples
@@ -205,9 +206,32 @@ def test_readme_metrics_table_matches_the_code():
     store = Store(["a"])
     store.count_request("a", "success")
     store.count_poll_error("a", "timeout")
-    store.publish(
-        "a", usage("a", 2), AppStatus("a", True, True, last_success=1.0, poll_duration=0.1)
-    )
+    status = AppStatus("a", True, True, last_success=1.0, poll_duration=0.1)
+    store.publish("a", usage("a", 2), replace(status, bytes_total=5, requests_total=1))
+    store.record_state_save(True, 1.0)  # with state.path
     expo = Exposition(store, "UTC", {"a": (1, 2)}, process_metrics=False)
     emitted = {k[0] for k in samples(expo.text())}
     assert emitted == table
+
+
+def test_an_app_that_cannot_be_rendered_is_down_and_the_others_update():
+    """Rendering is per app: one app's unencodable data drops its usage and marks it down
+    (outcome render); the others, the counters and the live part keep updating."""
+    store = Store(["bad", "good"])
+    expo = Exposition(store, "UTC", process_metrics=False)
+    bad = replace(usage("bad", 3), videos=(("x\ud800y", 5, 1),))
+    for app, u in (("bad", bad), ("good", usage("good", 3))):
+        store.publish(app, u, AppStatus(app, True, True, bytes_total=7, requests_total=1))
+    assert expo.render_now()
+    s = samples(expo.text())
+    assert s[("scaleengine_up", (("app", "bad"),))] == 0
+    assert s[("scaleengine_poll_errors_total", (("app", "bad"), ("outcome", "render")))] == 1
+    assert s[("scaleengine_vse_bytes_total", (("app", "bad"),))] == 7  # counters stay
+    assert not [k for k in s if ("app", "bad") in k[1] and "day" in k[0]]  # usage dropped
+    assert s[("scaleengine_up", (("app", "good"),))] == 1
+    # a later poll of the good app still shows
+    store.publish("good", usage("good", 4), AppStatus("good", True, True, bytes_total=9))
+    assert expo.render_now()
+    s = samples(expo.text())
+    assert s[("scaleengine_vse_app_day_videos", (("app", "good"),))] == 4
+    promtool_check_metrics(expo.text())

@@ -10,7 +10,7 @@ from helpers import samples, sim_config
 
 from exporter.config import parse_config
 from exporter.metrics import Exposition
-from exporter.poller import Poller, fold_videos
+from exporter.poller import Poller, fold_videos, label_value
 from exporter.simulator import SimClock, Simulator
 from exporter.state import StateFile
 from exporter.store import OTHER, Store
@@ -216,3 +216,35 @@ def test_corrupt_state_file_warns_once_and_polls(sim, tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == ["state file corrupt, starting fresh"]
     assert poller.poll_app("beta")
     assert path.read_bytes().startswith(b'{"version":1')  # rewritten whole after the poll
+
+
+# -- label values: valid UTF-8, capped, distinct, totals exact ---------------------------
+
+
+def test_fold_makes_labels_valid_utf8_and_caps_their_length():
+    long_a = "https://cdn.example/" + "a" * 5000 + "/one.mp4"
+    long_b = "https://cdn.example/" + "a" * 5000 + "/two.mp4"
+    videos = {
+        "bad\ud800url": (100, 1),
+        "bad" + chr(0xDFFF) + "url": (50, 1),  # the same label once cleaned: summed
+        long_a: (30, 3),
+        long_b: (20, 2),
+        "é" * 600: (10, 1),  # 1200 bytes: cut on a character boundary
+        "plain.mp4": (5, 1),
+    }
+    out = fold_videos(videos, 100, max_label_length=256)
+    labels = [v[0] for v in out]
+    for label in labels:
+        assert len(label.encode("utf-8")) <= 256  # encodes: no lone surrogate left
+    assert ("bad\ufffdurl", 150, 2) in out
+    cut = [v for v in out if v[0].startswith("https://")]
+    assert len(cut) == 2 and cut[0][0] != cut[1][0]  # distinct URLs stay distinct series
+    assert all(len(v[0].encode()) == 256 for v in cut)
+    assert {v[1] for v in cut} == {30, 20}
+    assert "plain.mp4" in labels
+    assert sum(v[1] for v in out) == sum(b for b, _ in videos.values())
+    assert sum(v[2] for v in out) == sum(r for _, r in videos.values())
+    # the default cap is 1024 bytes, and the positional form still works
+    default = fold_videos({long_a: (1, 1)}, 10, None, None)
+    assert len(default[0][0].encode()) == 1024
+    assert label_value("short.mp4") == "short.mp4"

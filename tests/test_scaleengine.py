@@ -387,9 +387,9 @@ def test_empty_result(simulator):
 
 
 def test_fault_table_covers_all_modes():
-    from exporter.simulator import ROW_FAULTS
+    from exporter.simulator import LABEL_FAULTS, ROW_FAULTS
 
-    assert set(FAULT_OUTCOMES) | ROW_FAULTS == FAULT_MODES
+    assert set(FAULT_OUTCOMES) | ROW_FAULTS | LABEL_FAULTS == FAULT_MODES
 
 
 @pytest.mark.parametrize("mode", sorted(FAULT_OUTCOMES))

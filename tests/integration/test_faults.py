@@ -14,7 +14,7 @@ from helpers import FAULT_OUTCOMES, http_get, samples, sim_config, wait_for
 
 from exporter.cli import Exporter
 from exporter.config import parse_config
-from exporter.simulator import FAULT_MODES, ROW_FAULTS, SimClock, Simulator
+from exporter.simulator import FAULT_MODES, LABEL_FAULTS, ROW_FAULTS, SimClock, Simulator
 from exporter.web import WebApp, serve
 
 APPS = {"bad": 12, "good": 6}
@@ -24,7 +24,7 @@ EXPECTED = FAULT_OUTCOMES  # mode -> (outcome label, retried within the poll)
 
 
 def test_every_fault_mode_is_covered():
-    assert set(EXPECTED) | ROW_FAULTS == set(FAULT_MODES)
+    assert set(EXPECTED) | ROW_FAULTS | LABEL_FAULTS == set(FAULT_MODES)
 
 
 @pytest.fixture
@@ -80,7 +80,13 @@ def test_fault_mode(rig, mode, caplog):
     assert value(s, "scaleengine_up", app="good") == 1
     assert exporter.store.view().usage["good"] is not good_before  # polled as usual
     assert value(s, "scaleengine_vse_app_day_bytes", app="good") == sim.reported("good", today)[0]
-    if mode in ROW_FAULTS:
+    if mode in LABEL_FAULTS:
+        # a hostile video_url with good numbers: kept, labelled as valid UTF-8, still up
+        assert ok
+        assert value(s, "scaleengine_up", app="bad") == 1
+        labels = [dict(k[1])["video_url"] for k in s if k[0] == "scaleengine_vse_day_bytes"]
+        assert any("\ufffd" in label for label in labels)
+    elif mode in ROW_FAULTS:
         # bad rows skipped and counted; the rest of the page kept; the poll is otherwise good
         assert ok
         assert value(s, "scaleengine_vse_skipped_rows_total", app="bad") >= 1

@@ -100,7 +100,9 @@ def test_alert_rules_shape():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         annotations = rule["annotations"]
         assert set(annotations) >= {"summary", "description"}, name
-        subject = "$labels.app" if "scaleengine_" in rule["expr"] else "$labels.instance"
+        # per-app metrics name the app; the exporter's own (scaleengine_state_*) the instance
+        per_app = re.search(r"scaleengine_(?!state_)", rule["expr"])
+        subject = "$labels.app" if per_app else "$labels.instance"
         for key in ("summary", "description"):
             assert subject in annotations[key], f"{name} {key} should name {subject}"
         if "Exceeded" in name:

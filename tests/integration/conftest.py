@@ -131,6 +131,8 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
             for name in DEMO_APPS
         ],
         "poll": {"interval": "2s", "month_interval": "10s", "timezone": "UTC"},
+        # with a state file, as in production: its metrics are used by the rules too
+        "state": {"path": str(tmp / "state.json")},
     }
     config_path = tmp / "config.yaml"
     config_path.write_text(yaml.safe_dump(config))

@@ -247,7 +247,14 @@ class LiveCollector:
             "usage.vse rows skipped because their numbers were unusable.",
             labels=["app"],
         )
+        incomplete = CounterMetricFamily(
+            "scaleengine_vse_incomplete_rows",
+            "usage.vse rows kept with 0 requests because their requests_total was null or "
+            "missing (their bytes are counted).",
+            labels=["app"],
+        )
         for st in statuses:
+            incomplete.add_metric([st.app], st.incomplete_rows)
             bytes_total.add_metric([st.app], st.bytes_total)
             requests_total.add_metric([st.app], st.requests_total)
             up.add_metric([st.app], 1 if st.up else 0)
@@ -285,6 +292,7 @@ class LiveCollector:
             last_success,
             duration,
             skipped,
+            incomplete,
             api,
             poll_errors,
             info,

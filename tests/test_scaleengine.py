@@ -11,7 +11,7 @@ import time
 from datetime import date
 
 import pytest
-from helpers import FAULT_OUTCOMES
+from helpers import FAULT_OUTCOMES, FAULT_SUCCEEDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -152,12 +152,11 @@ def test_bad_rows_skipped_rest_kept(bad):
         {"status": "success", "usage": {"1": {}}, "count": 1},
         {"status": "success", "usage": "none", "count": 1},
         {"status": "success", "usage": None, "count": 3},
-        {"status": "success", "usage": []},
         {"status": "success", "usage": [], "count": "x"},
         {"status": "success", "usage": [], "count": -1},
         {"status": "success", "usage": [], "count": 1.0},
         {"status": "success", "usage": [], "count": True},
-        {"status": "success", "usage": [], "count": None},
+        {"status": "success", "usage": [{"video_url": "a", "bytes_total": "1"}]},  # no count
     ],
     ids=repr,
 )
@@ -186,24 +185,26 @@ def test_invalid_json(body):
 @pytest.mark.parametrize(
     ("code", "retryable"),
     [("0000", False), ("0001", False), ("0002", False), ("0003", False), ("0004", True),
-     ("0005", False), ("0006", False), ("1000", True), ("4242", False)],
+     ("0005", False), ("0006", False), ("1000", False), ("4242", False)],
 )  # fmt: skip
 def test_failure_codes(code, retryable):
     body = json.dumps({"status": "failure", "code": code, "message": "boom"}).encode()
     with pytest.raises(ApiError) as ei:
         parse_page(body)
     err = ei.value
-    assert err.outcome == f"api_{code}" and err.code == code and err.retryable is retryable
+    expected = "api_other" if code == "4242" else f"api_{code}"
+    assert err.outcome == expected and err.code == code and err.retryable is retryable
+    assert err.busy is (code == "1000")
     assert code in str(err) and "boom" in str(err)
 
 
 def test_failure_without_code():
     with pytest.raises(ApiError) as ei:
         parse_page(b'{"status":"failure","message":"nope"}')
-    assert ei.value.outcome == "api_unknown" and ei.value.code is None
+    assert ei.value.outcome == "api_other" and ei.value.code is None
     with pytest.raises(ApiError) as ei:
         parse_page(b'{"status":"failure","code":{"x":1}}')
-    assert ei.value.outcome == "api_unknown"
+    assert ei.value.outcome == "api_other"
 
 
 def test_failure_messages_say_what_to_check():
@@ -311,10 +312,13 @@ def test_fetch_day_paginated_exact(simulator):
     total = (sum(v[0] for v in res.videos.values()), sum(v[1] for v in res.videos.values()))
     assert total == simulator.reported("demo-origin", day)
     assert res.count == res.rows and res.skipped == 0
-    assert res.pages == -(-res.count // 7)
-    assert outcomes == ["success"] * res.pages
+    # each page after the first starts on the previous page's last row (the overlap check)
+    assert res.pages == 1 + -(-(res.count - 7) // 6)
+    # a second read when a video's repeated rows straddle a page boundary
+    assert set(outcomes) == {"success"} and len(outcomes) == res.pages * res.reads
     offsets = [e["offset"] for e in simulator.request_log]
-    assert offsets == list(range(0, res.count, 7))  # every row fetched exactly once
+    # every row fetched once per read, plus the one overlapping row a page
+    assert offsets == [0, *range(6, res.count - 1, 6)] * res.reads
 
 
 def test_full_day_equals_delivered(simulator, sim_clock):
@@ -374,7 +378,7 @@ def test_server_page_cap_below_limit(sim_clock):
         with make_client(sim, page_size=1000) as client:
             res = client.fetch_usage("vod-library", None, day.year, day.month, day.day)
         assert res.videos == sim.reported_videos("vod-library", day.year, day.month, day.day)
-        assert res.pages == -(-res.count // 4)
+        assert res.pages == 1 + -(-(res.count - 4) // 3)  # 4 rows a page, 1 of them overlap
 
 
 def test_empty_result(simulator):
@@ -389,7 +393,7 @@ def test_empty_result(simulator):
 def test_fault_table_covers_all_modes():
     from exporter.simulator import ROW_FAULTS
 
-    assert set(FAULT_OUTCOMES) | ROW_FAULTS == FAULT_MODES
+    assert set(FAULT_OUTCOMES) | ROW_FAULTS | FAULT_SUCCEEDS == FAULT_MODES
 
 
 @pytest.mark.parametrize("mode", sorted(FAULT_OUTCOMES))
@@ -398,7 +402,11 @@ def test_fault_modes(simulator, mode):
     simulator.set_fault("demo-origin", mode)
     seen = []
     day = today(simulator)
-    with make_client(simulator, page_size=10, retries=2, timeout=0.3, on_request=seen.append) as c:
+    # reading 64 MiB on a busy machine may take longer than 0.3 s
+    timeout = 20 if outcome == "too_large" else 0.3
+    with make_client(
+        simulator, page_size=10, retries=2, timeout=timeout, on_request=seen.append
+    ) as c:
         with pytest.raises(ApiError) as ei:
             c.fetch_usage("demo-origin", None, day.year, day.month, day.day)
         err = ei.value
@@ -407,14 +415,16 @@ def test_fault_modes(simulator, mode):
         if retryable:
             assert n == 3 and seen == [outcome] * 3
         elif outcome == "pagination":
-            assert n == 2 and seen == ["success", "success"]
+            assert n >= 2 and set(seen) == {"success"}
         else:
             assert n == 1 and seen == [outcome]
         # other apps are not affected
         assert c.fetch_usage("live-events", None, day.year, day.month, day.day).count > 0
 
 
-@pytest.mark.parametrize("mode", ["reset", "timeout", "http_503", "failure_1000", "failure_0004"])
+@pytest.mark.parametrize(
+    "mode", ["reset", "timeout", "http_503", "failure_0004", "drip", "long_reason", "http_500_json"]
+)
 def test_transient_faults_retried_then_succeed(simulator, mode):
     simulator.set_fault(None, mode, times=2)
     seen = []
@@ -447,7 +457,7 @@ def test_bad_rows_skipped_in_fetch(simulator, mode):
     with make_client(simulator, page_size=10) as c:
         res = c.fetch_usage("vod-library", None, day.year, day.month, day.day)
     assert res.videos == simulator.reported_videos("vod-library", day.year, day.month, day.day)
-    assert res.skipped == res.pages  # one bad row per page
+    assert res.skipped >= res.pages - 1  # about one bad row per page
     assert res.rows + res.skipped == res.count
 
 

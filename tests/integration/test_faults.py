@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from helpers import FAULT_OUTCOMES, http_get, samples, sim_config, wait_for
+from helpers import FAULT_OUTCOMES, FAULT_SUCCEEDS, http_get, samples, sim_config, wait_for
 
 from exporter.cli import Exporter
 from exporter.config import parse_config
@@ -24,7 +24,7 @@ EXPECTED = FAULT_OUTCOMES  # mode -> (outcome label, retried within the poll)
 
 
 def test_every_fault_mode_is_covered():
-    assert set(EXPECTED) | ROW_FAULTS == set(FAULT_MODES)
+    assert set(EXPECTED) | ROW_FAULTS | FAULT_SUCCEEDS == set(FAULT_MODES)
 
 
 @pytest.fixture
@@ -35,7 +35,9 @@ def rig():
         config = parse_config(
             sim_config(
                 sim,
-                scaleengine={"timeout": "0.4s"},
+                # a small answer cap keeps the size faults fast (the default is tested in
+                # test_client_limits)
+                scaleengine={"timeout": "0.4s", "max_response_bytes": "1MiB"},
                 poll={"interval": "5m", "page_size": 4, "retries": 2, "month_interval": "off"},
             ),
             env={},
@@ -85,16 +87,27 @@ def test_fault_mode(rig, mode, caplog):
         assert ok
         assert value(s, "scaleengine_vse_skipped_rows_total", app="bad") >= 1
         assert value(s, "scaleengine_up", app="bad") == 1
+    elif mode in FAULT_SUCCEEDS:
+        # an empty day is up with zeros; rows without requests keep their bytes
+        assert ok
+        assert value(s, "scaleengine_up", app="bad") == 1
+        day_bytes = value(s, "scaleengine_vse_app_day_bytes", app="bad")
+        if mode == "partial_rows":
+            assert day_bytes == sim.reported("bad", today)[0]
+            assert value(s, "scaleengine_vse_incomplete_rows_total", app="bad") >= 1
+        else:
+            assert day_bytes == 0
+        assert not [k for k in s if k[0] == "scaleengine_poll_errors_total"]
     else:
         outcome, retried = EXPECTED[mode]
         assert not ok
         assert value(s, "scaleengine_up", app="bad") == 0
         assert value(s, "scaleengine_poll_errors_total", app="bad", outcome=outcome) == 1
-        if mode not in ("ignore_offset", "count_changes", "empty_page_early"):
+        if outcome != "pagination":
             # a request-level failure is counted per HTTP request too
             assert value(s, "scaleengine_api_requests_total", app="bad", outcome=outcome) >= 1
         made = sim.requests_for("bad") - requests_before
-        if mode in ("ignore_offset", "count_changes", "empty_page_early"):
+        if outcome == "pagination":
             assert made >= 2  # the inconsistency shows on a later page
         elif retried:
             assert made == 3  # the first try and poll.retries=2 more, then up=0

@@ -122,6 +122,7 @@ class Page(NamedTuple):
     # rows[-1] then): how a fetch checks that consecutive pages overlap as they should
     lead: str | None = None
     tail: str | None = None
+    lead_incomplete: bool = False  # the first row is one of the incomplete ones
 
 
 @dataclass
@@ -362,7 +363,7 @@ def parse_page(body: bytes | bytearray) -> Page:
     append = rows.append
     skipped = incomplete = 0
     num = _number
-    lead_bad = tail_ok = False
+    lead_bad = tail_ok = lead_incomplete = False
     for row in usage:
         tail_ok = False
         if type(row) is dict:
@@ -387,6 +388,8 @@ def parse_page(body: bytes | bytearray) -> Page:
             b = num(b)
             if b is not None and type(url) is str:
                 if r is None:  # null or missing: bytes are what budgets are about, keep them
+                    if not rows and not skipped:
+                        lead_incomplete = True
                     append((url, b, 0))
                     incomplete += 1
                     tail_ok = True
@@ -408,6 +411,7 @@ def parse_page(body: bytes | bytearray) -> Page:
         incomplete,
         rows[0][0] if rows and not lead_bad else None,
         rows[-1][0] if rows and tail_ok else None,
+        lead_incomplete,
     )
 
 
@@ -875,6 +879,7 @@ class ScaleEngineClient:
                 return result, f"count changed from {count} to {page.count}", "", shape
             rows = page.rows
             returned = len(rows) + page.skipped
+            incomplete = page.incomplete
             if previous is not None and rows and rows == previous:
                 raise ApiError(
                     f"page at offset {offset} repeats the previous page: the API seems to"
@@ -896,6 +901,7 @@ class ScaleEngineClient:
                     return result, f"the row before offset {position} changed", "", shape
                 rows = rows[1:]
                 returned -= 1
+                incomplete -= page.lead_incomplete
             if returned == 0:
                 if position < count:
                     return result, f"empty page at offset {offset} before count {count}", "", shape
@@ -921,7 +927,7 @@ class ScaleEngineClient:
                 videos[url] = (b, r) if old is None else (old[0] + b, old[1] + r)
             result.rows += len(rows)
             result.skipped += page.skipped
-            result.incomplete += page.incomplete
+            result.incomplete += incomplete
             position += returned
             if position >= count:
                 break

@@ -21,10 +21,12 @@ import email.parser
 import email.policy
 import hashlib
 import hmac
+import io
 import json
 import math
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.parse
@@ -821,6 +823,12 @@ class _Server(ThreadingHTTPServer):
             with self._conn_lock:
                 self.open_connections.discard(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up is no error worth a traceback; anything else still is."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def close_connections(self) -> None:
         """Close kept-alive client connections too: a stopped API answers nothing."""
         with self._conn_lock:
@@ -914,7 +922,7 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 self._hostile(sim, mode, out)
             except OSError:  # the client gave up: that is the point
-                pass
+                self.wfile = io.BytesIO()  # drop what is still buffered for it
             return
         self._send(status, ctype, out)
 

@@ -222,6 +222,8 @@ class ScaleEngineConfig(BaseModel):
     api_secret: SecretStr
     api_secret_file: Str | None = None
     timeout: Duration = 10.0
+    # a bigger answer (counted after decompression) is refused: outcome too_large
+    max_response_bytes: Size = Field(default=64 * 1024 * 1024, ge=1024)
 
     @field_validator("api_url")
     @classmethod
@@ -302,6 +304,10 @@ class PollConfig(BaseModel):
     stale_after: Annotated[
         float, BeforeValidator(lambda v: -1.0 if v is None else parse_duration(v))
     ] = -1.0
+    # API busy (code 1000, or HTTP 429/503 with Retry-After): the app's next request waits this
+    # long, doubling while the API stays busy, up to busy_backoff_max
+    busy_backoff: Duration = 120.0
+    busy_backoff_max: Duration = 900.0
 
     @field_validator("interval")
     @classmethod
@@ -327,6 +333,12 @@ class PollConfig(BaseModel):
                 f"unknown time zone {_show(value)} (use an IANA name such as UTC)"
             ) from None
         return value
+
+    @model_validator(mode="after")
+    def _check_busy_backoff(self) -> PollConfig:
+        if self.busy_backoff_max < self.busy_backoff:
+            raise ValueError("@busy_backoff_max: must be at least poll.busy_backoff")
+        return self
 
     @model_validator(mode="after")
     def _resolve_stale_after(self) -> PollConfig:

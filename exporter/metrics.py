@@ -249,7 +249,14 @@ class LiveCollector:
             "usage.vse rows skipped because their numbers were unusable.",
             labels=["app"],
         )
+        incomplete = CounterMetricFamily(
+            "scaleengine_vse_incomplete_rows",
+            "usage.vse rows kept with 0 requests because their requests_total was null or "
+            "missing (their bytes are counted).",
+            labels=["app"],
+        )
         for st in statuses:
+            incomplete.add_metric([st.app], st.incomplete_rows)
             # absent until the worker has its counters (state loaded): never a false reset
             if st.bytes_total is not None:
                 bytes_total.add_metric([st.app], st.bytes_total)
@@ -308,6 +315,7 @@ class LiveCollector:
             last_success,
             duration,
             skipped,
+            incomplete,
             api,
             poll_errors,
             *state,

@@ -27,7 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import AppConfig, Config
-from .scaleengine import ApiError, ScaleEngineClient, UsageResult
+from .scaleengine import ApiError, ScaleEngineClient, UsageResult, warn_if_cleartext
 from .state import AppCounters, StateFile
 from .store import OTHER, AppStatus, AppUsage, Store
 
@@ -144,7 +144,12 @@ class _AppState:
     month: _Month | None = None
     previous_day: tuple[str, int] | None = None
     skipped_rows: int = 0
+    incomplete_rows: int = 0
     polled: bool = False
+    # the API said it is busy: no request for this app before busy_until (clock time)
+    busy_until: float = 0.0
+    busy_delay: float = 0.0
+    busy_error: ApiError | None = None
 
 
 def day_bounds(now: float, tz: ZoneInfo) -> tuple[date, float, float]:
@@ -173,6 +178,8 @@ class Poller:
         self._save_lock = threading.Lock()
         self._flight_lock = threading.Lock()
         self._in_flight = 0
+        if client_factory is None:
+            warn_if_cleartext(config.scaleengine.api_url)
         factory = client_factory or self._default_client
         counters = self._load_counters()
         self._apps: dict[str, _AppState] = {
@@ -202,6 +209,7 @@ class Poller:
             page_size=self.config.poll.page_size,
             max_pages=self.config.poll.max_pages,
             retries=self.config.poll.retries,
+            max_response_bytes=se.max_response_bytes,
             clock=self.clock,
             on_request=lambda outcome: self.store.count_request(app, outcome),
         )
@@ -274,9 +282,46 @@ class Poller:
         return self._in_flight
 
     def _fetch(self, st: _AppState, year: int, month: int, day: int | None) -> UsageResult:
-        result = st.client.fetch_usage(st.config.name, st.config.urls, year, month, day)
+        now = self.clock()
+        if now < st.busy_until and st.busy_error is not None:
+            # backing off: no request; the error says so and is not counted again
+            err = st.busy_error
+            left = st.busy_until - now
+            skipped = ApiError(
+                f"{err.message}; backing off, next request in {left:.0f}s",
+                err.outcome,
+                False,
+                err.code,
+                busy=True,
+            )
+            skipped.backing_off = True
+            raise skipped
+        try:
+            result = st.client.fetch_usage(st.config.name, st.config.urls, year, month, day)
+        except ApiError as err:
+            if err.busy:
+                self._back_off(st, err, now)
+            else:
+                st.busy_delay = 0.0
+            raise
+        st.busy_delay = 0.0
         st.skipped_rows += result.skipped
+        st.incomplete_rows += result.incomplete
         return result
+
+    def _back_off(self, st: _AppState, err: ApiError, now: float) -> None:
+        """Busy: wait poll.busy_backoff, doubling while it lasts, capped at busy_backoff_max;
+        a longer Retry-After wins (capped too)."""
+        poll = self.config.poll
+        delay = poll.busy_backoff if st.busy_delay <= 0 else st.busy_delay * 2
+        delay = min(max(delay, err.retry_after or 0.0), poll.busy_backoff_max)
+        st.busy_delay = delay
+        st.busy_until = now + delay
+        st.busy_error = err
+        log.warning(
+            "API busy, backing off",
+            extra={"app": st.config.name, "outcome": err.outcome, "seconds": round(delay)},
+        )
 
     def _poll_locked(self, name: str, st: _AppState) -> bool:
         started = time.perf_counter()
@@ -341,6 +386,8 @@ class Poller:
         st.polled = True
         duration = time.perf_counter() - started
         for err in errors:
+            if err.backing_off:
+                continue  # no request made: counted when the API said it was busy
             self.store.count_poll_error(name, err.outcome)
             log.warning(
                 "poll failed",
@@ -410,6 +457,7 @@ class Poller:
             bytes_total=st.counters.bytes_total,
             requests_total=st.counters.requests_total,
             skipped_rows=st.skipped_rows,
+            incomplete_rows=st.incomplete_rows,
             last_error=f"{errors[0].outcome}: {errors[0]}" if errors else None,
         )
 

@@ -8,20 +8,30 @@ request body into an exception message or a log line.
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
 import math
 import re
+import socket
+import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 import requests
 import tenacity
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from exporter import __version__
 from exporter.phpjson import php_json_encode
@@ -35,6 +45,7 @@ __all__ = [
     "encode_body",
     "parse_page",
     "sign",
+    "warn_if_cleartext",
 ]
 
 log = logging.getLogger("exporter.scaleengine")
@@ -58,6 +69,13 @@ API_CODES: dict[str, tuple[str, bool]] = {
 _CODE_RE = re.compile(r"[0-9A-Za-z_]{1,16}")
 _HANDLE_TIME_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 _MAX_SERVER_TEXT = 200
+# A "failure" without a code whose message says there is no usage: an empty day (REFERENCE.md:
+# some PHP backends answer an empty result that way). Anything else without a code is api_other.
+_NO_USAGE_RE = re.compile(r"\s*no\s+(?:video\s+)?usage(?:\s+data)?\s+found\W*", re.IGNORECASE)
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+_CHUNK = 64 * 1024
+_ERROR_BODY_MAX = 64 * 1024  # how much of a non-2xx answer is read to look for a JSON failure
+READS = 3  # full reads of a fetch before giving up on pages that keep moving
 
 
 class ApiError(Exception):
@@ -67,11 +85,24 @@ class ApiError(Exception):
     trying again later may help, ``code`` is the API's error code when it sent one.
     """
 
-    def __init__(self, message: str, outcome: str, retryable: bool, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        outcome: str,
+        retryable: bool,
+        code: str | None = None,
+        busy: bool = False,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.outcome = outcome
         self.retryable = retryable
         self.code = code
+        # the server asked us to come back later (code 1000, or 429/503 with Retry-After): not
+        # retried within the poll; the poller backs off that app (poll.busy_backoff)
+        self.busy = busy
+        self.retry_after = retry_after
+        self.backing_off = False  # set by the poller: no request made, the app is backing off
 
     @property
     def message(self) -> str:
@@ -86,6 +117,12 @@ class Page(NamedTuple):
     skipped: int
     handle_time: float | None
     message: str = ""
+    incomplete: int = 0  # rows kept with requests 0 because requests_total was null or missing
+    # video_url of the answer's first and last row when those rows were usable (rows[0] and
+    # rows[-1] then): how a fetch checks that consecutive pages overlap as they should
+    lead: str | None = None
+    tail: str | None = None
+    lead_incomplete: bool = False  # the first row is one of the incomplete ones
 
 
 @dataclass
@@ -97,6 +134,8 @@ class UsageResult:
     rows: int = 0
     skipped: int = 0
     count: int = 0
+    incomplete: int = 0
+    reads: int = 0  # full reads made (more than 1 when the pages moved while being read)
 
 
 def sign(request: dict, secret: str) -> str:
@@ -150,15 +189,47 @@ def build_request(
     return request
 
 
-def _server_text(value: object) -> str:
-    """Text from the server, made safe to log: printable, short."""
+def _server_text(value: object, limit: int = _MAX_SERVER_TEXT) -> str:
+    """Text from the server, made safe to log: printable, one line, at most ``limit`` chars."""
     if not isinstance(value, str):
         return ""
-    text = "".join(c if c.isprintable() else " " for c in value[: _MAX_SERVER_TEXT * 2])
-    text = text.strip()
-    if len(text) > _MAX_SERVER_TEXT:
-        text = text[:_MAX_SERVER_TEXT] + "..."
+    text = "".join(
+        c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else " " for c in value[: limit * 2]
+    )
+    text = " ".join(text.split())
+    if len(text) > limit or len(value) > limit * 2:
+        text = text[:limit] + "..."
     return text
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() in ("localhost", "localhost.localdomain") or host.lower().endswith(
+        ".localhost"
+    ):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_cleartext(api_url: str) -> bool:
+    """Log a warning when requests (and so the API key) would travel unencrypted.
+
+    Loopback hosts (the built-in simulator of the demo, a local test API) are not warned about:
+    the key does not leave the machine. True when a warning was logged.
+    """
+    parts = urlsplit(api_url)
+    if parts.scheme != "http" or _is_loopback(parts.hostname):
+        return False
+    log.warning(
+        "scaleengine.api_url is plain http: the API key and signed requests travel unencrypted;"
+        " use https",
+        extra={"host": _server_text(parts.hostname or "", 100)},
+    )
+    return True
 
 
 def api_failure(code: object, server_message: object, now: float | None = None) -> ApiError:
@@ -170,6 +241,9 @@ def api_failure(code: object, server_message: object, now: float | None = None) 
     else:
         code_s = None
     meaning, retryable = API_CODES.get(code_s or "", ("unknown error code", False))
+    busy = code_s == "1000"
+    if busy:
+        retryable = False  # "try again in a few minutes": the poller backs off instead
     text = _server_text(server_message)
     msg = f"API error {code_s or '(no code)'}: {meaning}"
     if code_s == "0002":
@@ -181,7 +255,9 @@ def api_failure(code: object, server_message: object, now: float | None = None) 
         )
     if text:
         msg += f" (server said: {text!r})"
-    return ApiError(msg, f"api_{code_s}" if code_s else "api_unknown", retryable, code_s)
+    # outcome label values come from a fixed set: never a server-chosen string
+    outcome = f"api_{code_s}" if code_s in API_CODES else "api_other"
+    return ApiError(msg, outcome, retryable, code_s, busy=busy)
 
 
 def _bad(message: str) -> ApiError:
@@ -219,13 +295,38 @@ def _handle_time(value: object) -> float | None:
     return f if math.isfinite(f) and f >= 0 else None
 
 
-def parse_page(body: bytes) -> Page:
+class _Huge:
+    """Stands for a JSON integer too long to be a usable number (a row with it is skipped)."""
+
+    __slots__ = ()
+
+
+_HUGE = _Huge()
+
+
+def _parse_int(text: str) -> int | _Huge:
+    # json.loads would raise on ints over 4300 digits and fail the whole page: keep it per row
+    return int(text) if len(text) <= 40 else _HUGE
+
+
+def _loads(body: bytes | bytearray | str) -> Any:
+    return json.loads(body, parse_int=_parse_int)
+
+
+def _no_code(code: object) -> bool:
+    return code is None or (isinstance(code, str) and not code.strip())
+
+
+def parse_page(body: bytes | bytearray) -> Page:
     """Parse one usage.vse answer. Raises only ApiError.
 
-    Rows whose numbers are unusable are skipped and counted in ``skipped``.
+    Rows whose numbers are unusable are skipped and counted in ``skipped``; rows with good bytes
+    but a null or missing ``requests_total`` are kept with 0 requests and counted in
+    ``incomplete``. An empty day may come as ``usage`` [] or null with ``count`` 0, "0" or
+    missing, or as a failure without a code saying "No Video Usage Found": all are an empty page.
     """
     try:
-        obj = json.loads(body)
+        obj = _loads(body)
     except (ValueError, RecursionError, TypeError):
         raise ApiError("answer is not JSON", "invalid_json", False) from None
     if type(obj) is not dict:
@@ -234,26 +335,37 @@ def parse_page(body: bytes) -> Page:
         )
     status = obj.get("status")
     if status == "failure":
-        raise api_failure(obj.get("code"), obj.get("message"))
+        message = obj.get("message")
+        if (
+            _no_code(obj.get("code"))
+            and isinstance(message, str)
+            and _NO_USAGE_RE.fullmatch(message)
+        ):
+            return Page([], 0, 0, _handle_time(obj.get("handle_time")), _server_text(message))
+        raise api_failure(obj.get("code"), message)
     if status != "success":
         if isinstance(status, str):
             raise _bad(f"unknown status {_server_text(status)!r}")
         raise _bad("answer has no status")
     count = obj.get("count")
+    usage = obj.get("usage")
+    if count is None and (usage is None or usage == []):
+        count = 0  # an empty day may come without a count
     if type(count) is str and count.isdigit() and count.isascii() and len(count) <= 19:
         count = int(count)
     if type(count) is not int or count < 0:
         raise _bad("answer has no valid count")
-    usage = obj.get("usage")
     if usage is None and count == 0:
         usage = []
     if type(usage) is not list:
         raise _bad(f"usage is not a list ({type(usage).__name__})")
     rows: list[tuple[str, int, int]] = []
     append = rows.append
-    skipped = 0
+    skipped = incomplete = 0
     num = _number
+    lead_bad = tail_ok = lead_incomplete = False
     for row in usage:
+        tail_ok = False
         if type(row) is dict:
             url = row.get("video_url")
             b = row.get("bytes_total")
@@ -271,16 +383,209 @@ def parse_page(body: bytes) -> Page:
                 and r.isascii()
             ):
                 append((url, int(b), int(r)))
+                tail_ok = True
                 continue
             b = num(b)
-            r = num(r)
-            if b is not None and r is not None and type(url) is str:
-                append((url, b, r))
-                continue
+            if b is not None and type(url) is str:
+                if r is None:  # null or missing: bytes are what budgets are about, keep them
+                    if not rows and not skipped:
+                        lead_incomplete = True
+                    append((url, b, 0))
+                    incomplete += 1
+                    tail_ok = True
+                    continue
+                r = num(r)
+                if r is not None:
+                    append((url, b, r))
+                    tail_ok = True
+                    continue
+        if not rows and not skipped:
+            lead_bad = True
         skipped += 1
     return Page(
-        rows, count, skipped, _handle_time(obj.get("handle_time")), _server_text(obj.get("message"))
+        rows,
+        count,
+        skipped,
+        _handle_time(obj.get("handle_time")),
+        _server_text(obj.get("message")),
+        incomplete,
+        rows[0][0] if rows and not lead_bad else None,
+        rows[-1][0] if rows and tail_ok else None,
+        lead_incomplete,
     )
+
+
+# -- a deadline for a whole request --------------------------------------------------------
+#
+# urllib3's timeouts bound each socket operation, so an answer dripping one byte a second never
+# times out. A _Deadline bounds the whole request instead: a timer that, when it fires, shuts the
+# request's socket down, so whatever read is blocked (status line, headers or body) returns at
+# once. The connection classes below register themselves with the deadline of the thread that
+# uses them (requests runs a request on the calling thread).
+
+_current = threading.local()
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._conns: list[HTTPConnection] = []
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        _current.deadline = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _current.deadline = None
+        with self._lock:
+            self._conns.clear()
+
+    def attach(self, conn: HTTPConnection) -> None:
+        with self._lock:
+            self._conns.append(conn)
+            if self.expired:
+                _kill(conn)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for conn in self._conns:
+                _kill(conn)
+
+
+def _kill(conn: HTTPConnection) -> None:
+    sock = getattr(conn, "sock", None)
+    if sock is None:
+        return
+    try:
+        # socket.socket's own shutdown, also for an SSLSocket (whose override would drop its
+        # SSL object under the reading thread): the blocked read sees EOF or an error
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _attach(conn: HTTPConnection) -> None:
+    deadline = getattr(_current, "deadline", None)
+    if deadline is not None:
+        deadline.attach(conn)
+
+
+class _DeadlineHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _attach(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach(self)  # a kept-alive connection is not connected again
+        super().request(*args, **kwargs)
+
+
+class _DeadlineHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _attach(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach(self)
+        super().request(*args, **kwargs)
+
+
+class _DeadlineHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _DeadlineHTTPConnection
+
+
+class _DeadlineHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _DeadlineHTTPSConnection
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _DeadlineHTTPPool,
+            "https": _DeadlineHTTPSPool,
+        }
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if unusable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit() and value.isascii():
+        return float(min(int(value[:12]), 10**9))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        f"answer larger than scaleengine.max_response_bytes ({limit} bytes, after"
+        " decompression): refused",
+        "too_large",
+        False,
+    )
+
+
+def _decoder(encoding: str) -> Any:
+    enc = encoding.strip().lower()
+    if enc in ("", "identity"):
+        return None
+    if enc in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header, detected
+    raise ApiError(
+        f"unsupported Content-Encoding {_server_text(encoding, 40)!r}", "bad_response", False
+    )
+
+
+def _read_body(resp: requests.Response, limit: int) -> bytearray:
+    """The whole body, decompressed, refusing more than ``limit`` bytes (raw or decoded).
+
+    Decompression is ours (zlib with max_length), so a small gzip bomb never inflates past
+    the limit in memory.
+    """
+    out = bytearray()
+    decoder = _decoder(resp.headers.get("Content-Encoding", ""))
+    raw_total = 0
+    for chunk in resp.raw.stream(_CHUNK, decode_content=False):
+        raw_total += len(chunk)
+        if raw_total > limit:
+            raise _too_large(limit)
+        if decoder is None:
+            out += chunk
+        else:
+            data = chunk
+            while data:
+                try:
+                    piece = decoder.decompress(data, limit + 1 - len(out))
+                except zlib.error:
+                    raise ApiError(
+                        "answer is not valid gzip/deflate", "bad_response", False
+                    ) from None
+                out += piece
+                if len(out) > limit:
+                    raise _too_large(limit)
+                data = decoder.unconsumed_tail
+                if decoder.eof:
+                    break
+        if len(out) > limit:
+            raise _too_large(limit)
+    if decoder is not None and not decoder.eof:
+        raise ApiError("compressed answer ends early", "connection", True)
+    resp.raw.release_conn()  # read to the end: the connection can be kept alive
+    return out
 
 
 class ScaleEngineClient:
@@ -301,6 +606,7 @@ class ScaleEngineClient:
         clock: Callable[[], float] = time.time,
         on_request: Callable[[str], None] | None = None,
         user_agent: str | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -308,6 +614,9 @@ class ScaleEngineClient:
             raise ValueError("max_pages must be at least 1")
         if retries < 0:
             raise ValueError("retries must not be negative")
+        if max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be at least 1")
+        self.max_response_bytes = int(max_response_bytes)
         self.api_url = api_url
         self.cdn_id = int(cdn_id)
         self._api_key = api_key
@@ -321,8 +630,13 @@ class ScaleEngineClient:
         self.clock = clock
         self.on_request = on_request
         self.session = requests.Session()
+        adapter = _DeadlineAdapter()
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = user_agent or f"scaleengine-exporter/{__version__}"
         self.session.headers["Accept"] = "application/json"
+        # we decompress ourselves (bounded): only what zlib reads
+        self.session.headers["Accept-Encoding"] = "gzip, deflate"
         self.session.verify = True
 
     def __repr__(self) -> str:
@@ -362,54 +676,15 @@ class ScaleEngineClient:
         signature = sign(request, self._api_secret)
         body = php_json_encode({**request, "signature": signature})
         try:
-            try:
-                resp = self.session.post(
-                    self.api_url,
-                    data={"json": body},
-                    timeout=(self.timeout, self.timeout),
-                    allow_redirects=False,
-                )
-            except requests.Timeout as exc:
-                raise ApiError(
-                    f"API request timed out after {self.timeout:g}s ({type(exc).__name__})",
-                    "timeout",
-                    True,
-                ) from None
-            except requests.RequestException as exc:
-                reason = exc.args[0] if exc.args else exc
-                if "timed out" in str(reason).lower():
-                    raise ApiError(
-                        f"API request timed out after {self.timeout:g}s while reading",
-                        "timeout",
-                        True,
-                    ) from None
-                raise ApiError(
-                    f"cannot talk to the API: {type(exc).__name__}: {str(reason)[:300]}",
-                    "connection",
-                    True,
-                ) from None
-            status = resp.status_code
-            if not 200 <= status < 300:
-                raise ApiError(
-                    f"API answered HTTP {status} {resp.reason or ''}".rstrip(),
-                    "http_status",
-                    status >= 500 or status == 429,
-                )
-            try:
-                content = resp.content
-            except requests.RequestException as exc:
-                raise ApiError(
-                    f"connection lost while reading the answer ({type(exc).__name__})",
-                    "connection",
-                    True,
-                ) from None
-            page = parse_page(content)
+            page = self._exchange(body)
         except ApiError as err:
             if err.outcome == "api_0002":
                 err = api_failure(err.code, "", self.clock())
             message = self._scrub(err.message).replace(signature, "***")
             if message != err.message:
-                err = ApiError(message, err.outcome, err.retryable, err.code)
+                err = ApiError(
+                    message, err.outcome, err.retryable, err.code, err.busy, err.retry_after
+                )
             self._notify(err.outcome)
             log.debug("usage.vse app=%s offset=%d failed: %s", app, offset, err.outcome)
             raise err from None
@@ -419,6 +694,92 @@ class ScaleEngineClient:
             app, offset, len(page.rows), page.skipped, page.count, page.handle_time,
         )  # fmt: skip
         return page
+
+    def _timed_out(self) -> ApiError:
+        return ApiError(
+            f"API request took longer than scaleengine.timeout ({self.timeout:g}s, the whole"
+            " request: connect, headers and body)",
+            "timeout",
+            True,
+        )
+
+    def _exchange(self, body: str) -> Page:
+        """One POST, bounded as a whole by ``timeout`` and in size by ``max_response_bytes``."""
+        with _Deadline(self.timeout) as deadline:
+            resp = None
+            try:
+                resp = self.session.post(
+                    self.api_url,
+                    data={"json": body},
+                    timeout=(self.timeout, self.timeout),
+                    allow_redirects=False,
+                    stream=True,
+                )
+                return self._answer(resp)
+            except requests.Timeout:
+                raise self._timed_out() from None
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if deadline.expired:
+                    raise self._timed_out() from None
+                reason = exc.args[0] if exc.args else exc
+                if "timed out" in str(reason).lower():
+                    raise self._timed_out() from None
+                raise ApiError(
+                    f"cannot talk to the API: {type(exc).__name__}:"
+                    f" {_server_text(str(reason), 300)}",
+                    "connection",
+                    True,
+                ) from None
+            except ApiError:
+                if deadline.expired:
+                    raise self._timed_out() from None
+                raise
+            finally:
+                if resp is not None:
+                    resp.close()
+
+    def _answer(self, resp: requests.Response) -> Page:
+        status = resp.status_code
+        if 200 <= status < 300:
+            length = resp.headers.get("Content-Length", "")
+            if (
+                length.isdigit()
+                and int(length[:20]) > self.max_response_bytes
+                and not resp.headers.get("Content-Encoding", "").strip()
+            ):
+                raise _too_large(self.max_response_bytes)
+            return parse_page(_read_body(resp, self.max_response_bytes))
+        # a non-2xx answer may still carry the API's JSON failure with its code
+        reason = _server_text(resp.reason or "", 80)
+        what = f"API answered HTTP {status} {reason}".rstrip()
+        retry_after = None
+        if status in (429, 503):
+            retry_after = _retry_after(resp.headers.get("Retry-After"), time.time())
+        try:
+            text = _read_body(resp, min(_ERROR_BODY_MAX, self.max_response_bytes))
+        except ApiError:
+            text = bytearray()
+        try:
+            obj = _loads(text) if text else None
+        except (ValueError, RecursionError, TypeError):
+            obj = None
+        if type(obj) is dict and obj.get("status") == "failure" and not _no_code(obj.get("code")):
+            err = api_failure(obj.get("code"), obj.get("message"))
+            return_err = ApiError(
+                f"{what}: {err.message}", err.outcome, err.retryable, err.code, err.busy
+            )
+            if err.busy:
+                return_err.retry_after = retry_after
+            raise return_err
+        if retry_after is not None:
+            raise ApiError(
+                f"{what}, Retry-After {retry_after:g}s: the server asks to come back later",
+                "http_status",
+                False,
+                busy=True,
+                retry_after=retry_after,
+            )
+        raise ApiError(what, "http_status", status >= 500 or status == 429)
 
     def fetch_page(
         self, app: str, urls: list[str] | None, year: int, month: int, day: int | None, offset: int
@@ -453,65 +814,136 @@ class ScaleEngineClient:
     ) -> UsageResult:
         """All rows of one app for a day (or a month when day is None), paginated.
 
-        Raises ApiError(pagination) when the pages are inconsistent (server ignoring offset,
-        count changing, empty page before count, max_pages reached): counting the rows anyway
-        could double count or miss some, so the whole fetch should be retried later.
+        Live rows are ordered by bytes, so a video can move across a page boundary between two
+        page requests: read naively it is counted twice while another goes missing. Each page
+        after the first therefore starts one row early, and that overlapping row must be the
+        one the previous page ended with; a ``count`` change, a short or empty page before
+        ``count``, more rows than ``count`` or an overlap that differs mean the pages moved,
+        and the whole fetch is read again (up to READS full reads). The same video_url on two
+        pages is read again too, but accepted when the next read shows the same rows per URL
+        (the API does repeat rows of one video, and they may straddle a page boundary). Only a
+        consistent read is returned; otherwise ApiError(pagination). A server that ignores
+        offset or a fetch beyond max_pages fails at once.
         """
+        previous: dict[str, int] | None = None
+        reasons: list[str] = []
+        for attempt in range(1, READS + 1):
+            result, moved, duplicates, shape = self._read(app, urls, year, month, day)
+            result.reads = attempt
+            if not moved and not duplicates:
+                break
+            if not moved and previous is not None and previous == shape:
+                break  # the repeated URLs are stable: the API's own repeated rows
+            previous = shape if not moved else None
+            reasons.append(moved or duplicates)
+            log.info(
+                "usage.vse app=%s: the pages moved while being read (%s); reading again",
+                app, reasons[-1],
+            )  # fmt: skip
+        else:
+            raise ApiError(
+                f"no consistent read in {READS} full reads: the pages kept moving"
+                f" ({'; '.join(reasons)}) (app {app!r})",
+                "pagination",
+                False,
+            )
+        if result.skipped:
+            log.warning("usage.vse app=%s: %d unusable rows skipped", app, result.skipped)
+        return result
+
+    def _read(
+        self, app: str, urls: list[str] | None, year: int, month: int, day: int | None
+    ) -> tuple[UsageResult, str, str, dict[str, int]]:
+        """One full read: (result, why it moved or "", repeated URLs across pages or "",
+        rows per URL). Raises ApiError(pagination) for inconsistencies a re-read cannot fix."""
         result = UsageResult()
         videos = result.videos
-        offset = 0
+        shape: dict[str, int] = {}
+        first_page: dict[str, int] = {}  # url -> index of the page it was first seen on
+        duplicates: list[str] = []
         count: int | None = None
+        position = 0  # rows read so far (distinct positions)
+        overlap: str | None = None  # the url the next page must start with
+        size: int | None = None  # the server's page size, when it caps below page_size
         previous: list[tuple[str, int, int]] | None = None
+        pages = 0
         while True:
+            offset = position - 1 if overlap is not None else position
             page = self.fetch_page(app, urls, year, month, day, offset)
+            pages += 1
             result.pages += 1
             if count is None:
                 count = page.count
                 result.count = count
             elif page.count != count:
-                raise ApiError(
-                    f"count changed from {count} to {page.count} between pages (app {app!r})",
-                    "pagination",
-                    False,
-                )
-            returned = len(page.rows) + page.skipped
-            if returned == 0:
-                if offset < count:
-                    raise ApiError(
-                        f"empty page at offset {offset} although count is {count} (app {app!r})",
-                        "pagination",
-                        False,
-                    )
-                break
-            if previous is not None and page.rows == previous:
+                return result, f"count changed from {count} to {page.count}", "", shape
+            rows = page.rows
+            returned = len(rows) + page.skipped
+            incomplete = page.incomplete
+            if previous is not None and rows and rows == previous:
                 raise ApiError(
                     f"page at offset {offset} repeats the previous page: the API seems to"
                     f" ignore offset (app {app!r})",
                     "pagination",
                     False,
                 )
-            if offset + returned > count:
-                raise ApiError(
-                    f"more rows than count ({offset + returned} > {count}) (app {app!r})",
-                    "pagination",
-                    False,
+            if overlap is not None:
+                if returned == 0 or page.lead != overlap:
+                    if returned == 0 and position < count:
+                        return (
+                            result,
+                            f"empty page at offset {offset} before count {count}",
+                            "",
+                            shape,
+                        )
+                    if returned == 0:
+                        break
+                    return result, f"the row before offset {position} changed", "", shape
+                rows = rows[1:]
+                returned -= 1
+                incomplete -= page.lead_incomplete
+            if returned == 0:
+                if position < count:
+                    return result, f"empty page at offset {offset} before count {count}", "", shape
+                break
+            if position + returned > count:
+                return result, f"more rows than count ({position + returned} > {count})", "", shape
+            page_len = returned + (1 if overlap is not None else 0)
+            if size is None:
+                size = page_len if page_len < self.page_size else self.page_size
+            elif page_len < size and position + returned < count:
+                return (
+                    result,
+                    f"short page at offset {offset} ({page_len} < {size} rows)",
+                    "",
+                    shape,
                 )
-            for url, b, r in page.rows:
+            for url, b, r in rows:
+                seen = first_page.setdefault(url, pages)
+                if seen != pages and len(duplicates) < 3:
+                    duplicates.append(url)
+                shape[url] = shape.get(url, 0) + 1
                 old = videos.get(url)
                 videos[url] = (b, r) if old is None else (old[0] + b, old[1] + r)
-            result.rows += len(page.rows)
+            result.rows += len(rows)
             result.skipped += page.skipped
-            offset += returned
-            if offset >= count:
+            result.incomplete += incomplete
+            position += returned
+            if position >= count:
                 break
             if result.pages >= self.max_pages:
                 raise ApiError(
-                    f"max_pages ({self.max_pages}) reached at {offset} of {count} rows"
+                    f"max_pages ({self.max_pages}) reached at {position} of {count} rows"
                     f" (app {app!r})",
                     "pagination",
                     False,
                 )
             previous = page.rows
-        if result.skipped:
-            log.warning("usage.vse app=%s: %d unusable rows skipped", app, result.skipped)
-        return result
+            # the next page starts on the last row read, to see whether the pages moved
+            overlap = page.tail if (size or 0) > 1 else None
+        dup = ""
+        if duplicates:
+            dup = "the same video_url on two pages: " + ", ".join(
+                repr(_server_text(u, 80)) for u in duplicates
+            )
+        return result, "", dup, shape

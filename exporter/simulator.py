@@ -21,13 +21,16 @@ import email.parser
 import email.policy
 import hashlib
 import hmac
+import io
 import json
 import math
 import socket
 import struct
+import sys
 import threading
 import time
 import urllib.parse
+import zlib
 from collections import deque
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
@@ -91,28 +94,74 @@ ROW_FAULTS = {
     "non_numeric_bytes",
     "huge_bytes",
     "bool_bytes",
+    "long_digits",  # a number of 5000 digits (more than json.loads takes by default)
 }
-# label fault modes: every page's first row keeps its numbers but gets a hostile video_url
+# label fault modes: the first row of the answer keeps its numbers but gets a hostile video_url
 # (valid JSON that PHP's json_encode would not write, so spliced into the encoded answer)
 LABEL_FAULTS = {"surrogate_url"}
 _SURROGATE_MARK = "@@SURROGATE@@"
+# A hostile or merely big answer, served by the HTTP handler itself (see _Handler.do_POST).
+HTTP_FAULTS = {
+    "reset",
+    "timeout",
+    "drip",  # a valid answer, one byte per ``drip_interval`` seconds
+    "drip_headers",  # the status line and headers, one byte per ``drip_interval`` seconds
+    "gzip_bomb",  # about 1 MB of gzip (Content-Encoding: gzip) inflating to 1 GiB
+    "huge_body",  # a 200 MB body (spaces, then a valid empty answer), with Content-Length
+    "endless_body",  # a chunked body that never ends
+    "http_429",  # HTTP 429 with Retry-After: ``retry_after`` seconds
+    "long_reason",  # HTTP 502 whose reason phrase is 10 kB with control characters
+}
+# Answers of the shapes an empty day may take (REFERENCE.md): read as an empty day.
+EMPTY_FAULTS = {"empty_no_count", "empty_count_string", "empty_usage_null", "failure_no_usage"}
+# The pages move while they are read: after the first page (shift_first) or the second
+# (shift_later) of a read, the last row jumps to the top, as a video climbing the by-bytes
+# order on a live day does. With ``times``, it happens during that many reads (requests at
+# offset 0), then never again.
+SHIFT_FAULTS = {"shift_first", "shift_later"}
 FAULT_MODES = frozenset(
     {
         *LABEL_FAULTS,
-        "reset",
-        "timeout",
         "http_500",
         "http_503",
+        "http_500_json",  # HTTP 500 with the API's JSON failure 0004 as its body
         "invalid_json",
         "not_object",
         "usage_not_list",
         "ignore_offset",
         "count_changes",
         "empty_page_early",
+        "partial_rows",  # requests_total null or missing in every row: bytes still good
+        "failure_unknown_code",  # a failure with a code the API page does not list
+        "failure_long_message",  # failure 0004 with a 10 kB message full of control characters
         *ROW_FAULTS,
+        *HTTP_FAULTS,
+        *EMPTY_FAULTS,
+        *SHIFT_FAULTS,
         *(f"failure_{c}" for c in FAILURE_MESSAGES),
     }
 )
+BOMB_SIZE = 1 << 30
+HUGE_BODY_SIZE = 200_000_000
+_EMPTY_ANSWER = b'{"status":"success","usage":[],"count":0,"message":"No Video Usage Found"}'
+_bomb_lock = threading.Lock()
+_bomb: bytes | None = None
+
+
+def gzip_bomb() -> bytes:
+    """A gzip stream (about 1 MB) of an empty answer padded with 1 GiB of spaces; cached."""
+    global _bomb
+    with _bomb_lock:
+        if _bomb is None:
+            c = zlib.compressobj(9, zlib.DEFLATED, 31)
+            parts = [c.compress(_EMPTY_ANSWER[:-1])]
+            block = b" " * (1 << 20)
+            parts.extend(c.compress(block) for _ in range(BOMB_SIZE >> 20))
+            parts.append(c.compress(b"}"))
+            parts.append(c.flush())
+            _bomb = b"".join(parts)
+        return _bomb
+
 
 _PEAK_HOUR = 20.0  # evening peak of the diurnal curve
 _AMPLITUDE = 0.8  # rate(t) = 1 + A cos(2 pi (t - peak)), always > 0
@@ -197,6 +246,10 @@ class Simulator:
             None if static_rows is None else {a: list(r) for a, r in static_rows.items()}
         )
         self.fault_delay = 30.0
+        self.drip_interval = 1.0
+        self.gzip_answers = False  # gzip answers when the client accepts it (as nginx may)
+        self.retry_after = 120
+        self._shift_step: dict[str, int] = {}
         # bounded: the demo runs for days
         self.request_log: deque[dict[str, Any]] = deque(maxlen=100_000)
         self._lock = threading.Lock()
@@ -259,6 +312,8 @@ class Simulator:
         """
         if mode is not None and mode not in FAULT_MODES:
             raise ValueError(f"unknown fault mode {mode!r}; known: {sorted(FAULT_MODES)}")
+        if mode == "gzip_bomb":
+            gzip_bomb()  # built now (a few seconds, once), not while a client waits
         with self._lock:
             if mode is None:
                 if app is None:
@@ -268,13 +323,20 @@ class Simulator:
             else:
                 self._faults[app] = [mode, times]
 
-    def _take_fault(self, app: Any) -> str | None:
+    def _take_fault(self, app: Any, offset: int = 0) -> str | None:
         with self._lock:
             key: str | None = app if isinstance(app, str) and app in self._faults else None
             entry = self._faults.get(key)
             if entry is None:
                 return None
             mode, remaining = entry
+            if mode in SHIFT_FAULTS:  # ``times`` counts reads: requests at offset 0
+                if offset == 0 and remaining is not None:
+                    if remaining <= 0:
+                        del self._faults[key]
+                        return None
+                    entry[1] = remaining - 1
+                return mode
             if remaining is not None:
                 if remaining <= 1:
                     del self._faults[key]
@@ -532,6 +594,8 @@ class Simulator:
             row["bytes_total"] = str(2**64) if k % 2 == 0 else str(2**63)
         elif mode == "bool_bytes":
             row["bytes_total"] = True
+        elif mode == "long_digits":
+            row["bytes_total"] = "__LONG_DIGITS__"  # replaced by 5000 digits once encoded
         return row
 
     def answer(self, text: str) -> tuple[int, str, bytes]:
@@ -567,14 +631,39 @@ class Simulator:
             limit=req.get("limit"),
             request_timestamp=req["timestamp"],
         )
-        mode = self._take_fault(app)
+        mode = self._take_fault(app, entry["offset"])
         entry["fault"] = mode
+        if mode == "failure_no_usage":
+            entry.update(outcome="success", code=None)
+            self._log(entry)
+            body = b'{"status":"failure","message":"No Video Usage Found"}'
+            return 200, "application/json", body, mode
+        if mode == "failure_unknown_code":
+            entry.update(outcome="failure", code="9999")
+            self._log(entry)
+            body = b'{"status":"failure","code":"9999","message":"Quota exceeded"}'
+            return 200, "application/json", body, mode
+        if mode == "failure_long_message":
+            entry.update(outcome="failure", code="0004")
+            self._log(entry)
+            msg = "Unexpected Error \x1b[31m\x07\r\n" + "\x00x\u202e" * 3000
+            body = php_json_encode({"status": "failure", "code": "0004", "message": msg})
+            return 200, "application/json", body.encode(), mode
         if mode is not None and mode.startswith("failure_"):
             code = mode[len("failure_") :]
             entry.update(outcome="failure", code=code)
             self._log(entry)
             return 200, "application/json", self._failure(code, ""), mode
-        if mode in ("reset", "timeout", "http_500", "http_503", "invalid_json", "not_object"):
+        if mode == "http_500_json":
+            entry.update(outcome="failure", code="0004")
+            self._log(entry)
+            return 500, "application/json", self._failure("0004", "database gone"), mode
+        if mode in HTTP_FAULTS - {"drip", "drip_headers"} or mode in (
+            "http_500",
+            "http_503",
+            "invalid_json",
+            "not_object",
+        ):
             entry.update(outcome=mode, code=None)
             self._log(entry)
             if mode in ("http_500", "http_503"):
@@ -634,6 +723,13 @@ class Simulator:
                 mixed.append(self._bad_row(apps[0], mode, k))
                 mixed.extend(rows[i : i + step])
             rows = mixed
+        if mode in SHIFT_FAULTS:
+            key = apps[0]
+            with self._lock:
+                step = 0 if offset == 0 else self._shift_step.get(key, 0) + 1
+                self._shift_step[key] = step
+            if step >= (1 if mode == "shift_first" else 2) and len(rows) > 1:
+                rows = [rows[-1], *rows[:-1]]
         count = len(rows)
         start = 0 if mode == "ignore_offset" else offset
         end = count if size is None else start + size
@@ -648,21 +744,35 @@ class Simulator:
             else {"video_url": r[0], "bytes_total": str(r[1]), "requests_total": str(r[2])}
             for r in chosen
         ]
-        if mode == "surrogate_url" and usage:
+        if mode == "surrogate_url" and usage and offset == 0:
             usage[0] = {**usage[0], "video_url": usage[0]["video_url"] + _SURROGATE_MARK}
         if mode == "usage_not_list":
             usage = {str(i + 1): r for i, r in enumerate(usage)} or {"1": None}
+        if mode == "partial_rows":
+            for k, row in enumerate(usage):
+                if k % 2:
+                    row["requests_total"] = None
+                else:
+                    del row["requests_total"]
         elapsed = time.perf_counter() - started
-        answer = {
+        answer: dict[str, Any] = {
             "status": "success",
             "usage": usage,
             "count": count,
             "message": "Found Video Usage" if count else "No Video Usage Found",
             "handle_time": f"{elapsed:.4f} seconds",
         }
+        if mode in EMPTY_FAULTS:
+            answer = {"status": "success", "usage": [], "message": "No Video Usage Found"}
+            if mode == "empty_count_string":
+                answer["count"] = "0"
+            elif mode == "empty_usage_null":
+                answer["usage"] = None
         body = php_json_encode(answer).encode("ascii")
         if mode == "surrogate_url":  # a lone UTF-16 surrogate
             body = body.replace(_SURROGATE_MARK.encode(), b"bad\\ud800url")
+        if mode == "long_digits":
+            body = body.replace(b'"__LONG_DIGITS__"', b"9" * 5000)
         if cache_key is not None:
             with self._lock:
                 self._page_cache[cache_key] = body
@@ -722,6 +832,12 @@ class _Server(ThreadingHTTPServer):
             with self._conn_lock:
                 self.open_connections.discard(request)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hung up is no error worth a traceback; anything else still is."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def close_connections(self) -> None:
         """Close kept-alive client connections too: a stopped API answers nothing."""
         with self._conn_lock:
@@ -754,6 +870,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, ctype: str, body: bytes) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
+        accept = self.headers.get("Accept-Encoding", "") if self.headers else ""
+        if self.server.sim.gzip_answers and "gzip" in accept.lower():
+            c = zlib.compressobj(6, zlib.DEFLATED, 31)
+            body = c.compress(body) + c.flush()
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -805,7 +926,74 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
+        if mode in HTTP_FAULTS:
+            self.close_connection = True
+            try:
+                self._hostile(sim, mode, out)
+            except OSError:  # the client gave up: that is the point
+                self.wfile = io.BytesIO()  # drop what is still buffered for it
+            return
         self._send(status, ctype, out)
+
+    def _drip(self, sim: Simulator, data: bytes) -> None:
+        for i in range(len(data)):
+            if sim._stopping.wait(sim.drip_interval):
+                return
+            self.wfile.write(data[i : i + 1])
+            self.wfile.flush()
+
+    def _hostile(self, sim: Simulator, mode: str, body: bytes) -> None:
+        if mode == "drip_headers":
+            head = (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(body)
+            )
+            self._drip(sim, head + body)
+            return
+        if mode == "long_reason":
+            reason = "Bad Gateway \x1b[2J\x07" + "\x01\x7f" * 5000
+            self.send_response(502, reason)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "3")
+            self.end_headers()
+            self.wfile.write(b"502")
+            return
+        if mode == "http_429":
+            self.send_response(429)
+            self.send_header("Retry-After", str(sim.retry_after))
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "18")
+            self.end_headers()
+            self.wfile.write(b"Too Many Requests\n")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if mode == "drip":
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            self._drip(sim, body)
+        elif mode == "gzip_bomb":
+            bomb = gzip_bomb()
+            self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(bomb)))
+            self.end_headers()
+            self.wfile.write(bomb)
+        elif mode == "huge_body":
+            self.send_header("Content-Length", str(HUGE_BODY_SIZE))
+            self.end_headers()
+            block = b" " * (1 << 20)
+            left = HUGE_BODY_SIZE - len(_EMPTY_ANSWER)
+            while left > 0 and not sim._stopping.is_set():
+                self.wfile.write(block[: min(left, len(block))])
+                left -= len(block)
+            self.wfile.write(_EMPTY_ANSWER)
+        elif mode == "endless_body":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"%x\r\n%s\r\n" % (1 << 16, b" " * (1 << 16))
+            while not sim._stopping.is_set():
+                self.wfile.write(chunk)
 
 
 def main(argv: list[str] | None = None) -> None:

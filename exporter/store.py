@@ -49,6 +49,7 @@ class AppStatus:
     requests_total: int | None = None
     skipped_rows: int = 0
     last_error: str | None = None
+    incomplete_rows: int = 0  # rows kept with requests 0 (requests_total null or missing)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,26 @@ FAULT_OUTCOMES = {
     "ignore_offset": ("pagination", False),
     "count_changes": ("pagination", False),
     "empty_page_early": ("pagination", False),
-    **{f"failure_{c}": (f"api_{c}", c in ("0004", "1000"))
+    **{f"failure_{c}": (f"api_{c}", c == "0004")  # 1000 (busy): backed off, not retried
        for c in ("0000", "0001", "0002", "0003", "0004", "0005", "0006", "1000")},
+    "drip": ("timeout", True),
+    "drip_headers": ("timeout", True),
+    "gzip_bomb": ("too_large", False),
+    "huge_body": ("too_large", False),
+    "endless_body": ("too_large", False),
+    "http_429": ("http_status", False),  # Retry-After: backed off, not retried
+    "long_reason": ("http_status", True),
+    "http_500_json": ("api_0004", True),
+    "failure_unknown_code": ("api_other", False),
+    "failure_long_message": ("api_0004", True),
+    "shift_first": ("pagination", False),  # the pages move on every read: never consistent
+    "shift_later": ("pagination", False),
 }  # fmt: skip
+# simulator fault modes the client reads as a good answer (empty days, rows without requests)
+FAULT_SUCCEEDS = frozenset(
+    {"empty_no_count", "empty_count_string", "empty_usage_null", "failure_no_usage",
+     "partial_rows"}
+)  # fmt: skip
 
 
 def sim_config(sim, **sections: dict) -> dict:

@@ -94,6 +94,10 @@ def fold_videos(
             other_r += nrequests
             folded = True
             continue
+        # fast path: ASCII (an O(1) flag in CPython) and short is a label as it is
+        if url.isascii() and len(url) <= max_label_length:
+            kept.append((url, nbytes, nrequests))
+            continue
         label = label_value(url, max_label_length)
         if label is url:
             kept.append((url, nbytes, nrequests))

@@ -100,7 +100,8 @@ def test_alert_rules_shape():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         annotations = rule["annotations"]
         assert set(annotations) >= {"summary", "description"}, name
-        subject = "$labels.app" if "scaleengine_" in rule["expr"] else "$labels.instance"
+        per_app = "scaleengine_" in rule["expr"] and "scaleengine_exporter_" not in rule["expr"]
+        subject = "$labels.app" if per_app else "$labels.instance"
         for key in ("summary", "description"):
             assert subject in annotations[key], f"{name} {key} should name {subject}"
         if "Exceeded" in name:

@@ -138,6 +138,10 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"scaleengine-exporter/{__version__}"
     sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version  # the base class adds " " + sys_version: a trailing space
+
     timeout = CONNECTION_TIMEOUT
 
     def setup(self) -> None:

@@ -6,6 +6,7 @@ Real HTTP on loopback against the simulator; nothing of our network stack is moc
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from datetime import date
@@ -547,3 +548,13 @@ def test_static_rows_pages_cached(sim_clock):
             b = c.fetch_usage("bench", None, 2025, 1, 20)
         assert a.videos == b.videos == {r[0]: (r[1], r[2]) for r in rows}
         assert a.pages == 3 and len(sim._page_cache) == 3
+
+
+def test_retry_log_lines_name_the_app(simulator, caplog):
+    simulator.set_fault("live-events", "http_503", times=1)
+    day = today(simulator)
+    with caplog.at_level(logging.INFO, logger="exporter.scaleengine"):
+        with make_client(simulator, retries=2, timeout=0.3) as c:
+            c.fetch_usage("live-events", None, day.year, day.month, day.day)
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries and all(getattr(r, "app", None) == "live-events" for r in retries)

@@ -272,8 +272,8 @@ def serve_forever(
     exposition = Exposition(store, config.poll.timezone, budgets_of(config))
     worker = PollWorker(config, store, exposition)
     app = WebApp(exposition, store, lambda: worker.ready, web_config, config.web.telemetry_path)
-    app.config = config  # type: ignore[attr-defined]  # the landing page shows budgets, intervals
-    app.demo = simulator is not None  # type: ignore[attr-defined]
+    app.config = config  # the landing page shows budgets and intervals
+    app.demo = simulator is not None
     ctx = web_config.ssl_context() if web_config else None
     try:
         server, _ = serve(config.web.listen_address, app, ctx)
@@ -300,7 +300,7 @@ def serve_forever(
         worker.reload(new)
         exposition.reconfigure(new.poll.timezone, budgets_of(new))
         app.telemetry_path = new.web.telemetry_path
-        app.config = new  # type: ignore[attr-defined]
+        app.config = new
         if formatter is not None:
             formatter.secrets = sorted(
                 {s for s in [*formatter.secrets, *new.secret_values()] if s and len(s) >= 4},

@@ -131,6 +131,9 @@ class WebApp:
         # POST /-/reload calls this ((ok, message)); None: the lifecycle API is not enabled
         self.reload = reload
         self.started = time.time()
+        # for the landing page (exporter/landing.py): budgets and intervals, the demo banner
+        self.config: Any = None
+        self.demo = False
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -174,3 +174,44 @@ def scrape_ok(url: str) -> dict:
         return scrape(url)
     except OSError:
         return {}
+
+
+def test_settings_that_need_a_restart_keep_their_values_and_are_logged(tmp_path, caplog):
+    """The listen address and the web config file's content (TLS files, users) are bound at
+    start: a reload keeps them and the log names them."""
+    import logging
+
+    import bcrypt
+
+    from exporter.config import parse_config
+    from exporter.reload import Reloader, ReloadStatus
+    from exporter.webconfig import load_web_config
+
+    web = tmp_path / "web.yml"
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    web.write_text(f"basic_auth_users:\n  prom: '{hashed}'\n")
+
+    def config(listen: str):
+        return parse_config(
+            {"scaleengine": {"cdn_id": 1, "api_key": KEY, "api_secret": SECRET}, "apps": ["a"],
+             "web": {"listen_address": listen, "config_file": str(web)}},
+            env={},
+        )  # fmt: skip
+
+    applied = []
+    start = config(":8491")
+    nxt = {"config": start}
+    status = ReloadStatus()
+    reloader = Reloader(lambda: nxt["config"], applied.append, start, load_web_config(web), status)
+    with caplog.at_level(logging.INFO, logger="exporter"):
+        assert reloader() == (True, "config reloaded")
+    assert not any("restart" in r.getMessage() for r in caplog.records)
+    nxt["config"] = config("127.0.0.1:9000")
+    web.write_text(web.read_text().replace("prom:", "other:"))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="exporter"):
+        assert reloader()[0]
+    warning = next(r for r in caplog.records if "need a restart" in r.getMessage())
+    assert "web.listen_address" in warning.settings and "web.config_file" in warning.settings
+    assert applied[-1].web.listen_address == ":8491"  # the running value stays
+    assert status.successful

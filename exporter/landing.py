@@ -27,7 +27,7 @@ border-radius:4px}
 table{border-collapse:collapse}
 td,th{padding:.35em .8em;text-align:left;border-bottom:1px solid #ddd;vertical-align:top}
 th{background:#f4f4f4;white-space:nowrap}
-td:first-child{white-space:nowrap}
+td:first-child{white-space:nowrap;font-weight:bold}
 td.num{text-align:right;white-space:nowrap}
 .ok{color:#1a7f37}.fail{color:#b42318}.wait{color:#777}
 .bar{background:#eee;width:8em;height:.6em;border-radius:3px;margin-top:.25em}
@@ -104,7 +104,7 @@ def _row(
         else "never"
     )
     return (
-        f"<tr><td><b>{_e(name)}</b></td>{_status_cell(st)}"
+        f"<tr><td>{_e(name)}</td>{_status_cell(st)}"
         + _budget_cell(usage.day_bytes if usage else None, budgets[0])
         + _budget_cell(usage.month_bytes if usage else None, budgets[1])
         + f'<td class="num">{_e(usage.day_videos) if usage else "-"}</td>'

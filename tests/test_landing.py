@@ -123,7 +123,7 @@ def test_landing_page_in_headless_chromium(tmp_path):
         dom = _chromium("--dump-dom", url, profile=tmp_path / "profile-dom")
         assert dom.returncode == 0, dom.stderr[-2000:]
         for app in ("demo-origin", "live-events", "vod-library"):
-            assert f"<b>{app}</b>" in dom.stdout
+            assert f"<td>{app}</td>" in dom.stdout
         assert "Demo mode." in dom.stdout and "% of" in dom.stdout
         assert '<td class="ok">ok</td>' in dom.stdout
         shot = tmp_path / "landing.png"

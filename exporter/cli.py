@@ -331,7 +331,9 @@ def serve_forever(
     threading.Thread(
         target=lambda: (worker.exited.wait(), stop.set()), name="watch", daemon=True
     ).start()
-    while not stop.wait(3600):
+    # a signal the kernel hands to another thread only runs its Python handler when the main
+    # thread next runs bytecode: wake up every second rather than block for an hour
+    while not stop.wait(1.0):
         pass
     code = 0
     if received:

@@ -74,12 +74,17 @@ def test_second_demo_run_is_offline_and_quick():
 
 
 def test_wheel_builds_without_setuptools_deprecation_warnings(tmp_path):
+    import shutil
     import sys
     import zipfile
 
+    src = tmp_path / "src"  # a copy: an in-tree build would leave build/ in the checkout
+    shutil.copytree(ROOT / "exporter", src / "exporter", ignore=shutil.ignore_patterns("__py*"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-v", "-w", str(tmp_path)],
-        cwd=ROOT,
+        cwd=src,
         capture_output=True,
         text=True,
         timeout=480,

@@ -216,3 +216,37 @@ def test_corrupt_state_file_warns_once_and_polls(sim, tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == ["state file corrupt, starting fresh"]
     assert poller.poll_app("beta")
     assert path.read_bytes().startswith(b'{"version":1')  # rewritten whole after the poll
+
+
+def test_reconfigure_adds_removes_and_keeps_counters(sim):
+    """Poller.reconfigure (a config reload): apps that stay keep counters and data, a removed
+    app's series and request counts leave the store and its late results are ignored, an
+    added app starts like a fresh start (today only sets its baseline)."""
+    from exporter.store import AppStatus
+
+    data = sim_config(sim, poll={"interval": "1m", "page_size": 7, "retries": 1})
+    data["apps"] = ["alpha", "beta"]
+    poller, store = make(sim)
+    poller.reconfigure(parse_config(data, env={}))  # gamma goes
+    assert poller.poll_all()
+    sim.clock.advance(3600)  # traffic grows through the day
+    assert poller.poll_all()
+    before = store.view()
+    alpha_total = before.status["alpha"].bytes_total
+    assert alpha_total > 0
+
+    data["apps"] = ["alpha", {"name": "gamma", "daily_bytes_budget": "1GB"}]
+    poller.reconfigure(parse_config(data, env={}))
+    view = store.view()
+    assert set(view.status) == {"alpha", "gamma"} and "beta" not in view.usage
+    assert not any(app == "beta" for app, _ in view.requests)
+    assert view.usage["alpha"] is before.usage["alpha"]  # untouched until its next poll
+    store.publish("beta", None, AppStatus("beta", polled=True, up=True))  # a late poll
+    store.count_request("beta", "success")
+    assert "beta" not in store.view().status and not store.view().requests.get(("beta", "success"))
+    assert poller.poll_all()
+    after = store.view()
+    assert after.status["alpha"].bytes_total >= alpha_total  # not reset
+    assert after.status["gamma"].bytes_total == 0 and after.usage["gamma"].day_bytes > 0
+    assert not poller.poll_app("beta")  # a removed app's queued run does nothing
+    poller.shutdown()

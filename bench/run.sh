@@ -9,4 +9,9 @@ ensure_debian_packages nginx-light:nginx
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import exporter, prometheus_client' 2>/dev/null; then
   ensure_venv .
 fi
-exec .venv/bin/python bench/run.py "$@"
+# a --quick smoke run must not overwrite the committed RESULTS.md: it writes beside it
+args=("$@")
+case " $* " in
+  *" --quick "*) case " $* " in *" --output"*) ;; *) args+=(--output bench/RESULTS-quick.md) ;; esac ;;
+esac
+exec .venv/bin/python bench/run.py "${args[@]}"

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
 from .config import Config, ConfigError, load_config, load_yaml_file, parse_config
 from .logs import setup_logging
 from .metrics import Exposition
+from .reload import Reloader
 from .state import StateFile, StateLockedError, check_state_path
 from .store import Store
 from .web import WebApp, parse_listen_address, serve
@@ -66,12 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="file that keeps the counters across restarts, overrides state.path",
     )
     p.add_argument(
+        "--web.enable-lifecycle",
+        dest="enable_lifecycle",
+        action="store_true",
+        help="enable POST /-/reload (reload the config, as SIGHUP does)",
+    )
+    p.add_argument(
         "--log.level",
         dest="log_level",
         default="info",
         choices=["debug", "info", "warn", "warning", "error"],
+        help="only log messages of this level or above (default info)",
     )
-    p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=["logfmt", "json"],
+        help="log line format (default logfmt)",
+    )
     p.add_argument(
         "--check-config", action="store_true", help="validate the config and exit (0 ok, 2 bad)"
     )
@@ -111,7 +126,7 @@ def demo_config(api_url: str, path: str | None = None) -> Config:
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data["scaleengine"] = scaleengine
         base_dir = os.path.dirname(os.path.abspath(path))
-        return parse_config(data, env={}, source=path, base_dir=base_dir)
+        return parse_config(data, env={}, source=path, base_dir=base_dir, warn_fast_poll=False)
     apps = []
     for name in DEMO_APPS:
         entry: dict[str, Any] = {"name": name}
@@ -123,7 +138,8 @@ def demo_config(api_url: str, path: str | None = None) -> Config:
         "apps": apps,
         "poll": {"interval": "10s", "month_interval": "30s"},
     }
-    return parse_config(data, env={}, source="demo")
+    # the demo polls its own simulator: no warning about polling the real API hard
+    return parse_config(data, env={}, source="demo", warn_fast_poll=False)
 
 
 class Exporter:
@@ -157,29 +173,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .simulator import Simulator
 
             simulator = Simulator()
-            config = demo_config(simulator.start(), args.config)
+            simulator.start()
             log.info("demo mode: polling the built-in simulator", extra={"api_url": simulator.url})
-        else:
-            config = load_config(args.config or DEFAULT_CONFIG)
-        updates: dict[str, Any] = {}
-        if args.listen_address:
-            updates["listen_address"] = args.listen_address
-        if args.telemetry_path:
-            if not args.telemetry_path.startswith("/"):
-                raise ConfigError("--web.telemetry-path: must start with /")
-            updates["telemetry_path"] = args.telemetry_path
-        if args.web_config_file:
-            updates["config_file"] = args.web_config_file
-        if args.listen_address:
-            try:
-                parse_listen_address(args.listen_address)
-            except ValueError as err:
-                raise ConfigError(f"--web.listen-address: {err}") from None
-        if updates:
-            config = config.model_copy(update={"web": config.web.model_copy(update=updates)})
-        if args.state_path:
-            state = config.state.model_copy(update={"path": args.state_path})
-            config = config.model_copy(update={"state": state})
+
+        def load() -> Config:
+            """The config file (or the demo's) with the command line's overrides applied."""
+            return _with_flags(
+                demo_config(simulator.url, args.config)
+                if simulator is not None
+                else load_config(args.config or DEFAULT_CONFIG),
+                args,
+            )
+
+        config = load()
         if config.state.path:
             problem = check_state_path(config.state.path)
             if problem:
@@ -220,7 +226,53 @@ def main(argv: Sequence[str] | None = None) -> int:
         ok = ok and all(st.up for st in exporter.store.view().status.values())
         return 0 if ok else 1
     keep_fds = () if lock is None else (lock.acquire(),)
-    return serve_forever(config, web_config, level, args.log_format, simulator, keep_fds)
+    return serve_forever(
+        config,
+        web_config,
+        level,
+        args.log_format,
+        simulator,
+        keep_fds,
+        load=load,
+        lifecycle=args.enable_lifecycle,
+        formatter=formatter,
+    )
+
+
+def _with_flags(config: Config, args: argparse.Namespace) -> Config:
+    """The command line's --web.* and --state.path flags over the config's values."""
+    updates: dict[str, Any] = {}
+    if args.listen_address:
+        try:
+            parse_listen_address(args.listen_address)
+        except ValueError as err:
+            raise ConfigError(f"--web.listen-address: {err}") from None
+        updates["listen_address"] = args.listen_address
+    if args.telemetry_path:
+        if not args.telemetry_path.startswith("/"):
+            raise ConfigError("--web.telemetry-path: must start with /")
+        updates["telemetry_path"] = args.telemetry_path
+    if args.web_config_file:
+        updates["config_file"] = args.web_config_file
+    if updates:
+        config = config.model_copy(update={"web": config.web.model_copy(update=updates)})
+    if args.state_path:
+        state = config.state.model_copy(update={"path": args.state_path})
+        config = config.model_copy(update={"state": state})
+    return config
+
+
+def bound_address(server: Any) -> tuple[str, str]:
+    """(host:port really bound, which interfaces) of a listening server."""
+    host, port = server.server_address[:2]
+    if host in ("::", "0.0.0.0"):
+        scope = "all (IPv4 and IPv6)" if host == "::" else "all (IPv4)"
+    elif host in ("127.0.0.1", "::1") or host.startswith("127."):
+        scope = "loopback only"
+    else:
+        scope = host
+    shown = f"[{host}]" if ":" in host else host
+    return f"{shown}:{port}", scope
 
 
 def serve_forever(
@@ -230,24 +282,13 @@ def serve_forever(
     log_format: str,
     simulator: Any = None,
     keep_fds: tuple[int, ...] = (),
+    load: Callable[[], Config] | None = None,
+    lifecycle: bool = False,
+    formatter: Any = None,
 ) -> int:
     """The daemon: HTTP here, polling and rendering in the poll worker process."""
-    store = Store([a.name for a in config.apps])
-    exposition = Exposition(store, config.poll.timezone, budgets_of(config))
-    worker = PollWorker(config, store, exposition, keep_fds)
-    app = WebApp(exposition, store, lambda: worker.ready, web_config, config.web.telemetry_path)
-    ctx = web_config.ssl_context() if web_config else None
-    try:
-        server, _ = serve(config.web.listen_address, app, ctx)
-    except OSError as err:
-        if simulator is not None:
-            simulator.stop()
-        return _fail(f"cannot listen on {config.web.listen_address}: {err.strerror or err}")
-    worker.start(log_level, log_format)
-    log.info(
-        "listening",
-        extra={"url": server.url + config.web.telemetry_path, "version": __version__},
-    )
+    # handlers first: a SIGTERM or SIGINT as soon as the port answers must stop us cleanly,
+    # and a SIGHUP before the reloader exists must not kill us
     stop = threading.Event()
     received: list[int] = []
 
@@ -257,10 +298,65 @@ def serve_forever(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    store = Store([a.name for a in config.apps])
+    exposition = Exposition(store, config.poll.timezone, budgets_of(config))
+    worker = PollWorker(config, store, exposition, keep_fds)
+    app = WebApp(exposition, store, lambda: worker.ready, web_config, config.web.telemetry_path)
+    app.config = config  # the landing page shows budgets and intervals
+    app.demo = simulator is not None
+    ctx = web_config.ssl_context() if web_config else None
+    try:
+        server, _ = serve(config.web.listen_address, app, ctx)
+    except OSError as err:
+        if simulator is not None:
+            simulator.stop()
+        hint = ""
+        if err.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            hint = " (choose another address with --web.listen-address, e.g. 127.0.0.1:9491)"
+        return _fail(f"cannot listen on {config.web.listen_address}: {err.strerror or err}{hint}")
+    worker.start(log_level, log_format)
+    address, interfaces = bound_address(server)
+    log.info(
+        "listening",
+        extra={
+            "address": address,
+            "interfaces": interfaces,
+            "url": server.url + config.web.telemetry_path,
+            "version": __version__,
+        },
+    )
+
+    def apply(new: Config) -> None:
+        worker.reload(new)
+        exposition.reconfigure(new.poll.timezone, budgets_of(new))
+        app.telemetry_path = new.web.telemetry_path
+        app.config = new
+        if formatter is not None:
+            formatter.secrets = sorted(
+                {s for s in [*formatter.secrets, *new.secret_values()] if s and len(s) >= 4},
+                key=len,
+                reverse=True,
+            )
+
+    reloader = None
+    if load is not None:
+        reloader = Reloader(load, apply, config, web_config, exposition.reload_status)
+        if lifecycle:
+            app.reload = reloader
+
+    def on_hangup(_signum: int, _frame: Any) -> None:
+        log.info("SIGHUP received, reloading the config")
+        if reloader is not None:  # in a thread: a signal handler must not block
+            threading.Thread(target=reloader, name="reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hangup)
     threading.Thread(
         target=lambda: (worker.exited.wait(), stop.set()), name="watch", daemon=True
     ).start()
-    while not stop.wait(3600):
+    # a signal the kernel hands to another thread only runs its Python handler when the main
+    # thread next runs bytecode: wake up every second rather than block for an hour
+    while not stop.wait(1.0):
         pass
     code = 0
     if received:

@@ -508,8 +508,16 @@ def _error_text(err: Mapping[str, Any]) -> tuple[str, str]:
         return path, "must be a mapping"
     if kind == "list_type":
         return path, "must be a list"
+    if kind == "int_parsing":
+        return path, "expected a whole number, not text"
+    if kind == "int_from_float":
+        return path, "expected a whole number, not a fraction"
+    if kind in ("int_type", "float_type", "float_parsing"):
+        return path, "expected a number"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    if msg.startswith("Input should be "):  # pydantic's bounds and choices, in our voice
+        msg = "must be " + msg[len("Input should be ") :]
     # A model-level validator names the field itself ("stale_after: ...").
     if msg.startswith("@") and ": " in msg:
         sub, msg = msg[1:].split(": ", 1)
@@ -644,6 +652,7 @@ def parse_config(
     env: Mapping[str, str] | None = None,
     source: str = "<config>",
     base_dir: str | os.PathLike[str] | None = None,
+    warn_fast_poll: bool = True,
 ) -> Config:
     """Validate already-parsed configuration data (a dict as YAML would give).
 
@@ -668,7 +677,7 @@ def parse_config(
         raise format_validation_error(exc, source) from None
     except RecursionError:
         raise ConfigError(f"{source}: the configuration is nested too deeply") from None
-    if config.poll.interval < HARD_POLL_INTERVAL:
+    if warn_fast_poll and config.poll.interval < HARD_POLL_INTERVAL:
         log.warning(
             "poll.interval is %gs: below 60s the ScaleEngine API is polled hard "
             "(%d apps, each every %gs)",

@@ -1,61 +1,167 @@
-"""The landing page "/": one small server-rendered page, every server text HTML-escaped."""
+"""The landing page "/": one small server-rendered page, every server text HTML-escaped.
+
+Per app: how its last poll went, today's bytes against the daily budget, the month to date
+against the monthly budget (percent), the poll interval and the age of its data; a banner in
+demo mode. No JavaScript; it reads the same store the scrape path serves from.
+"""
 
 from __future__ import annotations
 
 import html
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from . import __version__
 
 if TYPE_CHECKING:
+    from .store import AppStatus, AppUsage
     from .web import WebApp
 
-
-def render_landing(app: WebApp) -> str:
-    """The landing page "/": what the exporter is and how each app's polls went."""
-    view = app.store.view()
-    rows = []
-    for name in sorted(view.status):
-        st = view.status[name]
-        if not st.polled:
-            result = "not polled yet"
-        elif st.up:
-            result = "ok"
-        else:
-            result = "failed: " + (st.last_error or "unknown error")
-        last = (
-            datetime.fromtimestamp(st.last_success, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-            if st.last_success
-            else "never"
-        )
-        usage = view.usage.get(name)
-        videos = str(usage.day_videos) if usage else "-"
-        rows.append(
-            "<tr>"
-            + "".join(
-                f"<td>{html.escape(v)}</td>"
-                for v in (name, result, last, videos, _fmt_duration(st.poll_duration))
-            )
-            + "</tr>"
-        )
-    path = html.escape(app.telemetry_path)
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>ScaleEngine Exporter</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style>
-</head><body>
-<h1>ScaleEngine Exporter</h1>
-<p>Version {html.escape(__version__)}. Usage data from ScaleEngine's usage.vse API, polled on a
-schedule; a scrape never calls the API.</p>
-<ul><li><a href="{path}">Metrics</a></li><li><a href="/-/healthy">Health</a></li>
-<li><a href="/-/ready">Readiness</a></li></ul>
-<h2>Apps</h2>
-<table><tr><th>App</th><th>Last poll</th><th>Last success</th><th>Videos today</th>
-<th>Poll duration</th></tr>
-{"".join(rows)}
-</table></body></html>
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}
+h1{margin:0 0 .2em}
+.sub{color:#555;margin:0 0 1em}
+.demo{background:#fff3cd;border:1px solid #e0b000;padding:.6em 1em;margin:0 0 1em;
+border-radius:4px}
+table{border-collapse:collapse}
+td,th{padding:.35em .8em;text-align:left;border-bottom:1px solid #ddd;vertical-align:top}
+th{background:#f4f4f4;white-space:nowrap}
+td:first-child{white-space:nowrap;font-weight:bold}
+td.num{text-align:right;white-space:nowrap}
+.ok{color:#1a7f37}.fail{color:#b42318}.wait{color:#777}
+.bar{background:#eee;width:8em;height:.6em;border-radius:3px;margin-top:.25em}
+.bar div{height:100%;border-radius:3px;background:#1a7f37}
+.bar .warn{background:#e0a000}.bar .over{background:#b42318}
+.small{color:#666;font-size:.85em}
 """
 
 
-def _fmt_duration(value: float | None) -> str:
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def human_bytes(n: float | None) -> str:
+    """Decimal units, as the budgets are written (500GB = 500e9 bytes)."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(value) < 1000 or unit == "PB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.3g} {unit}"
+        value /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def human_age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 90:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def _budget_cell(used: int | None, budget: int | None) -> str:
+    if used is None:
+        return '<td class="num">-</td>'
+    text = _e(human_bytes(used))
+    if budget is None:
+        return f'<td class="num">{text}<div class="small">no budget</div></td>'
+    percent = 100.0 * used / budget if budget else 0.0
+    level = "over" if percent >= 100 else "warn" if percent >= 80 else ""
+    width = min(100.0, percent)
+    return (
+        f'<td class="num">{text}<div class="small">{percent:.1f}% of {_e(human_bytes(budget))}'
+        f'</div><div class="bar"><div class="{level}" style="width:{width:.1f}%"></div></div></td>'
+    )
+
+
+def _status_cell(st: AppStatus) -> str:
+    if not st.polled:
+        return '<td class="wait">not polled yet</td>'
+    if st.up:
+        return '<td class="ok">ok</td>'
+    return f'<td class="fail">failed: {_e(st.last_error or "unknown error")}</td>'
+
+
+def _row(
+    name: str,
+    st: AppStatus,
+    usage: AppUsage | None,
+    budgets: tuple[int | None, int | None],
+    interval: float | None,
+    now: float,
+) -> str:
+    age = (
+        f"{_e(human_age(now - st.last_success))} ago"
+        f'<div class="small">{_e(_utc(st.last_success))}</div>'
+        if st.last_success
+        else "never"
+    )
+    return (
+        f"<tr><td>{_e(name)}</td>{_status_cell(st)}"
+        + _budget_cell(usage.day_bytes if usage else None, budgets[0])
+        + _budget_cell(usage.month_bytes if usage else None, budgets[1])
+        + f'<td class="num">{_e(usage.day_videos) if usage else "-"}</td>'
+        + f'<td class="num">{_e(human_age(interval)) if interval else "-"}</td>'
+        + f'<td class="num">{age}</td>'
+        + f'<td class="num">{_e(_duration(st.poll_duration))}</td></tr>'
+    )
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
+
+
+def render_landing(app: WebApp, now: float | None = None) -> str:
+    """The landing page "/": what the exporter is and where each app stands."""
+    now = time.time() if now is None else now
+    view = app.store.view()
+    config = getattr(app, "config", None)
+    budgets: dict[str, tuple[int | None, int | None]] = {}
+    interval = timezone = None
+    if config is not None:
+        budgets = {a.name: (a.daily_bytes_budget, a.monthly_bytes_budget) for a in config.apps}
+        interval, timezone = config.poll.interval, config.poll.timezone
+    rows = "".join(
+        _row(name, view.status[name], view.usage.get(name), budgets.get(name, (None, None)),
+             interval, now)
+        for name in sorted(view.status)
+    )  # fmt: skip
+    banner = ""
+    if getattr(app, "demo", False):
+        banner = (
+            '<p class="demo"><b>Demo mode.</b> These figures come from the built-in ScaleEngine '
+            "simulator on loopback, not from your account; run without <code>--demo</code> "
+            "and with your config for real data.</p>"
+        )
+    path = _e(app.telemetry_path)
+    zone = f" ({_e(timezone)})" if timezone else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>ScaleEngine Exporter</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{_STYLE}</style>
+</head><body>
+<h1>ScaleEngine Exporter</h1>
+<p class="sub">Version {_e(__version__)}. Usage from ScaleEngine's usage.vse API, polled on a
+schedule; a scrape never calls the API.
+<a href="{path}">Metrics</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a>
+</p>
+{banner}<table>
+<tr><th>App</th><th>Last poll</th><th>Today{zone}</th><th>Month to date</th>
+<th>Videos today</th><th>Poll interval</th><th>Data age</th><th>Poll duration</th></tr>
+{rows}
+</table>
+<p class="small">Bytes in decimal units (1 GB = 10<sup>9</sup> bytes), as budgets are written.
+Page rendered {_e(_utc(now))}.</p>
+</body></html>
+"""

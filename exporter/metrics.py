@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
+from .reload import ReloadStatus
 from .store import AppStatus, AppUsage, Store
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,8 @@ class Exposition:
         if process_metrics:
             ProcessCollector(registry=self.process_registry)
             PlatformCollector(registry=self.process_registry)
+        self.reload_status = ReloadStatus()  # set by a config reload (SIGHUP, /-/reload)
+        self.process_registry.register(self.reload_status)  # type: ignore[arg-type]
         self._live_cache: dict[bool, tuple[tuple[int, int], bytes]] = {}
         self.render_now()
 
@@ -401,6 +404,16 @@ class Exposition:
                 },
             )
             return True
+
+    def reconfigure(
+        self, timezone: str, budgets: Mapping[str, tuple[int | None, int | None]]
+    ) -> None:
+        """A reload's time zone (in the help texts) and budgets; the next render shows them."""
+        with self._lock:
+            self._families = usage_families(timezone)
+            self._headers = {f.name: f.header() for f in self._families}
+            self._budget_lines = render_budgets(budgets)
+            self._rendered_usage = None
 
     def start(self) -> None:
         """Re-render in a background thread whenever the store changes."""

@@ -23,6 +23,7 @@ from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -243,7 +244,9 @@ class Poller:
     # -- one poll ---------------------------------------------------------------------------
     def poll_app(self, name: str) -> bool:
         """Poll one app now (today, late yesterday, month when due); True if all succeeded."""
-        st = self._apps[name]
+        st = self._apps.get(name)
+        if st is None:  # removed by a reload while its run was queued
+            return False
         with self._flight_lock:
             self._in_flight += 1
         try:
@@ -525,6 +528,94 @@ class Poller:
             "polling started",
             extra={"apps": len(self._apps), "interval": poll.interval, "workers": workers},
         )
+
+    # -- reload -----------------------------------------------------------------------------
+    def reconfigure(self, config: Config) -> None:
+        """Take a new config without a restart (SIGHUP, POST /-/reload).
+
+        Added apps start with fresh counters (today only sets their baseline, as at a fresh
+        start) and are polled at once; removed apps stop and their series leave the store;
+        unchanged apps keep their counters, baselines and last data. New API or poll settings
+        give every app a new client; a new interval, jitter or concurrency reschedules.
+        """
+        old = self.config
+        self.config = config
+        self.tz = config.poll.tz
+        new_names = [a.name for a in config.apps]
+        client_settings = config.scaleengine != old.scaleengine or (
+            config.poll.page_size,
+            config.poll.max_pages,
+            config.poll.retries,
+        ) != (old.poll.page_size, old.poll.max_pages, old.poll.retries)
+        today, _, _ = day_bounds(self.clock(), self.tz)
+        fresh_origin = {today.isoformat(), (today - timedelta(days=1)).isoformat()}
+        apps: dict[str, _AppState] = {}
+        for app in config.apps:
+            st = self._apps.get(app.name)
+            if st is None:
+                st = _AppState(
+                    config=app,
+                    client=self._default_client(app.name),
+                    counters=AppCounters(origin_days=set(fresh_origin)),
+                    lock=threading.Lock(),
+                )
+            else:
+                st.config = app
+                if client_settings:
+                    old_client, st.client = st.client, self._default_client(app.name)
+                    old_client.close()
+            apps[app.name] = st
+        removed = {name: st for name, st in self._apps.items() if name not in apps}
+        self._apps = apps  # a new dict: readers iterating the old one are not disturbed
+        self.store.set_apps(new_names)  # a poll of a removed app still running publishes nothing
+        for name, st in removed.items():
+            self._reload_removed(name, st)
+        if self._scheduler is not None and self._scheduler.running:
+            self._reschedule(old)
+        self.save_state()
+        log.info(
+            "poller reconfigured",
+            extra={
+                "apps": len(apps),
+                "added": len(set(apps) - {a.name for a in old.apps}),
+                "removed": len(removed),
+            },
+        )
+
+    def _reload_removed(self, name: str, st: _AppState) -> None:
+        if self._scheduler is not None and self._scheduler.running:
+            try:
+                self._scheduler.remove_job(f"poll:{name}")
+            except JobLookupError:
+                pass
+
+        def close() -> None:  # after a poll still running for it has finished
+            with st.lock:
+                st.client.close()
+
+        threading.Thread(target=close, name=f"close {name}", daemon=True).start()
+
+    def _reschedule(self, old: Config) -> None:
+        poll, was = self.config.poll, old.poll
+        if poll.concurrency != was.concurrency:
+            # the pool's size is fixed: a new scheduler; running polls finish in the old one
+            assert self._scheduler is not None
+            self._scheduler.shutdown(wait=False)
+            self.start()
+            return
+        assert self._scheduler is not None
+        now = datetime.now(UTC)
+        jitter = min(poll.interval * 0.1, 30.0)
+        for name in self._apps:
+            job = self._scheduler.get_job(f"poll:{name}")
+            trigger = IntervalTrigger(seconds=poll.interval, jitter=jitter, timezone=UTC)
+            if job is None:
+                self._scheduler.add_job(
+                    self.poll_app, trigger, args=[name], id=f"poll:{name}",
+                    name=f"poll {name}", next_run_time=now,
+                )  # fmt: skip
+            elif poll.interval != was.interval:
+                job.reschedule(trigger)
 
     def shutdown(self) -> None:
         """Stop the scheduler without waiting for running polls, then save the state."""

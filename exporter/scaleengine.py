@@ -805,6 +805,7 @@ class ScaleEngineClient:
             state.attempt_number,
             getattr(exc, "outcome", "error"),
             wait,
+            extra={"app": state.args[0] if state.args else "?"},  # _attempt(app, ...)
         )
 
     # -- a whole fetch -----------------------------------------------------------------

@@ -81,6 +81,7 @@ class Store:
         self._poll_errors: dict[tuple[str, str], int] = {}
         self._counts_version = 0
         self._state_saves: tuple[int, float | None] | None = None
+        self._removed: set[str] = set()  # apps a reload removed: late publishes are ignored
 
     @property
     def apps(self) -> list[str]:
@@ -89,6 +90,8 @@ class Store:
     def publish(self, app: str, usage: AppUsage | None, status: AppStatus) -> None:
         """Replace the app's usage (None drops its series) and status in one step."""
         with self._lock:
+            if app in self._removed:
+                return
             version, old_usage, old_status = self._current
             new_usage = dict(old_usage)
             if usage is None:
@@ -103,6 +106,8 @@ class Store:
     def count_request(self, app: str, outcome: str) -> None:
         """Count one API request of an app by outcome (success or an error kind)."""
         with self._count_lock:
+            if app in self._removed:
+                return
             key = (app, outcome)
             self._requests[key] = self._requests.get(key, 0) + 1
             self._counts_version += 1
@@ -110,6 +115,8 @@ class Store:
     def count_poll_error(self, app: str, outcome: str) -> None:
         """Count one failed fetch of a poll (after retries) by outcome."""
         with self._count_lock:
+            if app in self._removed:
+                return
             key = (app, outcome)
             self._poll_errors[key] = self._poll_errors.get(key, 0) + 1
             self._counts_version += 1
@@ -143,6 +150,24 @@ class Store:
                 failures += 1
             self._state_saves = (failures, last)
             self._counts_version += 1
+
+    def set_apps(self, apps: list[str]) -> None:
+        """A reload's new app list: removed apps and all their series go, new apps start
+        unpolled, the others keep everything. Always counts as a change (budgets may have
+        changed), so the exposition renders again."""
+        with self._lock:
+            version, old_usage, old_status = self._current
+            keep = set(apps)
+            self._removed = (self._removed | set(self._apps) | set(old_status)) - keep
+            self._apps = list(apps)
+            usage = {a: u for a, u in old_usage.items() if a in keep}
+            status = {a: old_status.get(a) or AppStatus(app=a) for a in apps}
+            self._current = (version + 1, MappingProxyType(usage), MappingProxyType(status))
+            with self._count_lock:
+                self._requests = {k: v for k, v in self._requests.items() if k[0] in keep}
+                self._poll_errors = {k: v for k, v in self._poll_errors.items() if k[0] in keep}
+                self._counts_version += 1
+            self._changed.notify_all()
 
     def mirror(
         self,

@@ -131,6 +131,9 @@ class WebApp:
         # POST /-/reload calls this ((ok, message)); None: the lifecycle API is not enabled
         self.reload = reload
         self.started = time.time()
+        # for the landing page (exporter/landing.py): budgets and intervals, the demo banner
+        self.config: Any = None
+        self.demo = False
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -138,6 +141,10 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = f"scaleengine-exporter/{__version__}"
     sys_version = ""
+
+    def version_string(self) -> str:
+        return self.server_version  # the base class adds " " + sys_version: a trailing space
+
     timeout = CONNECTION_TIMEOUT
 
     def setup(self) -> None:

@@ -83,7 +83,7 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    setup_logging(log_level, log_format, config.secret_values())
+    formatter = setup_logging(log_level, log_format, config.secret_values())
     store = Store([a.name for a in config.apps])
     state = StateFile(config.state.path) if config.state.path else None
     poller = Poller(config, store, state_file=state)
@@ -137,11 +137,28 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
             except Exception:  # pragma: no cover - a bug; keep polling
                 log.exception("shipping the exposition failed")
 
+    def reload(new: Config) -> None:
+        ok, message = True, "reloaded"
+        try:
+            formatter.secrets = sorted(
+                {s for s in new.secret_values() if s and len(s) >= 4}, key=len, reverse=True
+            )
+            expo.reconfigure(new.poll.timezone, budgets_of(new))
+            poller.reconfigure(new)
+        except Exception as err:  # pragma: no cover - a bug; the serving side reports it
+            log.exception("applying the reloaded config failed")
+            ok, message = False, str(err)
+        with send_lock:
+            conn.send(("reloaded", ok, message))
+
     def listener() -> None:
         try:
             while not stop.is_set():
-                if conn.recv() == "stop":
+                message = conn.recv()
+                if message == "stop":
                     break
+                if isinstance(message, tuple) and message[0] == "reload":
+                    reload(message[1])
         except (EOFError, OSError):
             pass  # the serving process is gone
         stop.set()
@@ -175,6 +192,9 @@ class PollWorker:
         self._process: Any = None
         self._conn: Connection | None = None
         self.exited = threading.Event()
+        self._send_lock = threading.Lock()
+        self._reloaded: tuple[bool, str] | None = None
+        self._reload_done = threading.Event()
 
     def start(self, log_level: str = "info", log_format: str = "logfmt") -> None:
         """Start ``python -m exporter.worker`` on one end of a socket pair."""
@@ -201,6 +221,10 @@ class PollWorker:
                 if message[0] == "stopped":
                     self.stopped.set()
                     break
+                if message[0] == "reloaded":
+                    self._reloaded = (message[1], message[2])
+                    self._reload_done.set()
+                    continue
                 _, crc, usage, status, requests, poll_errors, ready, state_saves = message
                 if crc is not None:
                     files = []
@@ -209,10 +233,25 @@ class PollWorker:
                         files.append(StoredFile(fd, os.fstat(fd).st_size))
                     self.exposition.set_stored((files[0], files[1], crc))
                 self.store.mirror(usage, status, requests, poll_errors, state_saves)
-                self.ready = ready
+                self.ready = self.ready or ready  # a reload's new apps do not unready it
         except (EOFError, OSError):
             pass
         self.exited.set()
+
+    def reload(self, config: Config, timeout: float = 10.0) -> None:
+        """Hand a reloaded config to the worker process; raises if it does not take it."""
+        if self._conn is None or self.exited.is_set():
+            raise RuntimeError("the poll worker is not running")
+        self._reload_done.clear()
+        with self._send_lock:
+            self._conn.send(("reload", config))
+        if not self._reload_done.wait(timeout):
+            raise RuntimeError(f"the poll worker did not confirm within {timeout:g}s")
+        assert self._reloaded is not None
+        ok, message = self._reloaded
+        if not ok:
+            raise RuntimeError(message)
+        self.config = config
 
     def stop(self, timeout: float = 3.0) -> None:
         """Ask the worker to save its state and stop; kill it if it takes too long."""
@@ -220,7 +259,8 @@ class PollWorker:
             return
         try:
             if self._conn is not None:
-                self._conn.send("stop")
+                with self._send_lock:
+                    self._conn.send("stop")
         except OSError:
             pass
         self.stopped.wait(timeout)
@@ -233,6 +273,8 @@ class PollWorker:
 
 
 def _child() -> None:  # pragma: no cover - runs in the worker process
+    # SIGHUP is the serving process's (config reload); a terminal's hangup must not kill us
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     conn = Connection(int(sys.argv[1]))
     try:
         # polling is background work: when the CPUs are busy, a scrape should win them

@@ -176,8 +176,8 @@ def usage_panels() -> list[Panel]:
                     ref="B",
                 ),
             ],
-            "bytes",
-            overrides=budget_override("bytes"),
+            "decbytes",
+            overrides=budget_override("decbytes"),
             gridPos=GridPos(h=8, w=16, x=8, y=1),
         ),
         timeseries(
@@ -242,7 +242,7 @@ def usage_panels() -> list[Panel]:
                 {
                     "matcher": {"id": "byName", "options": "Bytes today"},
                     "properties": [
-                        {"id": "unit", "value": "bytes"},
+                        {"id": "unit", "value": "decbytes"},
                         {"id": "custom.displayMode", "value": "gradient-gauge"},
                     ],
                 },
@@ -297,7 +297,8 @@ def month_panels(y: int) -> list[Panel]:
             "Month to date vs monthly budget",
             (
                 "Bytes delivered this month per app (scaleengine_vse_app_month_bytes), "
-                "with each app's monthly budget as a dashed line."
+                "with each app's monthly budget as a dashed line. Decimal units, as budgets "
+                "are written (500GB = 500e9 bytes)."
             ),
             [
                 target(f"scaleengine_vse_app_month_bytes{{{APP}}}"),
@@ -306,25 +307,20 @@ def month_panels(y: int) -> list[Panel]:
                     legend="{{app}} budget",
                     ref="B",
                 ),
-                target(
-                    f"scaleengine_vse_app_month_requests{{{APP}}}",
-                    legend="{{app}} requests",
-                    ref="C",
-                ),
             ],
-            "bytes",
-            overrides=budget_override("bytes")
-            + [
-                {
-                    "matcher": {"id": "byRegexp", "options": ".* requests$"},
-                    "properties": [
-                        {"id": "unit", "value": "short"},
-                        {"id": "custom.axisPlacement", "value": "right"},
-                        {"id": "custom.fillOpacity", "value": 0},
-                    ],
-                }
-            ],
-            gridPos=GridPos(h=8, w=16, x=8, y=y + 1),
+            "decbytes",
+            overrides=budget_override("decbytes"),
+            gridPos=GridPos(h=8, w=10, x=8, y=y + 1),
+        ),
+        timeseries(
+            "Requests this month",
+            (
+                "Play, pause and stop commands this month per app "
+                "(scaleengine_vse_app_month_requests)."
+            ),
+            [target(f"scaleengine_vse_app_month_requests{{{APP}}}")],
+            "short",
+            gridPos=GridPos(h=8, w=6, x=18, y=y + 1),
         ),
     ]
 

@@ -20,8 +20,22 @@ ensure_venv() {
       fi
     fi
   fi
+  # The install is editable, so code changes need none; only a changed pyproject.toml (or a
+  # wider SPEC) does. The stamp holds the hash of pyproject.toml and the SPECs installed with
+  # it, so a second run with .venv in place touches no network and starts at once.
+  local hash stamp=.venv/.scaleengine-installed
+  hash=$(sha256sum pyproject.toml | cut -d' ' -f1)
+  if [ -f "$stamp" ] && grep -qxF "$hash $1" "$stamp"; then
+    return 0
+  fi
+  if [ "$1" = . ] && [ -f "$stamp" ] && grep -qxF "$hash .[test]" "$stamp"; then
+    return 0  # the test extras include the package itself
+  fi
+  echo "== installing the package into .venv ($1)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$1"
+  { grep -s "^$hash " "$stamp" || true; echo "$hash $1"; } >"$stamp.new"  # older hashes go
+  mv "$stamp.new" "$stamp"
 }
 
 _apt_updated=

@@ -2,12 +2,13 @@
 # Runs the whole test suite on a fresh Debian/Ubuntu machine with Python 3.11+:
 # installs what the tests need (Debian's prometheus for prometheus + promtool, php-cli to check
 # our PHP json_encode against real PHP, curl for a multipart request; a venv with the
-# package and its test extras), then ruff (lint + format check) and pytest.
+# package and its test extras; chromium for the landing page), then ruff (lint + format check) and pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-ensure_debian_packages prometheus:promtool prometheus:prometheus php-cli:php curl:curl
+ensure_debian_packages prometheus:promtool prometheus:prometheus php-cli:php curl:curl \
+  chromium:chromium
 ensure_venv '.[test]'
 
 echo "== ruff check" && .venv/bin/ruff check .

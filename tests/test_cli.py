@@ -374,3 +374,46 @@ def test_daemon_exits_1_when_its_poll_worker_dies():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_messages_demo_help_and_listen_address():
+    """The demo does not warn about polling the real API hard; --help shows the log defaults;
+    the listening line says what is bound; a busy port points at --web.listen-address."""
+    proc = run("--demo", "--once", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "polled hard" not in proc.stderr
+    helptext = " ".join(run("--help").stdout.split())
+    assert "(default info)" in helptext and "(default logfmt)" in helptext
+    assert "--web.enable-lifecycle" in helptext
+
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--demo", "--web.listen-address", f":{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=full_env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        line = wait_for(lambda: proc.stderr.readline(), 30, "a log line")
+        while "msg=listening" not in line:
+            line = proc.stderr.readline()
+            assert line, "the exporter ended before listening"
+        assert f"address=[::]:{port}" in line or f"address=0.0.0.0:{port}" in line, line
+        assert 'interfaces="all' in line, line
+        # a second exporter on the same port: exit 2 and the way out
+        busy = run("--demo", "--web.listen-address", f":{port}", timeout=60)
+        assert busy.returncode == 2
+        assert "Address already in use" in busy.stderr
+        assert "--web.listen-address" in busy.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    loop_proc, url = start_daemon(["--demo"])
+    try:
+        line = ""
+        while "msg=listening" not in line:
+            line = loop_proc.stderr.readline()
+            assert line, "the exporter ended before listening"
+        assert 'interfaces="loopback only"' in line and "address=127.0.0.1:" in line, line
+    finally:
+        loop_proc.send_signal(signal.SIGTERM)
+        loop_proc.wait(10)

@@ -491,3 +491,18 @@ def test_load_config_arbitrary_bytes(tmp_path_factory, raw):
         load_config(path, env=ENV)
     except ConfigError as err:
         assert str(err).startswith(str(path))
+
+
+@pytest.mark.parametrize(
+    "value,reason",
+    [
+        ("abc", "expected a whole number, not text"),
+        (1.5, "expected a whole number, not a fraction"),
+        (0, "must be greater than or equal to 1"),
+    ],
+)
+def test_number_errors_read_like_the_others(value, reason):
+    with pytest.raises(ConfigError) as ei:
+        parse_config(base(poll={"page_size": value}))
+    assert str(ei.value) == f"<config>: poll.page_size: {reason}"
+    assert "Input should" not in str(ei.value)

@@ -104,7 +104,7 @@ def test_panels_have_queries_descriptions_units(dashboard):
 
 def test_required_panels(dashboard):
     day = _find(dashboard, r"scaleengine_vse_app_day_bytes_budget")
-    assert any("bytes" in _units(p) for p in day), "today's bytes against the daily budget"
+    assert any("decbytes" in _units(p) for p in day), "today's bytes against the daily budget"
     assert any("percentunit" in _units(p) for p in day)
     rate = _find(dashboard, r"8 \* rate\(scaleengine_vse_bytes_total\{[^}]*\}\[\$__rate_interval\]")
     assert rate and all("bps" in _units(p) for p in rate), "delivery rate in bits/s"
@@ -112,7 +112,7 @@ def test_required_panels(dashboard):
         p["type"] == "timeseries" for p in _find(dashboard, r"^scaleengine_vse_app_day_bytes\{")
     )
     month = _find(dashboard, r"scaleengine_vse_app_month_bytes_budget")
-    assert any("bytes" in _units(p) for p in month)
+    assert any("decbytes" in _units(p) for p in month)
     top = _find(dashboard, r"topk\(20, scaleengine_vse_day_bytes")
     assert top and top[0]["type"] == "table"
     assert _find(dashboard, r"scaleengine_vse_app_day_requests")
@@ -136,3 +136,14 @@ def test_provisioning_files():
     providers = yaml.safe_load((PROVISIONING / "dashboards" / "scaleengine.yml").read_text())
     provider = providers["providers"][0]
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
+
+
+def test_byte_units_are_decimal_and_no_hidden_second_axis(dashboard):
+    """Budgets are decimal (500GB = 500e9): Grafana's binary "bytes" would show 466 GiB.
+    A panel plotting bytes does not also plot requests on an axis its title does not name."""
+    for panel in _panels(dashboard):
+        units = _units(panel)
+        assert "bytes" not in units, f"{panel['title']}: use decbytes"
+        exprs = " ".join(t["expr"] for t in panel["targets"])
+        if panel["type"] == "timeseries" and "decbytes" in units and "_requests" in exprs:
+            assert "request" in panel["title"].lower(), panel["title"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, date, datetime
 
@@ -248,3 +249,61 @@ def test_fold_makes_labels_valid_utf8_and_caps_their_length():
     default = fold_videos({long_a: (1, 1)}, 10, None, None)
     assert len(default[0][0].encode()) == 1024
     assert label_value("short.mp4") == "short.mp4"
+
+
+def test_reconfigure_adds_removes_and_keeps_counters(sim):
+    """Poller.reconfigure (a config reload): apps that stay keep counters and data, a removed
+    app's series and request counts leave the store and its late results are ignored, an
+    added app starts like a fresh start (today only sets its baseline)."""
+    from exporter.store import AppStatus
+
+    data = sim_config(sim, poll={"interval": "1m", "page_size": 7, "retries": 1})
+    data["apps"] = ["alpha", "beta"]
+    poller, store = make(sim)
+    poller.reconfigure(parse_config(data, env={}))  # gamma goes
+    assert poller.poll_all()
+    sim.clock.advance(3600)  # traffic grows through the day
+    assert poller.poll_all()
+    before = store.view()
+    alpha_total = before.status["alpha"].bytes_total
+    assert alpha_total > 0
+
+    data["apps"] = ["alpha", {"name": "gamma", "daily_bytes_budget": "1GB"}]
+    poller.reconfigure(parse_config(data, env={}))
+    view = store.view()
+    assert set(view.status) == {"alpha", "gamma"} and "beta" not in view.usage
+    assert not any(app == "beta" for app, _ in view.requests)
+    assert view.usage["alpha"] is before.usage["alpha"]  # untouched until its next poll
+    store.publish("beta", None, AppStatus("beta", polled=True, up=True))  # a late poll
+    store.count_request("beta", "success")
+    assert "beta" not in store.view().status and not store.view().requests.get(("beta", "success"))
+    assert poller.poll_all()
+    after = store.view()
+    assert after.status["alpha"].bytes_total >= alpha_total  # not reset
+    assert after.status["gamma"].bytes_total == 0 and after.usage["gamma"].day_bytes > 0
+    assert not poller.poll_app("beta")  # a removed app's queued run does nothing
+    poller.shutdown()
+
+
+def test_app_missing_from_the_state_file_starts_from_a_baseline(sim, tmp_path):
+    """An app added to the config since the state was saved: what it delivered today before
+    the exporter saw it is not growth the exporter saw (as on a fresh start)."""
+    state = {"path": str(tmp_path / "state.json")}
+    poller, _ = make(sim, state=state)
+    poller.poll_app("alpha")  # the state file now holds every configured app but...
+    poller.shutdown()
+    path = tmp_path / "state.json"
+    data = json.loads(path.read_text())
+    del data["apps"]["beta"]  # ...beta, as if beta was added to the config after the save
+    path.write_text(json.dumps(data))
+    sim.clock.advance(600)
+    poller2, store2 = make(sim, state=state)
+    assert poller2.poll_app("beta")
+    assert store2.view().status["beta"].bytes_total == 0
+    assert store2.view().usage["beta"].day_bytes > 0
+    before = sim.reported("beta", date(2026, 3, 10))[0]
+    sim.clock.advance(600)
+    assert poller2.poll_app("beta")
+    grown = sim.reported("beta", date(2026, 3, 10))[0] - before
+    assert store2.view().status["beta"].bytes_total == grown
+    poller2.shutdown()

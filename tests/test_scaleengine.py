@@ -6,6 +6,7 @@ Real HTTP on loopback against the simulator; nothing of our network stack is moc
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import time
 from datetime import date
@@ -757,3 +758,13 @@ def test_cleartext_api_url_warns(url, warned, caplog):
     with caplog.at_level("WARNING", logger="exporter.scaleengine"):
         assert warn_if_cleartext(url) is warned
     assert bool(caplog.records) is warned
+
+
+def test_retry_log_lines_name_the_app(simulator, caplog):
+    simulator.set_fault("live-events", "http_503", times=1)
+    day = today(simulator)
+    with caplog.at_level(logging.INFO, logger="exporter.scaleengine"):
+        with make_client(simulator, retries=2, timeout=0.3) as c:
+            c.fetch_usage("live-events", None, day.year, day.month, day.day)
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries and all(getattr(r, "app", None) == "live-events" for r in retries)

@@ -272,3 +272,17 @@ def test_reload_endpoint_only_when_enabled(stack):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_server_header_has_no_trailing_space(stack):
+    _, _, _, start = stack
+    server = start()
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=5) as sock:
+        sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = b""
+        while chunk := sock.recv(4096):
+            raw += chunk
+    from exporter import __version__
+
+    assert f"\r\nServer: scaleengine-exporter/{__version__}\r\n".encode() in raw

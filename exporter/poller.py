@@ -234,6 +234,10 @@ class Poller:
                 log.info("state loaded", extra={"path": self.state_file.path, "day": saved_day})
                 for counters in apps.values():
                     counters.prune(fresh_origin)
+                # an app the state file does not know (added since) starts as on a fresh
+                # start: the day so far only sets its baseline, it was never ours to count
+                for app in self.config.apps:
+                    apps.setdefault(app.name, AppCounters(origin_days=set(fresh_origin)))
                 return apps
             log.warning(
                 "state file is from an earlier day, counters start fresh",

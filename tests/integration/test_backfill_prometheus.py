@@ -36,6 +36,12 @@ MAX_VIDEOS = 12
 DASHBOARD = ROOT / "grafana" / "scaleengine-usage.json"
 HISTORY_PANELS = ("Daily bytes per app", "Month by month")
 DAY = 86400
+# What Prometheus holds for a day the exporter served live: a sample every SCRAPE seconds, and
+# for STALE seconds after midnight still the previous day's values (until the next poll).
+LIVE_APP = "scraped-live"
+SCRAPE = 300
+BACKFILLED = f'app!="{LIVE_APP}"'
+STALE = 300
 
 
 @dataclass
@@ -65,6 +71,50 @@ class History:
 def midnight_after(day: date) -> int:
     """Unix time of the midnight (UTC) that closes ``day``."""
     return int(datetime.combine(day + timedelta(days=1), datetime.min.time(), UTC).timestamp())
+
+
+def live_down(days: list[date]) -> tuple[int, int]:
+    """The live exporter was down from 23:00 of the third day to 00:30 of the fourth."""
+    midnight = midnight_after(days[2])
+    return midnight - 3600, midnight + 1800
+
+
+def last_served(days: list[date], i: int) -> int:
+    """When day i's last value was served (the bar of a live day shows that value)."""
+    midnight = midnight_after(days[i])
+    down_start, down_end = live_down(days)
+    if down_start < midnight <= down_end:
+        return down_start - SCRAPE
+    return midnight - SCRAPE
+
+
+def live_like(sim: Simulator, app: str, days: list[date]) -> str:
+    """OpenMetrics of what scraping the live exporter leaves in Prometheus for these days
+    (app relabelled LIVE_APP): growing day and month totals, a scrape every SCRAPE seconds,
+    the previous day's last values served for STALE seconds after midnight, one outage."""
+    lines: dict[str, list[str]] = {"day": [], "month": []}
+    down_start, down_end = live_down(days)
+    before = 0  # the month's earlier days (days[0] is the 1st)
+    for i, day in enumerate(days):
+        start = midnight_after(day) - DAY
+        for t in range(start, start + DAY + STALE, SCRAPE):
+            if down_start <= t < down_end:
+                continue
+            if t < start + STALE and i:
+                continue  # the previous day's values are still served
+            b = sim.reported(app, day, at=min(t, last_served(days, i)))[0]
+            lines["day"].append(f'scaleengine_vse_app_day_bytes{{app="{LIVE_APP}"}} {b} {t}')
+            lines["month"].append(
+                f'scaleengine_vse_app_month_bytes{{app="{LIVE_APP}"}} {before + b} {t}'
+            )
+        before += sim.delivered(app, day)[0]
+    return (
+        "# TYPE scaleengine_vse_app_day_bytes gauge\n"
+        + "\n".join(lines["day"])
+        + "\n# TYPE scaleengine_vse_app_month_bytes gauge\n"
+        + "\n".join(lines["month"])
+        + "\n# EOF\n"
+    )
 
 
 def _wait(what: str, check, timeout: float, proc: subprocess.Popen, log: Path) -> None:
@@ -126,6 +176,16 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         )
         assert blocks.returncode == 0, f"promtool refused the file:\n{blocks.stderr}"
         assert list(data.iterdir()), "promtool wrote no block"
+        live = tmp / "live.om"
+        live_days = [d for d in plan_days(start, end) if d >= previous]
+        live.write_text(live_like(sim, "live-b", live_days))
+        blocks = subprocess.run(
+            [promtool, "tsdb", "create-blocks-from", "openmetrics", str(live), str(data)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert blocks.returncode == 0, f"promtool refused the live-like file:\n{blocks.stderr}"
         (tmp / "prometheus.yml").write_text("global: {}\n")
         address = f"127.0.0.1:{free_port()}"
         log = tmp / "prometheus.log"
@@ -170,11 +230,15 @@ def test_backfill_reported_progress(history):
 
 def test_each_days_total(history):
     for day in history.days:
-        got = history.at("max_over_time(scaleengine_vse_app_day_bytes[23h])", midnight_after(day))
+        got = history.at(
+            f"max_over_time(scaleengine_vse_app_day_bytes{{{BACKFILLED}}}[23h])",
+            midnight_after(day),
+        )
         want = {(("app", app),): history.sim.delivered(app, day)[0] for app in APPS}
         assert got == want, day
         got = history.at(
-            "max_over_time(scaleengine_vse_app_day_requests[23h])", midnight_after(day)
+            f"max_over_time(scaleengine_vse_app_day_requests{{{BACKFILLED}}}[23h])",
+            midnight_after(day),
         )
         assert got == {(("app", app),): history.sim.delivered(app, day)[1] for app in APPS}
 
@@ -182,7 +246,9 @@ def test_each_days_total(history):
 def test_each_videos_bytes(history):
     folded_seen = False
     for day in history.days:
-        got = history.at("max_over_time(scaleengine_vse_day_bytes[23h])", midnight_after(day))
+        got = history.at(
+            f"max_over_time(scaleengine_vse_day_bytes{{{BACKFILLED}}}[23h])", midnight_after(day)
+        )
         want = {}
         for app in APPS:
             served = history.sim.reported_videos(app, day.year, day.month, day.day)
@@ -202,12 +268,17 @@ def test_month_to_date(history):
             totals = {app: 0 for app in APPS}
         for app in APPS:
             totals[app] += history.sim.delivered(app, day)[0]
-        got = history.at("max_over_time(scaleengine_vse_app_month_bytes[23h])", midnight_after(day))
+        got = history.at(
+            f"max_over_time(scaleengine_vse_app_month_bytes{{{BACKFILLED}}}[23h])",
+            midnight_after(day),
+        )
         assert got == {(("app", app),): totals[app] for app in APPS}, day
     # the complete month equals what the API answers for the month as a whole
     month = history.days[0]
     last = (month.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
-    got = history.at("max_over_time(scaleengine_vse_app_month_bytes[23h])", midnight_after(last))
+    got = history.at(
+        f"max_over_time(scaleengine_vse_app_month_bytes{{{BACKFILLED}}}[23h])", midnight_after(last)
+    )
     for app in APPS:
         served = history.sim.reported_videos(app, month.year, month.month, None)
         assert got[(("app", app),)] == sum(b for b, _ in served.values())
@@ -262,3 +333,27 @@ def test_history_panels_answer_each_day(history, title):
                         totals = b if day.day == 1 else totals + b
                         want = totals
                     assert values.get(midnight_after(day)) == want, (title, app, day)
+
+
+@pytest.mark.parametrize("title", HISTORY_PANELS)
+def test_history_panels_read_live_days_too(history, title):
+    """A live day: the bar is the day's last served value, not the previous day's stale values
+    after midnight, and an outage across midnight still leaves the day its bar."""
+    panel = _panels()[title]
+    days = [d for d in history.days if d.day <= 5 and d.month == history.end.month]
+    assert len(days) == 5
+    first, last = midnight_after(days[0]), midnight_after(days[-1])
+    query = _grafana_query(panel["targets"][0]["expr"], [LIVE_APP])
+    result = history.api("/api/v1/query_range", query=query, start=first, end=last, step=DAY)
+    values = {int(t): float(v) for t, v in result["result"][0]["values"]}
+    month = 0
+    smaller_after_larger = False
+    for i, day in enumerate(days):
+        b = history.sim.reported("live-b", day, at=last_served(days, i))[0]
+        want = b if title == "Daily bytes per app" else month + b
+        assert values[midnight_after(day)] == want, (title, day)
+        month += history.sim.delivered("live-b", day)[0]
+        if i and b < history.sim.delivered("live-b", days[i - 1])[0]:
+            smaller_after_larger = True
+    # the stale tail only matters after a bigger day: make sure the data has one
+    assert smaller_after_larger or title == "Month by month"

@@ -485,7 +485,8 @@ def run(
     interrupted = False
     last_checkpoint = time.monotonic()
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill")
-    futures: set[Future[None]] = {pool.submit(backfill_app, app) for app in config.apps}
+    submitted = {app.name: pool.submit(backfill_app, app) for app in config.apps}
+    futures: set[Future[None]] = set(submitted.values())
     try:
         while futures:
             _, futures = wait(futures, timeout=1.0, return_when=FIRST_COMPLETED)
@@ -506,6 +507,15 @@ def run(
         progress.message("interrupted: writing the days read so far")
     pool.shutdown(wait=True, cancel_futures=True)
     progress.close()
+    crashed = {
+        name: f.exception() for name, f in submitted.items() if not f.cancelled() and f.exception()
+    }
+    for name, exc in crashed.items():
+        log.error("backfill of an app failed", exc_info=exc, extra={"app": name})
+        stream.write(
+            f"{PROG}: error: app {name}: unexpected {type(exc).__name__}; its remaining days"
+            " were not read\n"
+        )
     with lock:
         snapshot = dict(data)
     write_output(output, snapshot, config)
@@ -519,7 +529,7 @@ def run(
     )
     if interrupted:
         return 130
-    if failures:
+    if failures or crashed:
         for f in sorted(failures, key=lambda f: (f.app, f.day)):
             extra = f" ({f.skipped} later day(s) of the app not tried)" if f.skipped else ""
             stream.write(

@@ -405,3 +405,37 @@ def test_request_counts_per_day(sim, tmp_path):
     assert backfill.run(make_config(sim), first, end, str(tmp_path / "h")) == 0
     counts = Counter((e["app"], e["day"]) for e in sim.request_log)
     assert counts == Counter({(app, d): 1 for app in APPS for d in (1, 2, 3)})
+
+
+def test_warns_when_yesterday_may_still_grow(sim, tmp_path):
+    cfg = write_config(tmp_path, sim)
+    tz = ZoneInfo(TZ)
+    today = datetime.now(tz).date()
+    half_past_midnight = datetime.combine(today, datetime.min.time(), tz).timestamp() + 1800
+    yesterday = (today - timedelta(days=1)).isoformat()
+    err = io.StringIO()
+    argv = ["--config", str(cfg), "--from", yesterday, "--output", str(tmp_path / "h.om")]
+    code = backfill.main(argv, now=lambda: half_past_midnight, stderr=err)
+    assert code == 0, err.getvalue()
+    assert f"warning: {yesterday} may still receive late data for 90 more minutes" in err.getvalue()
+    err = io.StringIO()
+    code = backfill.main(argv, now=lambda: half_past_midnight + 7200, stderr=err)
+    assert code == 0 and "late data" not in err.getvalue()
+
+
+def test_an_unexpected_error_in_one_app_is_reported_exit_1(sim, tmp_path, monkeypatch):
+    """A bug (not an API error) in one app's thread is not lost: exit 1, the app named."""
+    first = previous_month(this_month_start())
+    real = backfill.day_usage
+
+    def broken(result, app, config):
+        if app.name == "vod-a":
+            raise RuntimeError("bug")
+        return real(result, app, config)
+
+    monkeypatch.setattr(backfill, "day_usage", broken)
+    err = io.StringIO()
+    out = tmp_path / "h.om"
+    assert backfill.run(make_config(sim), first, first, str(out), stderr=err) == 1
+    assert "app vod-a: unexpected RuntimeError" in err.getvalue()
+    assert {k[1][0][1] for k in parse(out.read_text())} == {"live-b"}

@@ -439,3 +439,18 @@ def test_an_unexpected_error_in_one_app_is_reported_exit_1(sim, tmp_path, monkey
     assert backfill.run(make_config(sim), first, first, str(out), stderr=err) == 1
     assert "app vod-a: unexpected RuntimeError" in err.getvalue()
     assert {k[1][0][1] for k in parse(out.read_text())} == {"live-b"}
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_poll_concurrency_apps_at_once(sim, tmp_path, concurrency):
+    """While one app waits on a slow answer, the other is read only with concurrency 2."""
+    first = previous_month(this_month_start())
+    sim.fault_delay = 2.0
+    sim.set_day_fault("vod-a", first, "timeout")  # answers after 2 s (error 0004)
+    sim.clear_log()
+    cfg = make_config(sim, concurrency=concurrency)
+    end = first + timedelta(days=2)
+    assert backfill.run(cfg, first, end, str(tmp_path / "h.om"), stderr=io.StringIO()) == 1
+    order = [e["app"] for e in sim.request_log]
+    switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
+    assert switches == (1 if concurrency == 1 else 2), order

@@ -563,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
             "poll.timezone), for `promtool tsdb create-blocks-from openmetrics`. Month-to-date "
             "series need every day of the month, so reading starts on the first day of "
             "--from's month. Rerunning with the same --output keeps the days the file already "
-            "holds and reads only the missing ones."
+            "holds and reads only the missing ones. Error 1000 (API busy) waits "
+            "poll.busy_backoff (2 minutes when unset) and tries again, up to 5 times."
         ),
         epilog=(
             "Exit status: 0 every day was read; 1 some app-day could not be read after retries "

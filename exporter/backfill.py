@@ -25,6 +25,7 @@ import argparse
 import logging
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -328,6 +329,8 @@ class Progress:
     apps: dict[str, _AppProgress] = field(default_factory=dict)
     tty: bool = False
     every: float = 5.0
+    closed: bool = False
+    columns: int | None = None  # the terminal's width (asked when None)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, app: str, total: int, done: int) -> None:
@@ -355,25 +358,29 @@ class Progress:
 
     def message(self, text: str) -> None:
         with self._lock:
-            if self.tty:
+            bar = self.tty and not self.closed
+            if bar:
                 self.stream.write("\r\033[K")
             self.stream.write(f"{PROG}: {text}\n")
-            if self.tty:
+            if bar:
                 self._bar()
             self.stream.flush()
 
     def _bar(self) -> None:
         done = sum(p.done + p.failed for p in self.apps.values())
         total = sum(p.total for p in self.apps.values()) or 1
-        width = 30
-        filled = width * done // total
+        bar = 30
+        filled = bar * done // total
         apps = " ".join(f"{a} {p.done}/{p.total}" for a, p in self.apps.items())
-        line = f"[{'#' * filled}{'.' * (width - filled)}] {done}/{total} days  {apps}"
-        self.stream.write("\r\033[K" + line[:200])
+        line = f"[{'#' * filled}{'.' * (bar - filled)}] {done}/{total} days  {apps}"
+        columns = self.columns or shutil.get_terminal_size().columns
+        self.stream.write("\r\033[K" + line[: columns - 1])  # one line, or \r cannot redraw it
         self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
+        """End the bar's line; later messages are plain lines."""
+        if self.tty and not self.closed:
+            self.closed = True
             self.stream.write("\n")
             self.stream.flush()
 

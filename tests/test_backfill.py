@@ -317,13 +317,16 @@ def test_progress_bar_on_a_terminal():
             return True
 
     stream = Terminal()
-    progress = Progress(stream, tty=stream.isatty())
+    progress = Progress(stream, tty=stream.isatty(), columns=200)
     progress.add("a", 4, 0)
     progress.add("b", 4, 2)
     progress.day("a", date(2026, 1, 1), ok=True)
+    progress.message("note")
     progress.close()
+    progress.message("done")
     text = stream.getvalue()
     assert "\r" in text and "[" + "#" * 11 in text and "1/4" in text and "3/8 days" in text
+    assert text.endswith("3/8 days  a 1/4 b 2/4\nscaleengine-exporter backfill: done\n"), text
 
 
 @pytest.mark.parametrize(
@@ -381,7 +384,7 @@ def test_help_documents_every_flag():
         for option in action.option_strings:
             assert option in proc.stdout
         assert action.help, action.option_strings
-    assert "create-blocks-from openmetrics" in proc.stdout
+    assert "create-blocks-fromopenmetrics" in "".join(proc.stdout.split())
 
 
 def test_flag_style_cli_still_works(sim, tmp_path):
@@ -452,5 +455,16 @@ def test_poll_concurrency_apps_at_once(sim, tmp_path, concurrency):
     end = first + timedelta(days=2)
     assert backfill.run(cfg, first, end, str(tmp_path / "h.om"), stderr=io.StringIO()) == 1
     order = [e["app"] for e in sim.request_log]
-    switches = sum(1 for a, b in zip(order, order[1:], strict=False) if a != b)
-    assert switches == (1 if concurrency == 1 else 2), order
+    assert order.count("vod-a") == 3 and order.count("live-b") == 3, order
+    second_vod = [i for i, app in enumerate(order) if app == "vod-a"][1]
+    live_done = max(i for i, app in enumerate(order) if app == "live-b")
+    # with 2 at once, live-b is read while vod-a's first day hangs; with 1, after vod-a
+    assert (live_done < second_vod) == (concurrency == 2), order
+
+
+def test_progress_bar_fits_the_terminal_line():
+    stream = io.StringIO()
+    progress = Progress(stream, tty=True, columns=20)
+    progress.add("an-app-with-a-long-name", 400, 0)
+    progress.day("an-app-with-a-long-name", date(2026, 1, 1), ok=True)
+    assert all(len(part) <= 19 for part in stream.getvalue().split("\r\033[K"))

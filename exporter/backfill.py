@@ -654,6 +654,11 @@ def main(
         directory = os.path.dirname(os.path.abspath(args.output))
         if not os.path.isdir(directory):
             parser.error(f"--output: directory {directory} does not exist")
+        try:  # find out now, not after hours of reading
+            with tempfile.TemporaryFile(dir=directory):
+                pass
+        except OSError as err:
+            parser.error(f"--output: cannot write in {directory}: {err.strerror or err}")
     late = config.poll.late_data_window
     midnight = datetime.combine(today, dtime(0), config.poll.tz).timestamp()
     if end == today - timedelta(days=1) and now() - midnight < late:
@@ -667,3 +672,6 @@ def main(
     except OutputError as err:
         stream.write(f"{PROG}: error: {err}\n")
         return 2
+    except OSError as err:  # writing the output failed (disk full, ...)
+        stream.write(f"{PROG}: error: cannot write {args.output}: {err.strerror or err}\n")
+        return 1

@@ -468,3 +468,18 @@ def test_progress_bar_fits_the_terminal_line():
     progress.add("an-app-with-a-long-name", 400, 0)
     progress.day("an-app-with-a-long-name", date(2026, 1, 1), ok=True)
     assert all(len(part) <= 19 for part in stream.getvalue().split("\r\033[K"))
+
+
+def test_unwritable_output_directory_exit_2_before_any_request(sim, tmp_path):
+    if os.geteuid() == 0:
+        target = Path("/proc/h.om")  # a directory that not even root can create files in
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "h.om"
+    cfg = write_config(tmp_path, sim)
+    sim.clear_log()
+    day = previous_month(this_month_start()).isoformat()
+    proc = run_cli("--config", str(cfg), "--from", day, "--to", day, "--output", str(target))
+    assert proc.returncode == 2 and "--output: cannot write in" in proc.stderr, proc.stderr
+    assert not sim.request_log

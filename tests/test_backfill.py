@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import threading
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -18,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from helpers import ROOT, sim_config
+from helpers import ROOT, sim_config, wait_for
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter import backfill
@@ -483,3 +485,83 @@ def test_unwritable_output_directory_exit_2_before_any_request(sim, tmp_path):
     proc = run_cli("--config", str(cfg), "--from", day, "--to", day, "--output", str(target))
     assert proc.returncode == 2 and "--output: cannot write in" in proc.stderr, proc.stderr
     assert not sim.request_log
+
+
+def _hang_one_day(sim: Simulator, day: date) -> None:
+    """vod-a's ``day`` answers only after 30 s; the client gives up after its 8 s timeout."""
+    sim.fault_delay = 30.0
+    sim.set_day_fault("vod-a", day, "timeout")
+
+
+def test_checkpoint_writes_the_days_read_while_others_still_run(sim, tmp_path):
+    first = previous_month(this_month_start())
+    _hang_one_day(sim, first + timedelta(days=2))
+    data = config_data(sim)
+    data["scaleengine"]["timeout"] = "8s"
+    cfg = parse_config(data, env={})
+    out = tmp_path / "h.om"
+    codes: list[int] = []
+    end = first + timedelta(days=4)
+    thread = threading.Thread(
+        target=lambda: codes.append(
+            backfill.run(cfg, first, end, str(out), stderr=io.StringIO(), checkpoint_seconds=0)
+        )
+    )
+    thread.start()
+    try:
+        tz = ZoneInfo(TZ)
+        second = (
+            "scaleengine_vse_app_day_bytes",
+            (("app", "vod-a"),),
+            day_timestamp(first + timedelta(days=1), tz),
+        )
+
+        def checkpointed() -> bool:
+            return out.exists() and second in parse(out.read_text())
+
+        wait_for(checkpointed, 30, "a checkpoint with vod-a's days before the slow one")
+        assert thread.is_alive(), "the run ended before vod-a's slow day: nothing proved"
+    finally:
+        thread.join(60)
+    assert codes == [1]
+
+
+def test_interrupted_run_keeps_what_it_read_and_a_rerun_completes_it(sim, tmp_path):
+    first = previous_month(this_month_start())
+    slow = first + timedelta(days=2)
+    _hang_one_day(sim, slow)
+    data = config_data(sim)
+    data["scaleengine"]["timeout"] = "8s"
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump(data))
+    cfg_path.chmod(0o600)
+    out = tmp_path / "h.om"
+    end = first + timedelta(days=4)
+    argv = [sys.executable, "-m", "exporter", "backfill", "--config", str(cfg_path)]
+    argv += ["--from", first.isoformat(), "--to", end.isoformat(), "--output", str(out)]
+    proc = subprocess.Popen(argv, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+
+        def hanging() -> bool:
+            return any(e["app"] == "vod-a" and e["day"] == slow.day for e in sim.request_log)
+
+        wait_for(hanging, 30, "vod-a's slow day to be asked")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "interrupted: writing the days read so far" in stderr
+    kept = {(dict(k[1])["app"], k[2]) for k in parse(out.read_text())}
+    tz = ZoneInfo(TZ)
+    assert ("vod-a", day_timestamp(first + timedelta(days=1), tz)) in kept
+    assert ("vod-a", day_timestamp(slow, tz)) not in kept
+    sim.set_day_fault("vod-a", slow, None)
+    sim.clear_log()
+    rerun = run_cli(*argv[4:])
+    assert rerun.returncode == 0, rerun.stderr
+    asked = {(e["app"], e["day"]) for e in sim.request_log}
+    assert ("vod-a", slow.day) in asked and ("vod-a", first.day) not in asked
+    assert parse(out.read_text()) == expected(sim, plan_days(first, end))

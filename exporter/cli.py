@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scaleengine-exporter",
         description="Prometheus exporter for ScaleEngine usage.vse bandwidth and request data.",
+        epilog="History: `scaleengine-exporter backfill --help` (past days for promtool).",
     )
     p.add_argument("--config", metavar="PATH", help=f"YAML config file (default {DEFAULT_CONFIG})")
     p.add_argument(
@@ -163,6 +164,11 @@ def _fail(message: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["backfill"]:
+        from .backfill import main as backfill_main
+
+        return backfill_main(argv[1:])
     args = build_parser().parse_args(argv)
     level = "warning" if args.log_level == "warn" else args.log_level
     formatter = setup_logging(level, args.log_format)

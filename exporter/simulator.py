@@ -254,6 +254,7 @@ class Simulator:
         self.request_log: deque[dict[str, Any]] = deque(maxlen=100_000)
         self._lock = threading.Lock()
         self._faults: dict[str | None, list[Any]] = {}  # app -> [mode, remaining or None]
+        self._day_faults: dict[tuple[str, date], str] = {}  # (app, day) -> mode (backfill)
         self._videos: dict[str, list[str]] = {}
         self._totals: dict[tuple[str, date], list[tuple[str, int, int, int]]] = {}
         self._page_cache: dict[tuple[Any, ...], bytes] = {}
@@ -343,6 +344,27 @@ class Simulator:
                 else:
                     entry[1] = remaining - 1
             return mode
+
+    # -- faults keyed by the day asked (backfill tests) --
+
+    def set_day_fault(self, app: str, day: date, mode: str | None) -> None:
+        """Make every request for ``app``'s ``day`` (a day query) fail with ``mode``; None clears.
+
+        Checked after the per-app faults of :meth:`set_fault`; month queries are not affected.
+        """
+        if mode is not None and mode not in FAULT_MODES:
+            raise ValueError(f"unknown fault mode {mode!r}; known: {sorted(FAULT_MODES)}")
+        with self._lock:
+            if mode is None:
+                self._day_faults.pop((app, day), None)
+            else:
+                self._day_faults[(app, day)] = mode
+
+    def _take_day_fault(self, req: dict[str, Any]) -> str | None:
+        if not self._day_faults or "day" not in req or not isinstance(req["app"], str):
+            return None
+        with self._lock:
+            return self._day_faults.get((req["app"], date(req["year"], req["month"], req["day"])))
 
     def requests_for(self, app: str) -> int:
         with self._lock:
@@ -631,7 +653,7 @@ class Simulator:
             limit=req.get("limit"),
             request_timestamp=req["timestamp"],
         )
-        mode = self._take_fault(app, entry["offset"])
+        mode = self._take_fault(app, entry["offset"]) or self._take_day_fault(req)
         entry["fault"] = mode
         if mode == "failure_no_usage":
             entry.update(outcome="success", code=None)

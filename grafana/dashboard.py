@@ -434,6 +434,59 @@ def health_panels(y: int) -> list[Panel]:
     ]
 
 
+# The history panels read one value per day: at each midnight (Grafana aligns a 1d step to UTC
+# midnights) the largest value of the day that just ended. The window skips the first hour
+# after midnight, where a live exporter may still serve the previous day's values until its
+# next poll; a backfilled day has its one sample at 23:59:59, inside the window.
+DAY_WINDOW = "23h"
+
+
+def history_panels(y: int) -> list[Panel]:
+    bars = {
+        "drawStyle": "bars",
+        "barAlignment": -1,  # the bar ends at the midnight that closes its day
+        "fillOpacity": 80,
+        "lineWidth": 1,
+        "stacking": {"mode": "normal", "group": "A"},
+        "interval": "1d",
+        # up to a year of daily steps: Grafana's step is max(interval, range / maxDataPoints)
+        "maxDataPoints": 400,
+    }
+    return [
+        RowPanel(title="History", gridPos=GridPos(h=1, w=24, x=0, y=y)),
+        timeseries(
+            "Daily bytes per app",
+            (
+                "Bytes delivered per app and day over the last 30 days: each bar is "
+                f"max_over_time(scaleengine_vse_app_day_bytes[{DAY_WINDOW}]) at the midnight "
+                "that closes the day, so days the exporter scraped live and days loaded with "
+                "`scaleengine-exporter backfill` read the same. Exact when poll.timezone is "
+                "UTC (Grafana steps by UTC days); live days miss data that arrived after "
+                "midnight, backfilled days include it."
+            ),
+            [target(f"max_over_time(scaleengine_vse_app_day_bytes{{{APP}}}[{DAY_WINDOW}])")],
+            "bytes",
+            timeFrom="30d",
+            gridPos=GridPos(h=8, w=12, x=0, y=y + 1),
+            **bars,
+        ),
+        timeseries(
+            "Month by month",
+            (
+                "Month to date per app at the end of each day over the last year "
+                f"(max_over_time(scaleengine_vse_app_month_bytes[{DAY_WINDOW}]) at each "
+                "midnight): every month climbs to its total, the last bar before the drop. "
+                "Live and backfilled days read the same."
+            ),
+            [target(f"max_over_time(scaleengine_vse_app_month_bytes{{{APP}}}[{DAY_WINDOW}])")],
+            "bytes",
+            timeFrom="1y",
+            gridPos=GridPos(h=8, w=12, x=12, y=y + 1),
+            **bars,
+        ),
+    ]
+
+
 def app_variable() -> Template:
     """Multi-select app variable, "All" selected by default."""
     variable = Template(
@@ -476,7 +529,7 @@ def build() -> Dashboard:
                 app_variable(),
             ]
         ),
-        panels=usage_panels() + month_panels(27) + health_panels(36),
+        panels=usage_panels() + month_panels(27) + health_panels(36) + history_panels(50),
     ).auto_panel_ids()
 
 

@@ -42,7 +42,7 @@ from . import __version__
 from .config import AppConfig, Config, ConfigError, load_config
 from .logs import setup_logging
 from .metrics import escape_label, usage_families
-from .poller import fold_videos
+from .poller import fold_with_limits
 from .scaleengine import ApiError, ScaleEngineClient, UsageResult
 
 log = logging.getLogger("exporter.backfill")
@@ -133,8 +133,7 @@ def check_range(start: date, end: date | None, today: date) -> date:
 
 def day_usage(result: UsageResult, app: AppConfig, config: Config) -> DayUsage:
     """A fetched day folded like the daemon folds it (cap and __other__), exact totals."""
-    limits = config.limits
-    videos = fold_videos(result.videos, limits.max_videos_per_app, limits.include, limits.exclude)
+    videos = fold_with_limits(result.videos, config.limits)
     total_b = total_r = 0
     for nbytes, nrequests in result.videos.values():
         total_b += nbytes

@@ -27,7 +27,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .config import AppConfig, Config
+from .config import AppConfig, Config, LimitsConfig
 from .scaleengine import ApiError, ScaleEngineClient, UsageResult, warn_if_cleartext
 from .state import AppCounters, StateFile
 from .store import OTHER, AppStatus, AppUsage, Store
@@ -125,6 +125,19 @@ def fold_videos(
     if folded:
         kept.append((OTHER, other_b, other_r))
     return tuple(kept)
+
+
+def fold_with_limits(
+    videos: dict[str, tuple[int, int]], limits: LimitsConfig
+) -> tuple[tuple[str, int, int], ...]:
+    """fold_videos with the config's limits: the daemon and backfill fold alike."""
+    return fold_videos(
+        videos,
+        limits.max_videos_per_app,
+        limits.include,
+        limits.exclude,
+        max_label_length=limits.max_label_length,
+    )
 
 
 @dataclass
@@ -421,14 +434,7 @@ class Poller:
         day_bytes: int,
         day_requests: int,
     ) -> AppUsage:
-        limits = self.config.limits
-        videos = fold_videos(
-            result.videos,
-            limits.max_videos_per_app,
-            limits.include,
-            limits.exclude,
-            max_label_length=limits.max_label_length,
-        )
+        videos = fold_with_limits(result.videos, self.config.limits)
         month_bytes = month_requests = None
         m = st.month
         if m is not None and m.day == today.isoformat():

@@ -565,3 +565,19 @@ def test_interrupted_run_keeps_what_it_read_and_a_rerun_completes_it(sim, tmp_pa
     asked = {(e["app"], e["day"]) for e in sim.request_log}
     assert ("vod-a", slow.day) in asked and ("vod-a", first.day) not in asked
     assert parse(out.read_text()) == expected(sim, plan_days(first, end))
+
+
+def test_folds_like_the_daemon_label_cap_included(sim):
+    """backfill and the daemon fold with the same limits: a long URL is cut like a live one."""
+    from exporter.scaleengine import UsageResult
+
+    data = config_data(sim)
+    data["limits"] = {"max_videos_per_app": 10, "max_label_length": 64}
+    config = parse_config(data, env={})
+    long_url = "https://cdn.example/" + "x" * 500 + ".mp4"
+    result = UsageResult(videos={long_url: (7, 1), "short.mp4": (5, 1)})
+    usage = backfill.day_usage(result, config.apps[0], config)
+    labels = [v[0] for v in usage.videos]
+    assert "short.mp4" in labels and long_url not in labels
+    assert all(len(label.encode()) <= 64 for label in labels)
+    assert usage.videos == fold_videos(result.videos, 10, max_label_length=64)

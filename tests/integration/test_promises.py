@@ -206,8 +206,9 @@ def test_include_and_exclude_fold_filtered_videos_into_other(tmp_path, make_sim)
             for k, v in s.items()
             if k[0] == "scaleengine_vse_day_bytes" and dict(k[1])["app"] == app
         }
-        other = shown.pop("__other__")
-        assert set(shown) == kept
+        other = shown.pop("__other__", None)
+        assert set(shown) == kept, f"{app}: shown {sorted(shown)}, kept by the filters {kept}"
+        assert other is not None, f"{app}: no __other__"
         total = value(s, "scaleengine_vse_app_day_bytes", app=app)
         assert other == total - sum(shown.values()) and other > 0
 
@@ -343,14 +344,21 @@ def test_daemon_ready_auth_headers_and_month_refresh(tmp_path, make_sim):
             "three polls of the fast app while the slow one hangs",
         )
 
-        def fast_up():
+        def answers() -> bool:
             try:
-                status, _, body = http_get(url + "/metrics", auth("prom", password), timeout=2)
+                return http_get(url + "/-/healthy", timeout=2)[0] == 200
             except OSError:
-                return None
+                return False
+
+        wait_for(answers, 15, "the exporter to answer")
+        status = http_get(url + "/metrics", auth("prom", password))[0]
+        assert status == 200, f"{status}: the password holding ':' was refused"
+
+        def fast_up() -> bool:
+            status, _, body = http_get(url + "/metrics", auth("prom", password), timeout=2)
             return status == 200 and b'scaleengine_up{app="fast"} 1' in body
 
-        wait_for(fast_up, 15, "the fast app's poll on /metrics with a password holding ':'")
+        wait_for(fast_up, 15, "the fast app's poll on /metrics")
         status, headers, body = http_get(url + "/-/ready")
         assert status == 503, f"/-/ready said {status} while an app's first poll runs"
         for name, val in HEADERS.items():

@@ -130,8 +130,9 @@ def day_requests(sim: Simulator, app: str) -> list[dict]:
 
 
 def test_today_and_day_end_follow_poll_timezone(tmp_path, make_sim):
-    # a zone whose date is not UTC's right now: UTC+14 from noon UTC on, UTC-12 before
-    zone = fixed_zone(14 if datetime.now(UTC).hour >= 12 else -12)
+    # a zone whose date is not UTC's right now and whose midnight is hours away: UTC+14 from
+    # 11:00 UTC on (its midnight is at 10:00 UTC), UTC-12 before (its midnight is at noon UTC)
+    zone = fixed_zone(14 if datetime.now(UTC).hour >= 11 else -12)
     sim = make_sim({"vod": 8}, tz=zone)
     cfg = write_config(tmp_path / "c.yaml", sim, poll={"timezone": zone})
     before = time.time()
@@ -196,9 +197,9 @@ def test_include_and_exclude_fold_filtered_videos_into_other(tmp_path, make_sim)
     proc = once(cfg)
     assert proc.returncode == 0, proc.stderr
     s = samples(proc.stdout)
-    today = datetime.now(UTC).date()
     for app in sim.apps:
-        names = set(sim.reported_videos(app, today.year, today.month, today.day))
+        asked = day_requests(sim, app)[0]  # the videos of the day the exporter fetched
+        names = set(sim.reported_videos(app, asked["year"], asked["month"], asked["day"]))
         kept = {n for n in names if re.search(include, n) and not re.search(exclude, n)}
         assert kept and kept != names, "the filters must keep some videos and drop others"
         shown = {

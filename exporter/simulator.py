@@ -25,6 +25,7 @@ import io
 import json
 import math
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -252,6 +253,12 @@ class Simulator:
         self._shift_step: dict[str, int] = {}
         # bounded: the demo runs for days
         self.request_log: deque[dict[str, Any]] = deque(maxlen=100_000)
+        # tests: keep each request's json field in its log entry ("body"), so that they can be
+        # checked by real PHP afterwards; off by default (the demo runs for days)
+        self.record_bodies = False
+        # tests: failure messages quote the request, as debugging PHP backends do, so that
+        # tests can check that the client keeps the key and signature out of its logs
+        self.echo_requests = False
         self._lock = threading.Lock()
         self._faults: dict[str | None, list[Any]] = {}  # app -> [mode, remaining or None]
         self._day_faults: dict[tuple[str, date], str] = {}  # (app, day) -> mode (backfill)
@@ -264,12 +271,16 @@ class Simulator:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+    def start(
+        self, host: str = "127.0.0.1", port: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> str:
+        """Serve on ``host:port`` (0: any free port); HTTPS with ``ssl_context``."""
         if self._server is not None:
             return self.url
         self._stopping.clear()
         server = _Server((host, port), _Handler)
         server.sim = self
+        server.ssl_context = ssl_context
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
@@ -295,7 +306,8 @@ class Simulator:
         if self._server is None:
             raise RuntimeError("simulator not started")
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/stable/"
+        scheme = "http" if self._server.ssl_context is None else "https"
+        return f"{scheme}://{host}:{port}/stable/"
 
     def __enter__(self) -> Simulator:
         self.start()
@@ -631,6 +643,9 @@ class Simulator:
         started = time.perf_counter()
         entry: dict[str, Any] = {"app": None, "day": None, "offset": None, "limit": None}
         entry["timestamp"] = self.clock.now()
+        if self.record_bodies:
+            entry["body"] = text
+        echo = self._echo(text) if self.echo_requests else ""
         try:
             req = self._validate(text)
         except _Reject as rej:
@@ -642,7 +657,8 @@ class Simulator:
             except ValueError:
                 pass
             self._log(entry)
-            return 200, "application/json", self._failure(rej.code, rej.detail), None
+            detail = f"{rej.detail} {echo}".strip()
+            return 200, "application/json", self._failure(rej.code, detail), None
         app = req["app"]
         entry.update(
             app=app if isinstance(app, str) else tuple(app),
@@ -675,7 +691,7 @@ class Simulator:
             code = mode[len("failure_") :]
             entry.update(outcome="failure", code=code)
             self._log(entry)
-            return 200, "application/json", self._failure(code, ""), mode
+            return 200, "application/json", self._failure(code, echo), mode
         if mode == "http_500_json":
             entry.update(outcome="failure", code="0004")
             self._log(entry)
@@ -706,6 +722,16 @@ class Simulator:
         entry.update(outcome="success", code=None)
         self._log(entry)
         return 200, "application/json", body, mode
+
+    @staticmethod
+    def _echo(text: str) -> str:
+        """The request quoted for a failure message, signature first (a short message keeps it)."""
+        try:
+            loose = json.loads(text)
+        except ValueError:
+            loose = None
+        signature = loose.get("signature") if isinstance(loose, dict) else None
+        return f"(got signature {signature}; request {text})"
 
     def _failure(self, code: str, detail: str) -> bytes:
         msg = FAILURE_MESSAGES.get(code, "Unexpected Error")
@@ -843,16 +869,31 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.open_connections: set[socket.socket] = set()
         self._conn_lock = threading.Lock()
+        self.ssl_context: ssl.SSLContext | None = None
         super().__init__(*args, **kwargs)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         with self._conn_lock:
             self.open_connections.add(request)
+        conn = request
         try:
-            super().process_request_thread(request, client_address)
+            if self.ssl_context is not None:
+                # the handshake in the connection's thread: a client that refuses the
+                # certificate only ends its own connection
+                request.settimeout(10)
+                try:
+                    conn = self.ssl_context.wrap_socket(request, server_side=True)
+                except OSError:
+                    self.shutdown_request(request)
+                    return
+                conn.settimeout(None)
+                with self._conn_lock:
+                    self.open_connections.add(conn)
+            super().process_request_thread(conn, client_address)
         finally:
             with self._conn_lock:
                 self.open_connections.discard(request)
+                self.open_connections.discard(conn)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up is no error worth a traceback; anything else still is."""

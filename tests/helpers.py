@@ -218,3 +218,61 @@ def make_pki(directory: Path) -> dict[str, Path]:
     paths["ca"] = directory / "ca.crt"
     paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     return paths
+
+
+# Real PHP checks every request body a simulator recorded (Simulator.record_bodies): decode
+# the json field, drop the signature, json_encode, HMAC-SHA256 with the secret, base64; the
+# signature must match and the whole request re-encoded must be the raw body, byte for byte.
+# The simulator checks requests with the exporter's own encoder and signer; this does not.
+_PHP_VERIFY = r"""
+$secret = $argv[1]; $n = 0; $bad = 0;
+while (($line = fgets(STDIN)) !== false) {
+    $body = rtrim($line, "\n");
+    if ($body === '') continue;
+    $n++;
+    $req = json_decode($body, true);
+    if (!is_array($req) || !is_string($req['signature'] ?? null)) {
+        $bad++; echo "request $n: not a JSON object with a signature\n"; continue;
+    }
+    $sig = $req['signature'];
+    unset($req['signature']);
+    $expected = base64_encode(hash_hmac('sha256', json_encode($req), $secret, true));
+    if (!hash_equals($expected, $sig)) { $bad++; echo "request $n: signature differs\n"; }
+    $req['signature'] = $sig;
+    $again = json_encode($req);
+    if ($again !== $body) {
+        $bad++;
+        $i = strspn($again ^ $body, "\0");
+        $hide = [(string) ($req['api_key'] ?? ''), $sig];  // keep key and signature out
+        echo "request $n: body differs from PHP's json_encode at byte $i: ",
+            str_replace($hide, '***', substr($body, max(0, $i - 20), 40)), " vs ",
+            str_replace($hide, '***', substr($again, max(0, $i - 20), 40)), "\n";
+    }
+}
+echo "checked $n\n";
+exit($bad ? 1 : 0);
+"""
+
+
+def php_verify_requests(bodies: list[str], secret: str) -> int:
+    """Check request bodies with real PHP (one process); fails the test on any mismatch.
+
+    Returns how many were checked."""
+    php = need_binary("php", "php-cli")
+    proc = subprocess.run(
+        [php, "-r", _PHP_VERIFY, "--", secret],
+        input="".join(b + "\n" for b in bodies).encode("utf-8"),
+        capture_output=True,
+        timeout=60,
+    )
+    out = (proc.stdout + proc.stderr).decode(errors="replace")
+    if proc.returncode != 0:
+        pytest.fail(f"real PHP does not accept the exporter's requests:\n{out}", pytrace=False)
+    return int(out.rsplit("checked ", 1)[1].split()[0])
+
+
+def php_verify_simulator(sim) -> int:
+    """Every request body ``sim`` recorded, checked by real PHP with the simulator's secret."""
+    bodies = [e["body"] for e in list(sim.request_log) if "body" in e]
+    assert bodies, "the simulator recorded no request body (set sim.record_bodies = True)"
+    return php_verify_requests(bodies, sim.api_secret)

@@ -11,7 +11,15 @@ import time
 from datetime import UTC, datetime
 
 import pytest
-from helpers import ROOT, free_port, http_get, promtool_check_metrics, samples, wait_for
+from helpers import (
+    ROOT,
+    free_port,
+    http_get,
+    php_verify_simulator,
+    promtool_check_metrics,
+    samples,
+    wait_for,
+)
 
 from exporter import __version__
 from exporter.simulator import DEMO_APPS, Simulator
@@ -44,7 +52,10 @@ CONTRACT = [
 def sim():
     with Simulator(cdn_id=77, api_key=KEY, api_secret=SECRET, apps=APPS, seed=3) as s:
         s.fault_delay = 2.0
+        s.record_bodies = True
         yield s
+    if any("body" in e for e in s.request_log):
+        php_verify_simulator(s)  # real PHP accepts every request the exporter sent
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -60,7 +71,9 @@ def run(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.
     )
 
 
-def write_config(tmp_path, sim, extra: str = "", secret_in_file: bool = True) -> str:
+def write_config(
+    tmp_path, sim, extra: str = "", secret_in_file: bool = True, timeout: str = "1s"
+) -> str:
     secret_file = tmp_path / "secret"
     secret_file.write_text(SECRET + "\n")
     secret_file.chmod(0o600)
@@ -71,7 +84,7 @@ def write_config(tmp_path, sim, extra: str = "", secret_in_file: bool = True) ->
   api_url: {sim.url}
   cdn_id: 77
   {secret_line}
-  timeout: 1s
+  timeout: {timeout}
 apps:
   - news
   - name: sport-live
@@ -237,20 +250,29 @@ def test_demo_serves_believable_data_within_seconds():
 
 def test_sigterm_saves_state_and_exits_within_5s(tmp_path, sim):
     state = tmp_path / "state.json"
-    cfg = write_config(tmp_path, sim, extra=f"state:\n  path: {state}\n")
+    # a request timeout far longer than the test: a hanging poll really hangs
+    extra = f"state:\n  path: {state}\n"
+    cfg = write_config(tmp_path, sim, extra=extra, timeout="2m")
     proc, url = start_daemon(["--config", cfg], env={"SCALEENGINE_API_KEY": KEY})
     try:
         wait_for(lambda: state.exists(), 15, "the state file after the first poll")
-        # a poll hanging on the network must not hold up the exit
-        sim.fault_delay = 30
+        # every app's next request is held for a minute: each app's poll hangs on the network
+        sim.fault_delay = 60
         sim.set_fault(None, "timeout")
-        time.sleep(1.5)
-        state.unlink()
-        for sig in (signal.SIGTERM,):
-            t0 = time.monotonic()
-            proc.send_signal(sig)
-            proc.wait(10)
-            elapsed = time.monotonic() - t0
+
+        def hanging() -> bool:
+            held = {e.get("app") for e in list(sim.request_log) if e.get("fault") == "timeout"}
+            return held >= set(APPS)
+
+        wait_for(hanging, 15, "a poll of every app hanging in the simulator")
+        state.unlink()  # no poll can finish and save it now; only the shutdown can
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("SIGTERM: still running after 30 s")
+        elapsed = time.monotonic() - t0
         assert proc.returncode == 0
         assert elapsed < 5, f"exit took {elapsed:.2f}s"
         assert state.exists(), "state saved on shutdown"

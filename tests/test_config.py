@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from exporter.config import (
     Config,
@@ -143,8 +143,9 @@ def test_parse_config_keeps_relative_paths_without_base_dir():
 
 def test_config_is_immutable():
     config = parse_config(base())
-    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen-instance error
+    with pytest.raises(ValidationError, match="frozen"):
         config.poll.interval = 1  # type: ignore[misc]
+    assert config.poll.interval == parse_config(base()).poll.interval
 
 
 # --------------------------------------------------------------------------- units

@@ -19,6 +19,7 @@ from helpers import (
     FAULT_SUCCEEDS,
     ROOT,
     http_get,
+    php_verify_simulator,
     samples,
     sim_config,
     wait_for,
@@ -44,6 +45,7 @@ def rig():
     clock = SimClock(START)
     with Simulator(apps=APPS, clock=clock, seed=5) as sim:
         sim.fault_delay = 1.0
+        sim.record_bodies = True
         config = parse_config(
             sim_config(
                 sim,
@@ -63,6 +65,7 @@ def rig():
         server.server_close()
         exporter.exposition.stop()
         exporter.poller.shutdown()
+    php_verify_simulator(sim)  # real PHP accepts every request the exporter sent
 
 
 def scrape(url: str) -> dict:
@@ -148,12 +151,10 @@ def test_fault_mode(rig, mode, caplog):
     assert poller.poll_all()
     exporter.exposition.render_now()
     s = scrape(url)
+    # (with a row fault, the bytes of a skipped row were not seen then; they are counted once
+    # the row is good)
     grown = sim.reported("bad", today)[0] - sim.reported("bad", today, at=START)[0]
-    if mode in ROW_FAULTS:
-        # bytes of a skipped row were not seen then; they are counted once the row is good
-        assert value(s, "scaleengine_vse_bytes_total", app="bad") == grown
-    else:
-        assert value(s, "scaleengine_vse_bytes_total", app="bad") == grown
+    assert value(s, "scaleengine_vse_bytes_total", app="bad") == grown
 
 
 def test_transient_errors_retried_within_the_poll(rig):

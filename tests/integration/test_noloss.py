@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from helpers import samples, sim_config
+from helpers import php_verify_simulator, samples, sim_config
 
 from exporter.cli import Exporter
 from exporter.config import parse_config
@@ -56,6 +56,7 @@ def test_no_loss_over_three_days_exact_to_the_byte(tmp_path, capsys):
     clock = SimClock(DAY1.timestamp())
     with Simulator(apps=APPS, clock=clock, seed=11, late_seconds=LATE) as sim:
         sim.fault_delay = 0.2
+        sim.record_bodies = True
         cfg = config(sim, str(tmp_path / "state.json"))
         exporter = Exporter(cfg, clock=clock.now)
         first = None
@@ -98,9 +99,10 @@ def test_no_loss_over_three_days_exact_to_the_byte(tmp_path, capsys):
             report.append(f"{app}: counted {increase} bytes, delivered {truth} bytes")
             assert increase == truth, report[-1]
         assert failed_polls > 0
+        checked = php_verify_simulator(sim)  # real PHP accepts every request sent
     with capsys.disabled():
         print(
             "\nno-loss figure over 3 days, 3 outages, 2 restarts: "
             + "; ".join(report)
-            + " (difference 0)"
+            + f" (difference 0); {checked} requests checked by PHP"
         )

@@ -465,7 +465,7 @@ def history_panels(y: int) -> list[Panel]:
                 "midnight, backfilled days include it."
             ),
             [target(f"max_over_time(scaleengine_vse_app_day_bytes{{{APP}}}[{DAY_WINDOW}])")],
-            "bytes",
+            "decbytes",
             timeFrom="30d",
             gridPos=GridPos(h=8, w=12, x=0, y=y + 1),
             **bars,
@@ -479,7 +479,7 @@ def history_panels(y: int) -> list[Panel]:
                 "Live and backfilled days read the same."
             ),
             [target(f"max_over_time(scaleengine_vse_app_month_bytes{{{APP}}}[{DAY_WINDOW}])")],
-            "bytes",
+            "decbytes",
             timeFrom="1y",
             gridPos=GridPos(h=8, w=12, x=12, y=y + 1),
             **bars,

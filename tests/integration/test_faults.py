@@ -254,9 +254,8 @@ def test_once_a_dripping_answer_times_out_within_the_bound(tmp_path):
     assert value(s, "scaleengine_poll_errors_total", app="drip", outcome="timeout") == 1
     assert value(s, "scaleengine_api_requests_total", app="drip", outcome="timeout") == 4
     assert value(s, "scaleengine_poll_duration_seconds", app="drip") < 20  # bar ~15 s
-    print(
-        f"dripping app failed after {value(s, 'scaleengine_poll_duration_seconds', app='drip'):.1f}s"
-    )
+    duration = value(s, "scaleengine_poll_duration_seconds", app="drip")
+    print(f"dripping app failed after {duration:.1f}s")
     assert seconds < 60  # generous: the whole run, interpreter start included
     assert "Traceback" not in err
 

@@ -142,6 +142,13 @@ def test_fault_mode(rig, mode, caplog):
             if r.levelno >= logging.WARNING and "bad" in str(r.__dict__.get("app"))
         ]
         assert warning, "the failure was logged"
+        # server text reaches the landing page cut and cleaned (long_reason,
+        # failure_long_message send kilobytes of control characters)
+        last_error = exporter.store.view().status["bad"].last_error
+        assert last_error and len(last_error) < 1000
+        assert all(ch.isprintable() for ch in last_error), repr(last_error)
+        said = " ".join(str(r.__dict__.get("err", "")) for r in warning)
+        assert all(ch.isprintable() for ch in said) and len(said) < 3000
         if mode == "failure_0002":  # the log says what to check
             said = " ".join(str(r.__dict__.get("err", "")) for r in warning)
             assert "clock" in said and "UTC time" in said
@@ -249,8 +256,9 @@ def _once(tmp_path, sim, apps: list[str], extra: dict | None = None, timeout: fl
 
 def test_once_a_dripping_answer_times_out_within_the_bound(tmp_path):
     """timeout 2s, default retries: the poll of a dripping app fails (up 0, outcome timeout)
-    within about 15 s; unbounded, its 400-byte answer would take 400 s."""
+    within about 15 s; unbounded, its 400-byte answer would take 200 s, each try."""
     with Simulator(apps={"drip": 8, "good": 4}, seed=2) as sim:
+        sim.drip_interval = 0.5  # each read well within the per-read timeout
         sim.set_fault("drip", "drip")
         code, out, err, seconds, _ = _once(tmp_path, sim, ["drip", "good"], {"concurrency": 1})
     assert code == 1, err[-2000:]
@@ -260,6 +268,8 @@ def test_once_a_dripping_answer_times_out_within_the_bound(tmp_path):
     assert value(s, "scaleengine_poll_errors_total", app="drip", outcome="timeout") == 1
     assert value(s, "scaleengine_api_requests_total", app="drip", outcome="timeout") == 4
     assert value(s, "scaleengine_poll_duration_seconds", app="drip") < 20  # bar ~15 s
+    duration = value(s, "scaleengine_poll_duration_seconds", app="drip")
+    print(f"dripping app failed after {duration:.1f}s")
     assert seconds < 60  # generous: the whole run, interpreter start included
     assert "Traceback" not in err
 
@@ -360,6 +370,7 @@ def test_a_dripping_app_does_not_starve_others_with_concurrency_1():
     """One poll worker: the dripping app's polls end at their deadline, so the good app still
     gets its turns (unbounded, the first drip would hold the only worker for minutes)."""
     with Simulator(apps={"drip": 8, "good": 4}, seed=2) as sim:
+        sim.drip_interval = 0.3  # each read well within the per-read timeout
         sim.set_fault("drip", "drip")
         config = parse_config(
             sim_config(
@@ -392,6 +403,32 @@ def test_busy_app_keeps_others_on_schedule_with_the_real_scheduler():
         times = [e["timestamp"] for e in sim.request_log if e.get("app") == "busy"]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert 1 <= len(times) <= 3, times  # at 0, >= 3 s, >= 7 s (then 4 s, capped)
-    assert all(g >= 2.9 for g in gaps), gaps
+    assert all(g >= 2.5 for g in gaps), gaps  # 3 s minus the latency of a loaded machine
     assert counts.get("good", 0) >= 4, counts
     assert counts.get("busy", 0) >= 4, counts  # scheduled polls run, without requests
+
+
+@pytest.mark.parametrize("mode", ["shift_first", "shift_later"])
+def test_pages_that_move_once_are_published_exactly(rig, mode):
+    """A video climbing across a page boundary mid-read: the exporter reads again and
+    publishes the exact day totals (read naively, one video counts twice, another is lost)."""
+    sim, exporter, url = rig
+    today = datetime.fromtimestamp(START, UTC).date()
+    poller = exporter.poller
+    assert poller.poll_all()
+    sim.clock.advance(600)
+    sim.set_fault("bad", mode, times=1)
+    assert poller.poll_app("bad")
+    exporter.exposition.render_now()
+    s = scrape(url)
+    assert value(s, "scaleengine_up", app="bad") == 1
+    assert value(s, "scaleengine_vse_app_day_bytes", app="bad") == sim.reported("bad", today)[0]
+    grown = sim.reported("bad", today)[0] - sim.reported("bad", today, at=START)[0]
+    assert value(s, "scaleengine_vse_bytes_total", app="bad") == grown
+    per_video = {
+        labels[1][1]: v
+        for (name, labels), v in s.items()
+        if name == "scaleengine_vse_day_bytes" and labels[0] == ("app", "bad")
+    }
+    truth = sim.reported_videos("bad", today.year, today.month, today.day)
+    assert per_video == {u: b for u, (b, _) in truth.items()}

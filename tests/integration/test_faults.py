@@ -133,6 +133,13 @@ def test_fault_mode(rig, mode, caplog):
             if r.levelno >= logging.WARNING and "bad" in str(r.__dict__.get("app"))
         ]
         assert warning, "the failure was logged"
+        # server text reaches the landing page cut and cleaned (long_reason,
+        # failure_long_message send kilobytes of control characters)
+        last_error = exporter.store.view().status["bad"].last_error
+        assert last_error and len(last_error) < 1000
+        assert all(ch.isprintable() for ch in last_error), repr(last_error)
+        said = " ".join(str(r.__dict__.get("err", "")) for r in warning)
+        assert all(ch.isprintable() for ch in said) and len(said) < 3000
         if mode == "failure_0002":  # the log says what to check
             said = " ".join(str(r.__dict__.get("err", "")) for r in warning)
             assert "clock" in said and "UTC time" in said

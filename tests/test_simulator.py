@@ -386,3 +386,117 @@ def test_standalone_main():
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+# -- issue 8: hostile and odd answers ---------------------------------------------------------
+
+
+def raw_post(sim: Simulator, offset: int = 0, limit: int = 1000, app: str = "demo-origin",
+             **kw) -> requests.Response:  # fmt: skip
+    req = good_request(sim, offset=offset, limit=limit, app=app)
+    return requests.post(sim.url, data={"json": signed_text(req)}, timeout=30, **kw)
+
+
+def test_gzip_bomb_is_small_and_inflates_to_a_gibibyte(simulator):
+    import zlib
+
+    from exporter.simulator import BOMB_SIZE, gzip_bomb
+
+    bomb = gzip_bomb()
+    assert len(bomb) < 1_200_000
+    d = zlib.decompressobj(31)
+    total = 0
+    data = bomb
+    while data:
+        total += len(d.decompress(data, 1 << 24))
+        data = d.unconsumed_tail
+    assert total > BOMB_SIZE and d.eof
+    simulator.set_fault("demo-origin", "gzip_bomb")
+    resp = raw_post(simulator, stream=True)
+    assert resp.headers["Content-Encoding"] == "gzip"
+    assert int(resp.headers["Content-Length"]) == len(bomb)
+    resp.close()
+
+
+def test_huge_and_endless_bodies(simulator):
+    from exporter.simulator import HUGE_BODY_SIZE
+
+    simulator.set_fault("demo-origin", "huge_body", times=1)
+    resp = raw_post(simulator, stream=True)
+    assert int(resp.headers["Content-Length"]) == HUGE_BODY_SIZE
+    resp.close()
+    simulator.set_fault("demo-origin", "endless_body", times=1)
+    resp = raw_post(simulator, stream=True)
+    assert resp.headers["Transfer-Encoding"] == "chunked"
+    got = 0
+    for chunk in resp.raw.stream(1 << 16):
+        got += len(chunk)
+        if got > 8 << 20:
+            break  # more than any answer would be; it would go on forever
+    resp.close()
+    assert got > 8 << 20
+
+
+def test_drip_sends_a_valid_answer_slowly(simulator):
+    simulator.drip_interval = 0.001
+    simulator.set_fault("live-events", "drip", times=1)
+    started = time.monotonic()
+    resp = raw_post(simulator, app="live-events", limit=2)
+    assert resp.json()["status"] == "success"
+    assert time.monotonic() - started > len(resp.content) * 0.001 * 0.5
+
+
+def test_429_with_retry_after_and_500_with_json(simulator):
+    simulator.retry_after = 77
+    simulator.set_fault("demo-origin", "http_429", times=1)
+    resp = raw_post(simulator)
+    assert resp.status_code == 429 and resp.headers["Retry-After"] == "77"
+    simulator.set_fault("demo-origin", "http_500_json", times=1)
+    resp = raw_post(simulator)
+    assert resp.status_code == 500 and resp.json()["code"] == "0004"
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("empty_no_count", {"status": "success", "usage": []}),
+     ("empty_count_string", {"status": "success", "usage": [], "count": "0"}),
+     ("empty_usage_null", {"status": "success", "usage": None}),
+     ("failure_no_usage", {"status": "failure"})],
+)  # fmt: skip
+def test_empty_day_shapes(simulator, mode, expected):
+    simulator.set_fault("demo-origin", mode)
+    answer = raw_post(simulator).json()
+    assert {k: answer[k] for k in expected} == expected
+    assert "count" in answer or mode != "empty_count_string"
+    assert "code" not in answer
+
+
+@pytest.mark.parametrize("mode", ["shift_first", "shift_later"])
+def test_shift_moves_the_last_row_to_the_top_during_a_read(simulator, mode):
+    rows = [(f"v{i}", 100 - i, 1) for i in range(9)]
+    sim = Simulator(clock=simulator.clock, static_rows={"app": rows})
+    with sim:
+        sim.set_fault("app", mode, times=1)
+
+        def page(offset):
+            return [r["video_url"] for r in raw_post(sim, offset, 3, app="app").json()["usage"]]
+
+        first = [page(0), page(3), page(6)]
+        second = [page(0), page(3), page(6)]  # times=1: one read only
+    moved = ["v8", *[f"v{i}" for i in range(8)]]
+    if mode == "shift_first":
+        assert first == [["v0", "v1", "v2"], moved[3:6], moved[6:9]]
+    else:
+        assert first == [["v0", "v1", "v2"], ["v3", "v4", "v5"], moved[6:9]]
+    assert second == [["v0", "v1", "v2"], ["v3", "v4", "v5"], ["v6", "v7", "v8"]]
+
+
+def test_partial_rows_and_long_digits(simulator):
+    simulator.set_fault("demo-origin", "partial_rows", times=1)
+    usage = raw_post(simulator, limit=4).json()["usage"]
+    assert [("requests_total" in r, r.get("requests_total")) for r in usage] == [
+        (False, None), (True, None), (False, None), (True, None)
+    ]  # fmt: skip
+    simulator.set_fault("demo-origin", "long_digits", times=1)
+    body = raw_post(simulator, limit=4).content
+    assert b"9" * 5000 in body

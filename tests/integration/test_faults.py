@@ -396,6 +396,6 @@ def test_busy_app_keeps_others_on_schedule_with_the_real_scheduler():
         times = [e["timestamp"] for e in sim.request_log if e.get("app") == "busy"]
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert 1 <= len(times) <= 3, times  # at 0, >= 3 s, >= 7 s (then 4 s, capped)
-    assert all(g >= 2.9 for g in gaps), gaps
+    assert all(g >= 2.5 for g in gaps), gaps  # 3 s minus the latency of a loaded machine
     assert counts.get("good", 0) >= 4, counts
     assert counts.get("busy", 0) >= 4, counts  # scheduled polls run, without requests

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import email.utils
 import hashlib
+import heapq
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -426,24 +428,61 @@ def parse_page(body: bytes | bytearray) -> Page:
 _current = threading.local()
 
 
+class _Watchdog:
+    """One thread for every deadline of the process (a thread per request costs more than a
+    page of rows): a heap of (when, deadline); finished deadlines are dropped when they pop."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Deadline]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: _Deadline, when: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (when, next(self._seq), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="request-deadlines", daemon=True
+                )
+                self._thread.start()
+            if self._heap[0][2] is deadline:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap:
+                    self._cond.wait()
+                when, _, deadline = self._heap[0]
+                left = when - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                heapq.heappop(self._heap)
+            deadline.expire()
+
+
+_watchdog = _Watchdog()
+
+
 class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
+        self._done = False
         self._lock = threading.Lock()
         self._conns: list[HTTPConnection] = []
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
 
     def __enter__(self) -> _Deadline:
         _current.deadline = self
-        self._timer.start()
+        _watchdog.add(self, time.monotonic() + self.seconds)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
         _current.deadline = None
         with self._lock:
+            self._done = True
             self._conns.clear()
 
     def attach(self, conn: HTTPConnection) -> None:
@@ -452,8 +491,10 @@ class _Deadline:
             if self.expired:
                 _kill(conn)
 
-    def _expire(self) -> None:
+    def expire(self) -> None:
         with self._lock:
+            if self._done:
+                return
             self.expired = True
             for conn in self._conns:
                 _kill(conn)
@@ -825,16 +866,18 @@ class ScaleEngineClient:
         consistent read is returned; otherwise ApiError(pagination). A server that ignores
         offset or a fetch beyond max_pages fails at once.
         """
-        previous: dict[str, int] | None = None
+        previous: tuple[dict[str, int], frozenset[str]] | None = None
         reasons: list[str] = []
         for attempt in range(1, READS + 1):
             result, moved, duplicates, shape = self._read(app, urls, year, month, day)
             result.reads = attempt
             if not moved and not duplicates:
                 break
-            if not moved and previous is not None and previous == shape:
+            # the same urls, each in as many rows as in the previous read
+            signature = None if moved else (shape, frozenset(result.videos))
+            if signature is not None and signature == previous:
                 break  # the repeated URLs are stable: the API's own repeated rows
-            previous = shape if not moved else None
+            previous = signature
             reasons.append(moved or duplicates)
             log.info(
                 "usage.vse app=%s: the pages moved while being read (%s); reading again",
@@ -858,7 +901,7 @@ class ScaleEngineClient:
         rows per URL). Raises ApiError(pagination) for inconsistencies a re-read cannot fix."""
         result = UsageResult()
         videos = result.videos
-        shape: dict[str, int] = {}
+        shape: dict[str, int] = {}  # rows per url, for the urls with more than one row
         first_page: dict[str, int] = {}  # url -> index of the page it was first seen on
         duplicates: list[str] = []
         count: int | None = None
@@ -919,12 +962,15 @@ class ScaleEngineClient:
                     shape,
                 )
             for url, b, r in rows:
-                seen = first_page.setdefault(url, pages)
-                if seen != pages and len(duplicates) < 3:
-                    duplicates.append(url)
-                shape[url] = shape.get(url, 0) + 1
                 old = videos.get(url)
-                videos[url] = (b, r) if old is None else (old[0] + b, old[1] + r)
+                if old is None:
+                    videos[url] = (b, r)
+                    first_page[url] = pages
+                    continue
+                videos[url] = (old[0] + b, old[1] + r)
+                shape[url] = shape.get(url, 1) + 1
+                if first_page[url] != pages and len(duplicates) < 3:
+                    duplicates.append(url)
             result.rows += len(rows)
             result.skipped += page.skipped
             result.incomplete += incomplete

@@ -399,3 +399,29 @@ def test_busy_app_keeps_others_on_schedule_with_the_real_scheduler():
     assert all(g >= 2.5 for g in gaps), gaps  # 3 s minus the latency of a loaded machine
     assert counts.get("good", 0) >= 4, counts
     assert counts.get("busy", 0) >= 4, counts  # scheduled polls run, without requests
+
+
+@pytest.mark.parametrize("mode", ["shift_first", "shift_later"])
+def test_pages_that_move_once_are_published_exactly(rig, mode):
+    """A video climbing across a page boundary mid-read: the exporter reads again and
+    publishes the exact day totals (read naively, one video counts twice, another is lost)."""
+    sim, exporter, url = rig
+    today = datetime.fromtimestamp(START, UTC).date()
+    poller = exporter.poller
+    assert poller.poll_all()
+    sim.clock.advance(600)
+    sim.set_fault("bad", mode, times=1)
+    assert poller.poll_app("bad")
+    exporter.exposition.render_now()
+    s = scrape(url)
+    assert value(s, "scaleengine_up", app="bad") == 1
+    assert value(s, "scaleengine_vse_app_day_bytes", app="bad") == sim.reported("bad", today)[0]
+    grown = sim.reported("bad", today)[0] - sim.reported("bad", today, at=START)[0]
+    assert value(s, "scaleengine_vse_bytes_total", app="bad") == grown
+    per_video = {
+        labels[1][1]: v
+        for (name, labels), v in s.items()
+        if name == "scaleengine_vse_day_bytes" and labels[0] == ("app", "bad")
+    }
+    truth = sim.reported_videos("bad", today.year, today.month, today.day)
+    assert per_video == {u: b for u, (b, _) in truth.items()}

@@ -409,6 +409,7 @@ class Failure:
     outcome: str
     message: str
     skipped: int = 0  # later days of the app not tried (an error that would fail them all)
+    retryable: bool = True  # transient (retried, may work later) or not (fix the cause first)
 
 
 def run(
@@ -471,7 +472,16 @@ def run(
                         return
                     rest = len(missing) - i - 1 if err.outcome in FATAL_OUTCOMES else 0
                     with lock:
-                        failures.append(Failure(app.name, day, err.outcome, str(err), rest))
+                        failures.append(
+                            Failure(
+                                app.name,
+                                day,
+                                err.outcome,
+                                str(err),
+                                rest,
+                                err.retryable or err.busy,
+                            )  # fmt: skip
+                        )
                     progress.day(app.name, day, ok=False)
                     progress.message(f"app {app.name} {day.isoformat()}: {err.outcome}: {err}")
                     if rest:
@@ -538,11 +548,18 @@ def run(
     if failures or crashed:
         for f in sorted(failures, key=lambda f: (f.app, f.day)):
             extra = f" ({f.skipped} later day(s) of the app not tried)" if f.skipped else ""
+            how = " after retries" if f.retryable else ""
             stream.write(
-                f"{PROG}: error: app {f.app} day {f.day.isoformat()} could not be read after"
-                f" retries: {f.outcome}: {f.message}{extra}\n"
+                f"{PROG}: error: app {f.app} day {f.day.isoformat()} could not be read{how}:"
+                f" {f.outcome}: {f.message}{extra}\n"
             )
-        stream.write(f"{PROG}: rerun the same command to read the missing days\n")
+        if any(not f.retryable for f in failures):
+            stream.write(
+                f"{PROG}: fix the cause above (config, credentials, clock), then rerun the"
+                " same command to read the missing days\n"
+            )
+        else:
+            stream.write(f"{PROG}: rerun the same command to read the missing days\n")
         stream.flush()
         return 1
     return 0

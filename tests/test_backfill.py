@@ -286,7 +286,11 @@ def test_auth_error_stops_asking_for_that_app(sim, tmp_path):
     code = backfill.run(make_config(sim), first, first + timedelta(days=4), str(out), stderr=err)
     assert code == 1
     assert sim.requests_for("vod-a") == 1
-    assert "4 later day(s) of the app not tried" in err.getvalue()
+    text = err.getvalue()
+    assert "4 later day(s) of the app not tried" in text
+    # not retried, so not "after retries"; a plain rerun would not help: say to fix it first
+    assert "could not be read: api_0001" in text and "after retries" not in text
+    assert "fix the cause above" in text
     got = parse(out.read_text())
     assert {k[1][0][1] for k in got} == {"live-b"}
 

@@ -428,10 +428,24 @@ def test_missing_web_config_file(tmp_path: Path):
         load_web_config(tmp_path / "nope.yml")
 
 
-def test_rate_limit_accepted_with_warning(tmp_path: Path, caplog):
+def test_rate_limit_parsed_or_refused(tmp_path: Path, caplog):
+    """rate_limit is applied (the server's test checks the 429s) or refused, never ignored."""
+    wc = load_web_config(write_web_config(tmp_path, "rate_limit: {interval: 1s, burst: 5}\n"))
+    assert wc.rate_limit == (1.0, 5)
+    wc = load_web_config(write_web_config(tmp_path, "rate_limit: {interval: 250ms, burst: 1}\n"))
+    assert wc.rate_limit == (0.25, 1)
+    for text, field in (
+        ("rate_limit: {interval: 1s}\n", "rate_limit.burst"),
+        ("rate_limit: {interval: 1s, burst: 0}\n", "rate_limit.burst"),
+        ("rate_limit: {interval: soon, burst: 3}\n", "rate_limit.interval"),
+    ):
+        with pytest.raises(ConfigError, match=field):
+            load_web_config(write_web_config(tmp_path, text))
+    # no interval is no limit in exporter-toolkit too: said out loud
     with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
-        load_web_config(write_web_config(tmp_path, "rate_limit: {interval: 1s, burst: 5}\n"))
-    assert any("rate_limit" in r.getMessage() for r in caplog.records)
+        wc = load_web_config(write_web_config(tmp_path, "rate_limit: {burst: 5}\n"))
+    assert wc.rate_limit is None
+    assert any("does not limit" in r.getMessage() for r in caplog.records)
 
 
 # --------------------------------------------------------------------------- basic auth

@@ -773,7 +773,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-budget", type=float, default=25.0,
                    help="seconds of baseline scrapes per cell (at least 10 scrapes)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke check: 1k and 10k, fewer samples")
-    p.add_argument("--output", default=str(BENCH / "RESULTS.md"))
+    p.add_argument(
+        "--output",
+        help="report file (default bench/RESULTS.md; with --quick "
+        "bench/RESULTS-quick.md, so a smoke check never replaces the real results)",
+    )
     p.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx")
     p.add_argument("--json", help="also write the raw results as JSON here")
     args = p.parse_args(argv)
@@ -784,6 +788,8 @@ def main(argv: list[str] | None = None) -> int:
         args.cycles = min(args.cycles, 2)
         args.during = min(args.during, 4.0)
         args.baseline_budget = min(args.baseline_budget, 5.0)
+    if args.output is None:
+        args.output = str(BENCH / ("RESULTS-quick.md" if args.quick else "RESULTS.md"))
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     results: list[dict[str, Any]] = []
     sys0, own0, wall0 = system_cpu(), own_cpu(), time.monotonic()

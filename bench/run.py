@@ -197,10 +197,27 @@ def scrape(
         c.close()
     return {
         "n": samples,
+        "lat": lat,
         "median_ms": median(lat) * 1e3,
         "p99_ms": percentile(lat, 99) * 1e3,
         "bytes": int(median(sizes)),
         "cpu_ms": None if cpu is None else cpu * 1e3,
+    }
+
+
+def pooled(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell from several rounds of scrape(): statistics over all their scrapes."""
+    lat = [x for p in parts for x in p["lat"]]
+    cpu = [p["cpu_ms"] for p in parts if p["cpu_ms"] is not None]
+    return {
+        "n": len(lat),
+        "median_ms": median(lat) * 1e3,
+        "p99_ms": percentile(lat, 99) * 1e3,
+        "bytes": parts[0]["bytes"],
+        "cpu_ms": sum(c * p["n"] for c, p in zip(cpu, parts, strict=False)) / len(lat)
+        if cpu
+        else None,
+        "round_medians_ms": [p["median_ms"] for p in parts],
     }
 
 
@@ -324,22 +341,13 @@ def run_size(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "cpu_to_complete_s": cpu_seconds(exp.pid),
             "rss_mb": rss_mb(exp.pid),
         }
-        log("exporter: scrapes")
-        res["exporter"] = {
-            "plain": scrape(port, False, samples, size, pid=exp.pid),
-            "gzip": scrape(port, True, samples, size, pid=exp.pid),
-        }
         c = Client(port)
         om = c.get("/metrics", accept="application/openmetrics-text; version=1.0.0")
         c.close()
         if om.status != 200 or not om.body.endswith(b"# EOF\n"):
             raise RuntimeError("OpenMetrics negotiation failed")
-        res["start"]["rss_after_scrapes_mb"] = rss_mb(exp.pid)
-        exp.stop()
-        procs.remove(exp)
 
-        # 3. the ceiling: nginx serving the same bytes from a file
-        log("nginx: scrapes")
+        # 3. the ceiling: nginx serving the same bytes from a file, running beside it
         ng_root = tmp / f"nginx-{size}"
         (ng_root / "www").mkdir(parents=True)
         (ng_root / "www" / "metrics").write_bytes(plain)
@@ -353,12 +361,27 @@ def run_size(size: int, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                   str(ng_root / "nginx.conf"), "-e", str(ng_root / "error.log")], tmp)  # fmt: skip
         procs.append(ng)
         wait_http(ng_port, "/metrics", time.monotonic() + 10)
-        res["nginx"] = {
-            "plain": scrape(ng_port, False, samples, size),
-            "gzip": scrape(ng_port, True, samples, size),
-        }
+
+        # the exporter and nginx scraped in alternating rounds, so that load from elsewhere on
+        # a shared machine falls on both alike; each cell pools its rounds' scrapes
+        log(f"exporter and nginx: scrapes in {args.rounds} alternating rounds")
+        per_round = max(10, samples // args.rounds)
+        raw: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for _ in range(args.rounds):
+            for enc, gzip in (("plain", False), ("gzip", True)):
+                raw.setdefault(("exporter", enc), []).append(
+                    scrape(port, gzip, per_round, size, warmup=1, pid=exp.pid)
+                )
+                raw.setdefault(("nginx", enc), []).append(
+                    scrape(ng_port, gzip, per_round, size, warmup=1)
+                )
+        for (server, enc), parts in raw.items():
+            res.setdefault(server, {})[enc] = pooled(parts)
+        res["start"]["rss_after_scrapes_mb"] = rss_mb(exp.pid)
         ng.stop()
         procs.remove(ng)
+        exp.stop()
+        procs.remove(exp)
 
         # 4. the baseline: prometheus_client, generate_latest at every scrape
         log("baseline: load and scrapes")
@@ -550,7 +573,10 @@ def report(
     w(
         f"- Scrapes: one client (raw socket, HTTP/1.1 keep-alive; reconnects when the server"
         f" closes, as prometheus_client's does), {args.samples} sequential `GET /metrics` per"
-        " cell after 3 warm-ups (the baseline: as many as fit in"
+        f" cell; the exporter and nginx run side by side and are scraped in {args.rounds}"
+        " alternating rounds (one warm-up each), plain and gzip, so that load from other work"
+        " on the machine falls on both alike, and each cell pools its rounds (the baseline:"
+        " 3 warm-ups, then as many as fit in"
         f" {args.baseline_budget:g}s, at least 10, so its p99 at 100k is the max of few)."
         " Latency = request sent to last body byte read. Every answer is checked: HTTP 200,"
         " complete (Content-Length), gzip when asked; every 10th (and every warm-up) is also"
@@ -772,6 +798,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--during", type=float, default=15.0, help="seconds of scrapes during polls")
     p.add_argument("--baseline-budget", type=float, default=25.0,
                    help="seconds of baseline scrapes per cell (at least 10 scrapes)")  # fmt: skip
+    p.add_argument("--rounds", type=int, default=5,
+                   help="alternating rounds of exporter and nginx scrapes (default 5)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="smoke check: 1k and 10k, fewer samples")
     p.add_argument(
         "--output",

@@ -49,6 +49,7 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 FD_RESERVE = 128  # descriptors kept for the process itself (stored files, logs, the worker)
 _READ_SIZE = 64 * 1024
+SMALL_FILE = 64 * 1024
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
 _SWEEP_INTERVAL = 0.5
@@ -472,8 +473,13 @@ def _send_now(sock: Any, parts: list[Chunk]) -> list[Any]:
     segments and the client wakes once. Returns the rest: bytes, StoredFile, or
     (StoredFile, offset, size) for part of one."""
     fd = sock.fileno()
-    rest: list[Any] = list(parts)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+    # a small stored file costs less read into the one writev than sent by sendfile
+    rest: list[Any] = [
+        p.read() if isinstance(p, StoredFile) and p.size <= SMALL_FILE else p for p in parts
+    ]
+    cork = any(isinstance(p, StoredFile) for p in rest)
+    if cork:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
     try:
         while rest:
             part = rest[0]
@@ -501,7 +507,8 @@ def _send_now(sock: Any, parts: list[Chunk]) -> list[Any]:
     except BlockingIOError:
         pass
     finally:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        if cork:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
     return rest
 
 

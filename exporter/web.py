@@ -29,7 +29,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import h11
@@ -48,7 +48,6 @@ SEND_TIMEOUT = 30.0  # an answer the client does not read
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 FD_RESERVE = 128  # descriptors kept for the process itself (stored files, logs, the worker)
-_READ_SIZE = 64 * 1024
 SMALL_FILE = 64 * 1024
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
@@ -140,19 +139,171 @@ class _Fd:
         pass
 
 
-class _Abort(Exception):
-    """Close the connection without an answer (timed out, closed, or unusable)."""
+class _Conn(asyncio.Protocol):
+    """One client connection. Requests are parsed and answered in data_received, without a
+    task or a future per request; a task is made only for what must wait (bcrypt in the
+    pool, a reload, an answer the socket did not take at once), with reading paused."""
 
-
-class _Conn:
-    """One client connection: its reader/writer and the deadline the sweeper enforces."""
-
-    __slots__ = ("reader", "writer", "deadline")
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, server: ExporterHTTPServer) -> None:
+        self.server = server
+        self.transport: Any = None
         self.deadline = time.monotonic() + IDLE_TIMEOUT
+        self.task: asyncio.Task[None] | None = None
+        self.lingering: int | None = None  # bytes dropped after an error answer
+        self._drained: asyncio.Future[None] | None = None
+        self._reset(b"")
+
+    def _reset(self, pending: bytes) -> None:
+        """A fresh h11 state per request; ``pending`` is what came after the last one."""
+        self.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
+        self.request: h11.Request | None = None
+        self.body = 0
+        self.fed = len(pending)
+        self.head_started = bool(pending)
+        if pending:
+            self.parser.receive_data(pending)
+            self.deadline = time.monotonic() + HEAD_TIMEOUT
+
+    # -- asyncio callbacks --------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        server = self.server
+        if len(server.open) >= server.max_connections:
+            server.refused += 1
+            if server.refused in (1, 10, 100) or server.refused % 1000 == 0:
+                log.warning(
+                    "too many open connections, refusing", extra={"refused": server.refused}
+                )
+            transport.abort()
+            return
+        server.open.add(self)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        if server.ssl_context is not None:
+            cert = transport.get_extra_info("peercert")
+            if not server.app.web_config.client_allowed(cert or {}):
+                log.debug("client certificate not allowed")
+                transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.open.discard(self)
+        if self.task is not None:
+            self.task.cancel()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._drained = self.server.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def drain(self) -> None:
+        if self._drained is not None:
+            await self._drained
+        if self.transport.is_closing():
+            raise ConnectionResetError("connection closed")
+
+    def data_received(self, data: bytes) -> None:
+        if self.lingering is not None:
+            self.lingering += len(data)
+            if self.lingering > LINGER_BYTES:
+                self.transport.abort()
+            return
+        if not self.head_started:
+            self.head_started = True
+            self.deadline = time.monotonic() + HEAD_TIMEOUT  # the head's first bytes
+        self.parser.receive_data(data)
+        self.fed += len(data)
+        if self.task is None:
+            self._process()
+        else:  # an answer under way: the next request waits, and so does reading
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        if self.lingering is not None:
+            self.transport.abort()
+            return True
+        self.parser.receive_data(b"")
+        if self.task is None:
+            self._process()
+        return self.server.ssl_context is None  # TLS transports close on EOF regardless
+
+    # -- requests -----------------------------------------------------------------------------
+    def _process(self) -> None:
+        """Parse and answer what has arrived, request after request."""
+        server = self.server
+        while not self.transport.is_closing():
+            try:
+                event = self.parser.next_event()
+            except h11.RemoteProtocolError as err:
+                status = err.error_status_hint if err.error_status_hint in _REASONS else 400
+                self._fail(status)
+                return
+            if event is h11.NEED_DATA:
+                return
+            if isinstance(event, h11.Request):
+                self.request = event
+                if self.fed - len(self.parser.trailing_data[0]) > MAX_HEAD_BYTES:  # came whole
+                    self._fail(431)
+                    return
+            elif isinstance(event, h11.Data):
+                self.body += len(event.data)
+                if self.body > MAX_BODY_BYTES:
+                    self._fail(413)
+                    return
+            elif isinstance(event, h11.EndOfMessage):
+                request = self.request
+                assert request is not None
+                self._reset(self.parser.trailing_data[0])
+                self.deadline = time.monotonic() + SEND_TIMEOUT
+                outcome = server.respond(self, request)
+                if not isinstance(outcome, bool):
+                    self.transport.pause_reading()
+                    self.task = server.loop.create_task(self._finish(outcome))
+                    return
+                if not outcome:
+                    self.transport.close()
+                    return
+                if not self.head_started:
+                    self.deadline = time.monotonic() + IDLE_TIMEOUT
+            else:  # ConnectionClosed, or PAUSED after a half-close
+                self.transport.close()
+                return
+
+    async def _finish(self, outcome: Coroutine[Any, Any, bool]) -> None:
+        try:
+            keep = await outcome
+        except (ConnectionError, OSError, ssl.SSLError):
+            keep = False
+        except Exception:  # a bug: this connection ends, the server goes on
+            log.exception("serving a connection failed")
+            keep = False
+        self.task = None
+        if not keep or self.transport.is_closing():
+            self.transport.close()
+            return
+        if not self.head_started:
+            self.deadline = time.monotonic() + IDLE_TIMEOUT
+        self.transport.resume_reading()
+        self._process()
+
+    def _fail(self, status: int) -> None:
+        """An error answer to a client that may still be sending: answer, stop writing, and
+        drop what still comes for a moment (LINGER_SECONDS, LINGER_BYTES) before closing, so
+        the close does not reset the connection before the client has read the answer."""
+        body = f"{_REASONS[status]}\n".encode()
+        self.transport.write(self.server.head(status, _TEXT, len(body), True) + body)
+        self.lingering = 0
+        self.deadline = time.monotonic() + LINGER_SECONDS
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
 
 
 class ExporterHTTPServer:
@@ -202,12 +353,11 @@ class ExporterHTTPServer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        server = await asyncio.start_server(
-            self._connection,
+        server = await self.loop.create_server(
+            lambda: _Conn(self),
             sock=self.socket,
             ssl=self.ssl_context,
             ssl_handshake_timeout=HEAD_TIMEOUT if self.ssl_context else None,
-            limit=_READ_SIZE,
             backlog=1024,
         )
         sweeper = asyncio.create_task(self._sweep())
@@ -216,7 +366,7 @@ class ExporterHTTPServer:
         server.close()
         sweeper.cancel()
         for conn in list(self.open):
-            conn.writer.transport.abort()
+            conn.transport.abort()
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in others:
             task.cancel()
@@ -239,98 +389,12 @@ class ExporterHTTPServer:
             await asyncio.sleep(_SWEEP_INTERVAL)
             now = time.monotonic()
             for conn in [c for c in self.open if c.deadline < now]:
-                conn.writer.transport.abort()
+                conn.transport.abort()
 
-    # -- one connection -----------------------------------------------------------------------
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if len(self.open) >= self.max_connections:
-            self.refused += 1
-            if self.refused in (1, 10, 100) or self.refused % 1000 == 0:
-                log.warning("too many open connections, refusing", extra={"refused": self.refused})
-            writer.transport.abort()
-            return
-        conn = _Conn(reader, writer)
-        self.open.add(conn)
-        try:
-            sock = writer.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.ssl_context is not None:
-                cert = writer.get_extra_info("peercert")
-                if not self.app.web_config.client_allowed(cert or {}):
-                    log.debug("client certificate not allowed")
-                    return
-            pending = b""
-            while True:
-                request, pending = await self._read_request(conn, pending)
-                if request is None:
-                    return
-                if not await self._respond(conn, request):
-                    return
-                conn.deadline = time.monotonic() + IDLE_TIMEOUT
-        except (_Abort, ConnectionError, OSError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass
-        except Exception:  # a bug: this connection ends, the server goes on
-            log.exception("serving a connection failed")
-        finally:
-            self.open.discard(conn)
-            writer.transport.abort()
-
-    async def _read_request(self, conn: _Conn, pending: bytes) -> tuple[h11.Request | None, bytes]:
-        """The next request, its body read and dropped; (None, b"") when the connection ends.
-
-        A fresh h11 state per request: h11 frames the head and the body; the answer is written
-        here. The head's deadline starts with its first byte (or at once, when pipelined).
-        """
-        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
-        if pending:
-            parser.receive_data(pending)
-            conn.deadline = time.monotonic() + HEAD_TIMEOUT
-        request: h11.Request | None = None
-        body = 0
-        fed = len(pending)
-        while True:
-            try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as err:
-                status = err.error_status_hint
-                if status not in _REASONS:
-                    status = 400
-                await self._send(conn, status, f"{_REASONS[status]}\n".encode(), _TEXT, False, True)
-                await _linger(conn)
-                return None, b""
-            if event is h11.NEED_DATA:
-                data = await conn.reader.read(_READ_SIZE)
-                if request is None and not parser.trailing_data[0]:
-                    conn.deadline = time.monotonic() + HEAD_TIMEOUT  # the head's first bytes
-                parser.receive_data(data)
-                fed += len(data)
-                if not data and request is None:
-                    return None, b""
-                if not data:
-                    raise _Abort
-            elif isinstance(event, h11.Request):
-                request = event
-                if fed - len(parser.trailing_data[0]) > MAX_HEAD_BYTES:  # it came whole
-                    await self._send(conn, 431, b"Request Header Fields Too Large\n", _TEXT,
-                                     False, True)  # fmt: skip
-                    await _linger(conn)
-                    return None, b""
-            elif isinstance(event, h11.Data):
-                body += len(event.data)
-                if body > MAX_BODY_BYTES:
-                    await self._send(conn, 413, b"Content Too Large\n", _TEXT, False, True)
-                    await _linger(conn)
-                    return None, b""
-            elif isinstance(event, h11.EndOfMessage):
-                assert request is not None
-                data, _ = parser.trailing_data
-                return request, data
-            else:  # ConnectionClosed
-                return None, b""
-
-    async def _respond(self, conn: _Conn, request: h11.Request) -> bool:
-        """Answer one request; False when the connection must close afterwards."""
+    # -- answers ------------------------------------------------------------------------------
+    def respond(self, conn: _Conn, request: h11.Request) -> bool | Coroutine[Any, Any, bool]:
+        """Answer one request: whether the connection stays open, or a coroutine that tells
+        when the answer has to wait (bcrypt, a reload, a socket that is full)."""
         keep = request.http_version == b"1.1"
         headers: dict[bytes, bytes] = {}
         for name, value in request.headers:
@@ -340,35 +404,60 @@ class ExporterHTTPServer:
                 headers[name] = value
             if name == b"connection" and b"close" in value.lower():
                 keep = False
-        conn.deadline = time.monotonic() + SEND_TIMEOUT
+        close = not keep
         method = request.method
         target = request.target.split(b"?", 1)[0].decode("latin-1")
         app = self.app
         head = method == b"HEAD"
         if method not in (b"GET", b"HEAD", b"POST"):
-            return await self._send(conn, 501, b"Not Implemented\n", _TEXT, head, not keep)
+            return self.send(conn, 501, b"Not Implemented\n", _TEXT, head, close)
         if target == "/-/healthy" and method != b"POST":
-            return await self._send(conn, 200, b"Healthy\n", _TEXT, head, not keep)
+            return self.send(conn, 200, b"Healthy\n", _TEXT, head, close)
         if target == "/-/ready" and method != b"POST":
             if app.ready():
-                return await self._send(conn, 200, b"Ready\n", _TEXT, head, not keep)
-            return await self._send(
-                conn, 503, b"Not ready: first polls running\n", "text/plain", head, not keep
-            )
+                return self.send(conn, 200, b"Ready\n", _TEXT, head, close)
+            body = b"Not ready: first polls running\n"
+            return self.send(conn, 503, body, "text/plain", head, close)
         if self._limiter is not None and not self._limiter.allow():
-            return await self._send(conn, 429, b"Too Many Requests\n", _TEXT, head, not keep)
+            return self.send(conn, 429, b"Too Many Requests\n", _TEXT, head, close)
         if method == b"POST" and target != "/-/reload":
-            return await self._send(conn, 405, b"Method Not Allowed\n", _TEXT, head, not keep)
-        if not await self._authorized(headers.get(b"authorization")):
+            return self.send(conn, 405, b"Method Not Allowed\n", _TEXT, head, close)
+        web = app.web_config
+        auth = headers.get(b"authorization")
+        auth_text = auth.decode("latin-1") if auth is not None else None
+        if web.auth_required and not web.check_cached(auth_text):
+            return self._respond_after_bcrypt(conn, auth_text, method, target, headers, close)
+        return self._authorized(conn, method, target, headers, close)
+
+    async def _respond_after_bcrypt(
+        self,
+        conn: _Conn,
+        auth: str | None,
+        method: bytes,
+        target: str,
+        headers: dict[bytes, bytes],
+        close: bool,
+    ) -> bool:
+        # bcrypt takes tens of milliseconds: in the pool, never in the loop
+        check = self.app.web_config.check_basic_auth
+        if await self.loop.run_in_executor(self._auth_pool, check, auth):
+            outcome = self._authorized(conn, method, target, headers, close)
+        else:
             extra = {"WWW-Authenticate": 'Basic realm="scaleengine-exporter"'}
-            return await self._send(conn, 401, b"Unauthorized\n", _TEXT, head, not keep, extra)
+            head = method == b"HEAD"
+            outcome = self.send(conn, 401, b"Unauthorized\n", _TEXT, head, close, extra)
+        return outcome if isinstance(outcome, bool) else await outcome
+
+    def _authorized(
+        self, conn: _Conn, method: bytes, target: str, headers: dict[bytes, bytes], close: bool
+    ) -> bool | Coroutine[Any, Any, bool]:
+        app = self.app
+        head = method == b"HEAD"
         if method == b"POST":
             if app.reload is None:
                 body = b"Lifecycle API is not enabled.\n"
-                return await self._send(conn, 403, body, _TEXT, False, not keep)
-            ok, message = await self.loop.run_in_executor(None, app.reload)
-            body = (message.rstrip("\n") + "\n").encode()
-            return await self._send(conn, 200 if ok else 500, body, _TEXT, False, not keep)
+                return self.send(conn, 403, body, _TEXT, False, close)
+            return self._reload(conn, close)
         if target == app.telemetry_path:
             accept = headers.get(b"accept")
             encoding = headers.get(b"accept-encoding")
@@ -380,29 +469,44 @@ class ExporterHTTPServer:
             extra = {"Vary": "Accept, Accept-Encoding"}
             if gzip:
                 extra = {"Content-Encoding": "gzip", **extra}
-            return await self._send(conn, 200, chunks, content_type, head, not keep, extra)
+            return self.send(conn, 200, chunks, content_type, head, close, extra)
         if target == "/":
             page = render_landing(app).encode()
-            return await self._send(conn, 200, page, "text/html; charset=utf-8", head, not keep)
-        return await self._send(conn, 404, b"Not Found\n", _TEXT, head, not keep)
+            return self.send(conn, 200, page, "text/html; charset=utf-8", head, close)
+        return self.send(conn, 404, b"Not Found\n", _TEXT, head, close)
 
-    async def _authorized(self, header: bytes | None) -> bool:
-        web = self.app.web_config
-        if not web.auth_required:
-            return True
-        value = header.decode("latin-1") if header is not None else None
-        if web.check_cached(value):
-            return True
-        # bcrypt takes tens of milliseconds: never in the loop
-        return await self.loop.run_in_executor(self._auth_pool, web.check_basic_auth, value)
+    async def _reload(self, conn: _Conn, close: bool) -> bool:
+        assert self.app.reload is not None
+        ok, message = await self.loop.run_in_executor(None, self.app.reload)
+        body = (message.rstrip("\n") + "\n").encode()
+        outcome = self.send(conn, 200 if ok else 500, body, _TEXT, False, close)
+        return outcome if isinstance(outcome, bool) else await outcome
 
-    def _http_date(self) -> str:
+    def head(
+        self,
+        status: int,
+        content_type: str,
+        length: int,
+        close: bool,
+        extra: dict[str, str] | None = None,
+    ) -> bytes:
         now = int(time.time())
         if self._date[0] != now:
             self._date = (now, email.utils.formatdate(now, usegmt=True))
-        return self._date[1]
+        lines = [
+            f"HTTP/1.1 {status} {_REASONS[status]}",
+            f"Server: scaleengine-exporter/{__version__}",
+            f"Date: {self._date[1]}",
+        ]
+        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
+        lines += [f"{k}: {v}" for k, v in self.app.web_config.headers.items()]
+        lines.append(f"Content-Type: {content_type}")
+        lines.append(f"Content-Length: {length}")
+        if close:
+            lines.append("Connection: close")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
-    async def _send(
+    def send(
         self,
         conn: _Conn,
         status: int,
@@ -411,60 +515,38 @@ class ExporterHTTPServer:
         head: bool,
         close: bool,
         extra: dict[str, str] | None = None,
-    ) -> bool:
-        """Write one answer; returns whether the connection stays open."""
+    ) -> bool | Coroutine[Any, Any, bool]:
+        """Write one answer, at once when the socket takes it; else a coroutine for the rest."""
         chunks = [body] if isinstance(body, bytes) else body
-        lines = [
-            f"HTTP/1.1 {status} {_REASONS[status]}",
-            f"Server: scaleengine-exporter/{__version__}",
-            f"Date: {self._http_date()}",
-        ]
-        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
-        lines += [f"{k}: {v}" for k, v in self.app.web_config.headers.items()]
-        lines.append(f"Content-Type: {content_type}")
-        lines.append(f"Content-Length: {sum(len(c) for c in chunks)}")
-        if close:
-            lines.append("Connection: close")
-        parts: list[Chunk] = [("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")]
+        length = sum(len(c) for c in chunks)
+        parts: list[Chunk] = [self.head(status, content_type, length, close, extra)]
         if not head:
             parts += [c for c in chunks if len(c)]
-        writer = conn.writer
-        transport = writer.transport
+        transport = conn.transport
+        rest: list[Any] = parts
         if self.ssl_context is not None:  # no sendfile through TLS
-            writer.write(b"".join(c.read() if isinstance(c, StoredFile) else c for c in parts))
-        else:
-            sock = writer.get_extra_info("socket")
-            if sock is not None and not transport.get_write_buffer_size():
-                parts = _send_now(sock, parts)
-            for part in parts:  # what the socket did not take at once
-                if isinstance(part, StoredFile):
-                    await self.loop.sendfile(transport, _Fd(part.fd), 0, part.size)  # type: ignore[arg-type]
-                elif isinstance(part, tuple):
-                    stored, offset, size = part
-                    await self.loop.sendfile(transport, _Fd(stored.fd), offset, size)  # type: ignore[arg-type]
-                else:
-                    writer.write(part)
-        if transport.get_write_buffer_size():
-            await writer.drain()
+            transport.write(b"".join(c.read() if isinstance(c, StoredFile) else c for c in parts))
+            rest = []
+        elif not transport.get_write_buffer_size():
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                rest = _send_now(sock, parts)
+        if rest or transport.get_write_buffer_size():
+            return self._send_rest(conn, rest, close)
         return not close
 
-
-async def _linger(conn: _Conn) -> None:
-    """After an error answer to a client still sending: stop writing, and read (and drop) a
-    little more before closing, so that the close does not reset the connection before the
-    client has read the answer. Bounded in time (LINGER_SECONDS) and bytes."""
-    conn.deadline = min(conn.deadline, time.monotonic() + LINGER_SECONDS)
-    try:
-        if conn.writer.can_write_eof():
-            conn.writer.write_eof()
-        total = 0
-        while total < LINGER_BYTES:
-            data = await conn.reader.read(_READ_SIZE)
-            if not data:
-                break
-            total += len(data)
-    except (ConnectionError, OSError):
-        pass
+    async def _send_rest(self, conn: _Conn, rest: list[Any], close: bool) -> bool:
+        transport = conn.transport
+        for part in rest:  # what the socket did not take at once
+            if isinstance(part, StoredFile):
+                part = (part, 0, part.size)
+            if isinstance(part, tuple):
+                stored, offset, size = part
+                await self.loop.sendfile(transport, _Fd(stored.fd), offset, size)  # type: ignore[arg-type]
+            else:
+                transport.write(part)
+        await conn.drain()
+        return not close
 
 
 def _send_now(sock: Any, parts: list[Chunk]) -> list[Any]:

@@ -699,11 +699,14 @@ def report(
         " the answer leaving in three pushes (head, sendfile, live part) from a per-connection"
         " thread, each push waking the client, with GIL hand-overs between the threads. Now the"
         " rendered live part and its deflated tail are reused for up to 1 s (0.3 us on a hit;"
-        " process metrics are then at most a second old), h11 parses the head (24 us), and the"
-        " event loop's thread writes the answer at once when the socket takes it: TCP_CORK,"
-        " writev of the head, sendfile of the stored file, writev of the live part, uncork,"
-        " so the client wakes once. What remains is CPython's share (the asyncio read, h11,"
-        " building the head): about 0.1 ms."
+        " process metrics are then at most a second old), h11 parses the head (24 us), the"
+        " request is parsed and answered in the asyncio protocol's data_received (no task or"
+        " future per request), and the answer is written at once when the socket takes it:"
+        " one writev when the stored part is small (up to 64 KiB, read into it), else writev"
+        " of the head, sendfile of the stored file, writev of the live part. What remains is"
+        " CPython's share (the event loop, h11, building the head): about 0.05-0.1 ms. Not"
+        " corked: TCP_CORK saved a little at 100k plain but stalled about one gzip scrape in"
+        " ten by ~90 ms (the one after the client paused to decode)."
     )
     w(
         "- How the server was chosen (issue 9): prototypes of three designs, measured on this"
@@ -726,8 +729,8 @@ def report(
         " ACK: about 44 ms at every size); the answer written as one blocking writev instead of"
         " many non-blocking sends; polling and rendering moved to the worker process; the"
         " rendered bytes served from files by sendfile; (issue 9) the asyncio + h11 server,"
-        " the corked answer written without a trip through the loop, the live part cached for"
-        " up to 1 s, and the exporter and nginx scraped in alternating rounds."
+        " the answer written without a trip through the loop, the live part cached for up to"
+        " 1 s, and the exporter and nginx scraped in alternating rounds."
     )
     w(
         '- The machine is shared with other work (see "other load" above and the "other"'

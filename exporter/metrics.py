@@ -24,8 +24,9 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client import generate_latest as generate_text
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 GZIP_LEVEL = 6
+LIVE_TTL = 1.0  # seconds a rendered live part (process metrics included) is reused
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 RENDER_OUTCOME = "render"  # poll error outcome of an app whose usage could not be rendered
@@ -324,6 +326,38 @@ class LiveCollector:
         ]
 
 
+class WorkerCollector:
+    """The poll worker's memory and CPU, read from /proc at scrape time by the serving process
+    (its parent): the process_* metrics describe the serving process only."""
+
+    _TICK = os.sysconf("SC_CLK_TCK")
+    _PAGE = os.sysconf("SC_PAGE_SIZE")
+
+    def __init__(self, pid: Callable[[], int | None]) -> None:
+        self._pid = pid
+
+    def collect(self) -> Iterable[Metric]:
+        pid = self._pid()
+        if pid is None:
+            return []
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            return []
+        rss = GaugeMetricFamily(
+            "scaleengine_worker_resident_memory_bytes",
+            "Resident memory of the poll worker process (polling and rendering) in bytes.",
+            value=int(fields[21]) * self._PAGE,
+        )
+        cpu = CounterMetricFamily(
+            "scaleengine_worker_cpu_seconds",
+            "User and system CPU time spent by the poll worker process in seconds.",
+            value=(int(fields[11]) + int(fields[12])) / self._TICK,
+        )
+        return [rss, cpu]
+
+
 class Exposition:
     """Pre-rendered exposition of the store's usage data plus the live part at scrape time."""
 
@@ -357,6 +391,7 @@ class Exposition:
         self.reload_status = ReloadStatus()  # set by a config reload (SIGHUP, /-/reload)
         self.process_registry.register(self.reload_status)  # type: ignore[arg-type]
         self._live_cache: dict[bool, tuple[tuple[int, int], bytes]] = {}
+        self._payload_cache: dict[tuple[bool, bool], tuple[Any, Any, float, list[Chunk]]] = {}
         self.render_now()
 
     # -- rendering (poll side) ------------------------------------------------------------
@@ -468,16 +503,32 @@ class Exposition:
         return cached[1] + generate_text(self.process_registry)
 
     def payload(self, openmetrics: bool = False, gzip: bool = False) -> tuple[list[Chunk], str]:
-        """Body chunks and content type for one scrape; costs only the live part's rendering."""
-        plain, deflated, crc = self._stored
-        live = self.live(openmetrics)
+        """Body chunks and content type for one scrape; costs only the live part's rendering.
+
+        The live part (and its deflated tail) is reused for up to LIVE_TTL seconds while the
+        stored part and the store's live state are unchanged: the process metrics are then at
+        most that old, and back-to-back scrapes cost no rendering at all.
+        """
+        stored = self._stored
+        plain, deflated, crc = stored
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        key = (openmetrics, gzip)
+        now = time.monotonic()
+        hit = self._payload_cache.get(key)
+        if hit and hit[0] is stored and hit[1] == self._store.live_version and now < hit[2]:
+            return hit[3], content_type
+        version = self._store.live_version
+        live = self.live(openmetrics)
         if not gzip:
-            return [plain, live], content_type
-        tail = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-        live_deflated = tail.compress(live) + tail.flush(zlib.Z_FINISH)
-        trailer = struct.pack("<II", zlib.crc32(live, crc), (len(plain) + len(live)) & 0xFFFFFFFF)
-        return [_GZIP_HEADER, deflated, live_deflated + trailer], content_type
+            chunks = [plain, live]
+        else:
+            tail = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+            live_deflated = tail.compress(live) + tail.flush(zlib.Z_FINISH)
+            size = (len(plain) + len(live)) & 0xFFFFFFFF
+            trailer = struct.pack("<II", zlib.crc32(live, crc), size)
+            chunks = [_GZIP_HEADER, deflated, live_deflated + trailer]
+        self._payload_cache[key] = (stored, version, now + LIVE_TTL, chunks)
+        return chunks, content_type
 
     def text(self, openmetrics: bool = False) -> bytes:
         """The whole exposition as one bytes object (for --once and tests)."""

@@ -9,7 +9,8 @@ Reads the same YAML format as exporters built on github.com/prometheus/exporter-
   applied (Python's ssl module uses OpenSSL's defaults).
 * ``http_server_config``: headers (the five the toolkit allows); http2 accepted, not applied.
 * ``basic_auth_users``: username -> bcrypt hash.
-* ``rate_limit``: accepted, not applied (a warning is logged).
+* ``rate_limit``: interval and burst, a token bucket over all requests but health and
+  readiness (as exporter-toolkit: one token per interval, at most ``burst``; 429 when empty).
 
 Differences forced by Python's ssl module: every client_auth_type other than NoClientCert
 needs a CA (client_ca_file or client_ca), because OpenSSL cannot accept a client certificate
@@ -36,7 +37,7 @@ from typing import Annotated, Any
 import bcrypt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from exporter.config import ConfigError, format_validation_error, load_yaml_file
+from exporter.config import ConfigError, format_validation_error, load_yaml_file, parse_duration
 
 __all__ = ["WebConfig", "load_web_config", "parse_web_config"]
 
@@ -154,6 +155,7 @@ class WebConfig:
         max_version: str = "TLS13",
         headers: dict[str, str] | None = None,
         basic_auth_users: dict[str, str] | None = None,
+        rate_limit: tuple[float, int] | None = None,
         source: str = "<web config>",
     ) -> None:
         self.cert_pem = cert_pem
@@ -167,6 +169,14 @@ class WebConfig:
         self._users: dict[str, bytes] = {
             user: h.encode("ascii") for user, h in (basic_auth_users or {}).items()
         }
+        # (interval seconds, burst): the HTTP server applies it; None: no limit
+        self.rate_limit = rate_limit
+        # Unknown users are checked against a dummy hash of the highest configured cost, and
+        # wrong passwords of cheaper hashes are padded with it: a failure costs the same for
+        # every user name, so timing does not tell which users exist.
+        costs = [int(h[4:6]) for h in self._users.values()]
+        self._dummy = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(max(costs))) if costs else b""
+        self._dummy_cost = max(costs, default=0)
         self.source = source
         self._lock = threading.Lock()
         self._cache: dict[str, bytes] = {}
@@ -270,8 +280,7 @@ class WebConfig:
         stored = self._users.get(user)
         known = stored is not None
         if stored is None:
-            # Spend the same bcrypt time for unknown users; the result is ignored.
-            stored = next(iter(self._users.values()))
+            stored = self._dummy  # the same bcrypt time for unknown users; never matches
         digest = hashlib.sha256(
             b"\0".join((user.encode("utf-8"), password.encode("utf-8"), stored))
         ).digest()
@@ -287,6 +296,8 @@ class WebConfig:
                     ok = bcrypt.checkpw(password.encode("utf-8"), stored)
                 except ValueError:
                     ok = False
+                if not ok and int(stored[4:6]) < self._dummy_cost:
+                    bcrypt.checkpw(password.encode("utf-8"), self._dummy)  # pad to the most
                 if ok and known:
                     with self._lock:
                         self._cache[user] = digest
@@ -294,6 +305,26 @@ class WebConfig:
         finally:
             with self._lock:
                 self._inflight.pop(digest, None)
+
+    def check_cached(self, authorization_header: str | None) -> bool:
+        """True without bcrypt when no users are configured or these credentials passed before.
+
+        The server calls this in its event loop and runs :meth:`check_basic_auth` (bcrypt,
+        tens of milliseconds) in a thread only when it returns False.
+        """
+        if not self._users:
+            return True
+        creds = _parse_basic(authorization_header)
+        if creds is None:
+            return False
+        user, password = creds
+        stored = self._users.get(user)
+        if stored is None:
+            return False
+        digest = hashlib.sha256(
+            b"\0".join((user.encode("utf-8"), password.encode("utf-8"), stored))
+        ).digest()
+        return self._cached(user, digest)
 
     def _cached(self, user: str, digest: bytes) -> bool:
         with self._lock:
@@ -385,11 +416,25 @@ def parse_web_config(
     kwargs["basic_auth_users"] = dict(users)
 
     if raw.rate_limit is not None:
-        log.warning("%s: rate_limit is accepted but not applied by this exporter", source)
+        kwargs["rate_limit"] = _rate_limit(raw.rate_limit, source)
 
     config = WebConfig(**kwargs)
     config.ssl_context()  # load certificates now so errors surface at startup
     return config
+
+
+def _rate_limit(rate: RateLimitConfig, source: str) -> tuple[float, int] | None:
+    """exporter-toolkit's rate_limit: no interval (or 0) means no limit, as there."""
+    try:
+        interval = 0.0 if rate.interval is None else parse_duration(rate.interval)
+    except ValueError as err:
+        raise _err(source, "rate_limit.interval", str(err)) from None
+    if interval == 0:
+        log.warning("%s: rate_limit has no interval, so it does not limit anything", source)
+        return None
+    if rate.burst is None or rate.burst < 1:
+        raise _err(source, "rate_limit.burst", "must be at least 1 (requests let through at once)")
+    return interval, rate.burst
 
 
 def _tls_kwargs(tls: TLSServerConfig, source: str, resolve: Any) -> dict[str, Any]:

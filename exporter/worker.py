@@ -29,7 +29,7 @@ from typing import Any
 
 from .config import Config
 from .logs import setup_logging
-from .metrics import Exposition, StoredFile
+from .metrics import Exposition, StoredFile, WorkerCollector
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,10 @@ class PollWorker:
             env=env,
         )
         theirs.close()
+        process = self._process
+        self.exposition.process_registry.register(
+            WorkerCollector(lambda: process.pid if process.poll() is None else None)  # type: ignore[arg-type]
+        )
         self._conn = Connection(ours.detach())
         self._conn.send((self.config, log_level, log_format))
         threading.Thread(target=self._receive, name="receive", daemon=True).start()

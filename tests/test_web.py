@@ -305,8 +305,7 @@ def test_reload_endpoint_only_when_enabled(stack):
 
 def test_server_header_has_no_trailing_space(stack):
     _, _, _, start = stack
-    server = start()
-    host, port = server.server_address[:2]
+    host, port = parse_listen_address(start().url.split("//", 1)[1])
     with socket.create_connection((host, port), timeout=5) as sock:
         sock.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         raw = b""
@@ -315,3 +314,33 @@ def test_server_header_has_no_trailing_space(stack):
     from exporter import __version__
 
     assert f"\r\nServer: scaleengine-exporter/{__version__}\r\n".encode() in raw
+
+
+def test_rate_limit_answers_429_but_not_health(stack, tmp_path):
+    """exporter-toolkit's rate_limit: a bucket of ``burst`` requests refilled one per interval."""
+    _, _, _, start = stack
+    url = start(write_web_config(tmp_path, "rate_limit: {interval: 1h, burst: 2}\n")).url
+    assert [http_get(url + "/metrics")[0] for _ in range(3)] == [200, 200, 429]
+    assert http_get(url + "/")[0] == 429
+    # health and readiness stay answerable for the orchestrator
+    assert http_get(url + "/-/healthy")[0] == 200
+    assert http_get(url + "/-/ready")[0] == 503
+
+
+def test_head_deadline_is_total_not_per_read(stack, monkeypatch):
+    """A head dripped a byte at a time is cut at HEAD_TIMEOUT from its first byte."""
+    monkeypatch.setattr("exporter.web.HEAD_TIMEOUT", 1.0)
+    _, _, _, start = stack
+    host, port = parse_listen_address(start().url.split("//", 1)[1])
+    s = socket.create_connection((host, port), timeout=10)
+    started = time.monotonic()
+    try:
+        s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        with pytest.raises(OSError):
+            for _ in range(100):  # 20 s of drip if nobody cuts it
+                time.sleep(0.2)
+                s.sendall(b"X: y\r\n")
+            raise AssertionError("the server never cut the dripping head")
+    finally:
+        s.close()
+    assert time.monotonic() - started < 10

@@ -428,10 +428,24 @@ def test_missing_web_config_file(tmp_path: Path):
         load_web_config(tmp_path / "nope.yml")
 
 
-def test_rate_limit_accepted_with_warning(tmp_path: Path, caplog):
+def test_rate_limit_parsed_or_refused(tmp_path: Path, caplog):
+    """rate_limit is applied (the server's test checks the 429s) or refused, never ignored."""
+    wc = load_web_config(write_web_config(tmp_path, "rate_limit: {interval: 1s, burst: 5}\n"))
+    assert wc.rate_limit == (1.0, 5)
+    wc = load_web_config(write_web_config(tmp_path, "rate_limit: {interval: 250ms, burst: 1}\n"))
+    assert wc.rate_limit == (0.25, 1)
+    for text, field in (
+        ("rate_limit: {interval: 1s}\n", "rate_limit.burst"),
+        ("rate_limit: {interval: 1s, burst: 0}\n", "rate_limit.burst"),
+        ("rate_limit: {interval: soon, burst: 3}\n", "rate_limit.interval"),
+    ):
+        with pytest.raises(ConfigError, match=field):
+            load_web_config(write_web_config(tmp_path, text))
+    # no interval is no limit in exporter-toolkit too: said out loud
     with caplog.at_level(logging.WARNING, logger="exporter.webconfig"):
-        load_web_config(write_web_config(tmp_path, "rate_limit: {interval: 1s, burst: 5}\n"))
-    assert any("rate_limit" in r.getMessage() for r in caplog.records)
+        wc = load_web_config(write_web_config(tmp_path, "rate_limit: {burst: 5}\n"))
+    assert wc.rate_limit is None
+    assert any("does not limit" in r.getMessage() for r in caplog.records)
 
 
 # --------------------------------------------------------------------------- basic auth
@@ -523,3 +537,33 @@ def test_parse_web_config_only_raises_config_error(tmp_path_factory, data):
         parse_web_config(data, base_dir=tmp_path_factory.getbasetemp())
     except ConfigError as err:
         assert str(err)
+
+
+def test_failed_login_costs_the_highest_configured_cost_for_every_user(tmp_path, monkeypatch):
+    """Unknown users are checked against a dummy hash of the highest cost; a wrong password
+    for a cheaper hash is padded with that check (the daemon test measures the times)."""
+    strong = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=6)).decode()
+    weak = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    wc = load_web_config(
+        write_web_config(tmp_path, f"basic_auth_users:\n  strong: '{strong}'\n  weak: '{weak}'\n")
+    )
+    costs: list[int] = []
+    real = bcrypt.checkpw
+
+    def spy(password, hashed):
+        costs.append(int(hashed[4:6]))
+        return real(password, hashed)
+
+    monkeypatch.setattr("exporter.webconfig.bcrypt.checkpw", spy)
+    assert not wc.check_basic_auth(basic("nobody", "pw"))
+    assert costs == [6]
+    costs.clear()
+    assert not wc.check_basic_auth(basic("weak", "wrong"))
+    assert costs == [4, 6]
+    costs.clear()
+    assert not wc.check_basic_auth(basic("strong", "wrong"))
+    assert costs == [6]
+    costs.clear()
+    assert wc.check_basic_auth(basic("weak", "pw"))  # a right password is not padded
+    assert costs == [4]
+    assert wc.check_cached(basic("weak", "pw")) and not wc.check_cached(basic("weak", "x"))

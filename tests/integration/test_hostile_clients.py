@@ -1,0 +1,455 @@
+"""The daemon's /metrics server under hostile clients, on loopback.
+
+Each test starts ``python -m exporter`` (serving process + poll worker) against the simulator,
+attacks it from this process with a bounded number of connections for a bounded time, and
+scrapes it as a normal client meanwhile. Deadlines are generous (the machine is shared); the
+assertions are about answers, not about speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import resource
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import bcrypt
+import pytest
+import yaml
+from helpers import ROOT, free_port, make_pki, sim_config
+
+from exporter.simulator import Simulator
+
+ATTACK_CONNECTIONS = 1500
+
+
+@dataclass
+class Daemon:
+    host: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
+    tls: ssl.SSLContext | None = None
+
+    def connect(self, timeout: float) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=timeout, context=self.tls
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def get(self, path: str = "/metrics", timeout: float = 2.0, headers=None) -> tuple[int, bytes]:
+        conn = self.connect(timeout)
+        try:
+            conn.request("GET", path, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def pids(self) -> list[int]:
+        """The serving process and its poll worker."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        return [self.proc.pid, *map(int, children.split())]
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+def _status_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"{field} missing for {pid}")
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    s = Simulator()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+@pytest.fixture
+def raised_nofile() -> Iterator[None]:
+    """This process opens 1,500+ sockets: its own soft limit goes up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < ATTACK_CONNECTIONS + 500:
+        pytest.fail(f"the hard open-files limit ({hard}) is too low for this test", pytrace=False)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def start_daemon(
+    tmp_path: Path,
+    sim: Simulator,
+    web_config: str | None = None,
+    soft_nofile: int | None = None,
+    ca: Path | None = None,
+) -> Daemon:
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(sim_config(sim, poll={"interval": "2s"})))
+    config.chmod(0o600)
+    port = free_port()
+    argv = [sys.executable, "-m", "exporter", "--config", str(config)]
+    argv += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warning"]
+    tls = None
+    if web_config is not None:
+        (tmp_path / "web.yml").write_text(web_config)
+        argv += ["--web.config.file", str(tmp_path / "web.yml")]
+    log = tmp_path / "exporter.log"
+
+    def limit() -> None:  # the daemon starts with a low soft limit, as under many inits
+        if soft_nofile is not None:
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft_nofile, hard))
+
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit
+        )
+    if ca is not None:
+        tls = ssl.create_default_context(cafile=str(ca))
+    daemon = Daemon("127.0.0.1", port, proc, log, tls)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            status, body = daemon.get(timeout=5, headers=_auth_header(web_config))
+            if status == 200 and b"scaleengine_up{" in body and b"} 1" in body:
+                return daemon
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_daemon(daemon)
+            pytest.fail(f"the exporter did not start serving:\n{daemon.tail()}")
+        time.sleep(0.2)
+
+
+def _auth_header(web_config: str | None) -> dict[str, str]:
+    if web_config and "basic_auth_users" in web_config:
+        return {"Authorization": "Basic " + base64.b64encode(b"prom:right").decode()}
+    return {}
+
+
+def stop_daemon(daemon: Daemon) -> None:
+    if daemon.proc.poll() is None:
+        daemon.proc.terminate()
+        try:
+            daemon.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            daemon.proc.kill()
+            daemon.proc.wait(5)
+
+
+class Attack:
+    """``count`` connections run by an asyncio loop in a thread for at most ``seconds``; each
+    runs ``behaviour(reader, writer)`` and reconnects when the server closes it."""
+
+    def __init__(self, daemon: Daemon, count: int, seconds: float, behaviour) -> None:
+        self.daemon = daemon
+        self.count = count
+        self.seconds = seconds
+        self.behaviour = behaviour
+        self.connects = 0
+        self.open = 0
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+
+    async def _one(self, deadline: float) -> None:
+        while time.monotonic() < deadline and not self._stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(self.daemon.host, self.daemon.port)
+            except OSError:
+                await asyncio.sleep(0.5)
+                continue
+            self.connects += 1
+            self.open += 1
+            self.peak = max(self.peak, self.open)
+            try:
+                await asyncio.wait_for(
+                    self.behaviour(reader, writer), max(0.1, deadline - time.monotonic())
+                )
+            except (TimeoutError, OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                self.open -= 1
+                writer.transport.abort()
+
+    async def _main(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        tasks = []
+        for i in range(self.count):
+            tasks.append(asyncio.create_task(self._one(deadline)))
+            if i % 100 == 99:
+                await asyncio.sleep(0.05)  # ramp up over a second or so
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def __enter__(self) -> Attack:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.seconds + 30)
+
+
+async def slow_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A request head trickled one header line every 2 s, never finished."""
+    writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+    i = 0
+    while True:
+        await writer.drain()
+        if reader.at_eof():
+            return
+        try:
+            if await asyncio.wait_for(reader.read(1024), 2.0) == b"":
+                return  # the server closed it (at its head deadline, with or without a 408)
+        except TimeoutError:
+            pass
+        i += 1
+        writer.write(f"X-Drip-{i}: {'d' * 20}\r\n".encode())
+
+
+async def stalled_tls_handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+    """The first 3 bytes of a ClientHello, then nothing."""
+    writer.write(b"\x16\x03\x01")
+    await writer.drain()
+    await reader.read(1024)  # returns when the server gives up on the handshake
+
+
+def scrape_during(daemon: Daemon, attack: Attack, count: int = 20) -> list[float | None]:
+    """``count`` scrapes one second apart, each on a new connection: the seconds each took,
+    or None when it failed or took longer than 2 s."""
+    deadline = time.monotonic() + 20  # let the attack reach full strength first
+    while attack.peak < attack.count * 0.9 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(2)
+    results: list[float | None] = []
+    for _ in range(count):
+        started = time.monotonic()
+        try:
+            status, body = daemon.get(timeout=2.0)
+            took = time.monotonic() - started
+            results.append(took if status == 200 and b"scaleengine_up" in body else None)
+        except (OSError, http.client.HTTPException):
+            results.append(None)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+    return results
+
+
+def report(name: str, results: list[float | None], attack: Attack) -> None:
+    ok = [r for r in results if r is not None and r <= 2.0]
+    med = statistics.median(ok) if ok else float("nan")
+    print(
+        f"{name}: {len(ok)}/{len(results)} scrapes within 2 s (median {med * 1000:.0f} ms); "
+        f"attack: {attack.connects} connections made, {attack.peak} open at peak"
+    )
+    assert len(ok) >= 18, f"{name}: only {len(ok)} of {len(results)} scrapes answered in 2 s"
+
+
+def test_slow_request_heads_do_not_lock_out_scrapers(tmp_path, sim, raised_nofile):
+    daemon = start_daemon(tmp_path, sim)
+    try:
+        with Attack(daemon, ATTACK_CONNECTIONS, 45, slow_head) as attack:
+            results = scrape_during(daemon, attack)
+        report("slow heads", results, attack)
+        # the head deadline cut the dripping connections, which came back: more connects
+        assert attack.connects > ATTACK_CONNECTIONS
+    finally:
+        stop_daemon(daemon)
+
+
+def test_stalled_tls_handshakes_do_not_lock_out_scrapers(tmp_path, sim, raised_nofile):
+    pki = make_pki(tmp_path)
+    web = (
+        f"tls_server_config:\n  cert_file: {pki['server_cert']}\n  key_file: {pki['server_key']}\n"
+    )
+    daemon = start_daemon(tmp_path, sim, web, ca=pki["ca"])
+    try:
+        with Attack(daemon, ATTACK_CONNECTIONS, 45, stalled_tls_handshake) as attack:
+            results = scrape_during(daemon, attack)
+        report("stalled TLS handshakes", results, attack)
+    finally:
+        stop_daemon(daemon)
+
+
+def test_huge_request_heads_are_cut_and_memory_stays_bounded(tmp_path, sim, raised_nofile):
+    """200 connections each sending 6 MB of header lines: 431, and under 200 MB RSS."""
+    daemon = start_daemon(tmp_path, sim)
+    answers: list[bytes] = []
+    line = b"X-Big: " + b"b" * (64 * 1024 - 9) + b"\r\n"
+
+    async def huge_head(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        try:
+            for _ in range(6 * 1024 * 1024 // len(line)):
+                writer.write(line)
+                await writer.drain()
+        except OSError:
+            pass
+        try:
+            answers.append(await reader.read(200))
+        except OSError:
+            pass
+        await asyncio.sleep(3600)  # one round each: _one's deadline ends it
+
+    try:
+        pids = daemon.pids()
+        assert len(pids) == 2, pids
+        with Attack(daemon, 200, 20, huge_head) as attack:
+            time.sleep(2)
+            scraped = [daemon.get(timeout=10)[0] for _ in range(5)]
+        peak_mb = sum(_status_kb(pid, "VmHWM") for pid in pids) / 1024
+        now_mb = sum(_status_kb(pid, "VmRSS") for pid in pids) / 1024
+        print(
+            f"huge heads: {attack.connects} connections; "
+            f"serving + worker RSS peak {peak_mb:.0f} MB, now {now_mb:.0f} MB; scrapes {scraped}"
+        )
+        assert scraped == [200] * 5
+        assert peak_mb < 200, f"serving process + worker peaked at {peak_mb:.0f} MB"
+        # one head over 16 KiB, sent whole: the client reads its 431
+        got = _exchange(
+            daemon, b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 17000 + b"\r\n\r\n"
+        )
+        assert got.startswith(b"HTTP/1.1 431 "), got[:200]
+    finally:
+        stop_daemon(daemon)
+
+
+def _exchange(daemon: Daemon, raw: bytes, wait: float = 2.0) -> bytes:
+    """Send ``raw`` and read whatever comes back for ``wait`` seconds (or until close)."""
+    with socket.create_connection((daemon.host, daemon.port), timeout=wait) as s:
+        s.sendall(raw)
+        got = b""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def test_a_request_body_is_never_parsed_as_a_request(tmp_path, sim):
+    daemon = start_daemon(tmp_path, sim)
+    smuggled = b"GET /-/ready HTTP/1.1\r\nHost: x\r\n\r\n"
+    try:
+        cases = {
+            "POST with Content-Length": b"POST /metrics HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Length: {len(smuggled)}\r\n\r\n".encode()
+            + smuggled,
+            "GET with Content-Length": b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Length: {len(smuggled)}\r\n\r\n".encode()
+            + smuggled,
+            "POST chunked": b"POST /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            + f"\r\n{len(smuggled):x}\r\n".encode()
+            + smuggled
+            + b"\r\n0\r\n\r\n",
+        }
+        for name, raw in cases.items():
+            got = _exchange(daemon, raw)
+            answers = got.count(b"HTTP/1.1 ")
+            assert answers == 1, f"{name}: {answers} answers on one connection:\n{got[:400]!r}"
+            assert b"Ready" not in got, name
+        # a body over the cap: 413 and the connection closes
+        big = b"POST /-/reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+        got = _exchange(daemon, big + b"x" * 200_000)
+        assert got.startswith(b"HTTP/1.1 413 "), got[:200]
+        # and two pipelined GETs still get two answers, in order
+        got = _exchange(daemon, b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n" * 2)
+        assert got.count(b"HTTP/1.1 200 ") == 2
+    finally:
+        stop_daemon(daemon)
+
+
+def test_open_files_limit_raised_and_idle_connections_do_not_starve(tmp_path, sim):
+    """The daemon starts with a soft limit of 256; it raises it to the hard limit, so 600 idle
+    keep-alive connections leave room for a scraper."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    daemon = start_daemon(tmp_path, sim, soft_nofile=256)
+    idle: list[socket.socket] = []
+    try:
+        limits = Path(f"/proc/{daemon.proc.pid}/limits").read_text()
+        row = next(r for r in limits.splitlines() if r.startswith("Max open files"))
+        soft_now = row.split()[3]
+        assert soft_now == str(hard) or (soft_now == "unlimited" and hard == -1), row
+        for _ in range(600):
+            s = socket.create_connection((daemon.host, daemon.port), timeout=10)
+            s.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+            idle.append(s)
+        for s in idle:
+            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")  # answered; now idle, kept alive
+        assert [daemon.get(timeout=10)[0] for _ in range(3)] == [200] * 3
+    finally:
+        for s in idle:
+            s.close()
+        stop_daemon(daemon)
+
+
+def test_basic_auth_time_does_not_tell_users_apart(tmp_path, sim):
+    """An unknown user and a wrong password cost the same bcrypt time, even for a user whose
+    hash has a lower cost than the others'."""
+    strong = bcrypt.hashpw(b"right", bcrypt.gensalt(9)).decode()
+    weak = bcrypt.hashpw(b"right", bcrypt.gensalt(4)).decode()
+    web = f"basic_auth_users:\n  prom: '{strong}'\n  weak: '{weak}'\n"
+    daemon = start_daemon(tmp_path, sim, web)
+
+    def timed(user: str, password: str) -> float:
+        header = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode())
+                  .decode()}  # fmt: skip
+        started = time.perf_counter()
+        status, _ = daemon.get("/metrics", timeout=10, headers=header)
+        assert status == 401
+        return time.perf_counter() - started
+
+    try:
+        rounds = {"unknown": [], "weak-wrong": [], "strong-wrong": []}
+        for i in range(9):  # interleaved, so load on the machine hits all three alike
+            rounds["unknown"].append(timed(f"nobody{i}", "x"))
+            rounds["weak-wrong"].append(timed("weak", f"wrong{i}"))
+            rounds["strong-wrong"].append(timed("prom", f"wrong{i}"))
+        med = {k: statistics.median(v) for k, v in rounds.items()}
+        print("median 401 ms: " + ", ".join(f"{k} {v * 1000:.1f}" for k, v in med.items()))
+        for name in ("weak-wrong", "strong-wrong"):
+            ratio = max(med[name], med["unknown"]) / min(med[name], med["unknown"])
+            assert ratio < 3, f"{name} vs unknown user: {ratio:.1f}x ({med})"
+        assert daemon.get(headers=_auth_header(web), timeout=10)[0] == 200
+    finally:
+        stop_daemon(daemon)
+
+
+def test_worker_memory_and_cpu_are_visible(tmp_path, sim):
+    daemon = start_daemon(tmp_path, sim)
+    try:
+        worker = daemon.pids()[1]
+        _, body = daemon.get(timeout=10)
+        lines = dict(
+            line.rsplit(" ", 1)
+            for line in body.decode().splitlines()
+            if line.startswith("scaleengine_worker_")
+        )
+        rss = float(lines["scaleengine_worker_resident_memory_bytes"])
+        assert abs(rss / 1024 - _status_kb(worker, "VmRSS")) < 20 * 1024  # within 20 MB
+        assert float(lines["scaleengine_worker_cpu_seconds_total"]) > 0
+    finally:
+        stop_daemon(daemon)

@@ -728,8 +728,15 @@ def report(
         " about 2 ms (17 ms with http.server threads), so the 2x target leaves a few ms for a"
         " worker polling back to back on the other core of a shared 2-core machine. Over the"
         " full runs made for issue 9 the busy/idle ratio at 100k was 1.4x-4.1x for gzip (busy"
-        " p99 3-12 ms) and 1.6x-4.3x for plain, moving with the other load on the machine;"
-        " medians are steady, p99 ratios are not."
+        " p99 3-12 ms) and 1.6x-4.3x for plain (6.3x in one run with TCP_CORK, since removed),"
+        " moving with the other load on the machine; medians are steady, p99 ratios are not."
+    )
+    w(
+        "- The smallest cell (1k series, gzip: an 18.8 KB answer) is where the ratio to nginx"
+        " is least steady: over the last four full runs nginx's median was 0.04-0.11 ms and the"
+        " exporter's 0.11-0.22 ms (2.0x-4.2x); on one loaded machine both are mostly the"
+        " client's and the kernel's time, and which core each process wakes on. The"
+        " exporter's own CPU per answer is the ~0.05-0.1 ms above."
     )
     w(
         "- Changes to the exporter made with this benchmark: TCP_NODELAY on scrape connections"

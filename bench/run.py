@@ -724,6 +724,21 @@ def report(
         " cut every dripping head at 5 s, and peaked at 124 MB (serving process + worker)."
     )
     w(
+        "- p99 during polls (issue 9): with the asyncio server the idle p99 at 100k gzip fell to"
+        " about 2 ms (17 ms with http.server threads), so the 2x target leaves a few ms for a"
+        " worker polling back to back on the other core of a shared 2-core machine. Over the"
+        " full runs made for issue 9 the busy/idle ratio at 100k was 1.4x-4.1x for gzip (busy"
+        " p99 3-12 ms) and 1.6x-4.3x for plain (6.3x in one run with TCP_CORK, since removed),"
+        " moving with the other load on the machine; medians are steady, p99 ratios are not."
+    )
+    w(
+        "- The smallest cell (1k series, gzip: an 18.8 KB answer) is where the ratio to nginx"
+        " is least steady: over the last four full runs nginx's median was 0.04-0.11 ms and the"
+        " exporter's 0.11-0.22 ms (2.0x-4.2x); on one loaded machine both are mostly the"
+        " client's and the kernel's time, and which core each process wakes on. The"
+        " exporter's own CPU per answer is the ~0.05-0.1 ms above."
+    )
+    w(
         "- Changes to the exporter made with this benchmark: TCP_NODELAY on scrape connections"
         " (a gzip scrape used to end with a small write that waited for the client's delayed"
         " ACK: about 44 ms at every size); the answer written as one blocking writev instead of"
@@ -758,10 +773,14 @@ def targets(results: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
                     sp >= T_SPEEDUP))  # fmt: skip
         out.append((f"/metrics {enc} at {n}: median < {T_SCRAPE_MS:g} ms",
                     f"{fmt(e['median_ms'])} ms", e["median_ms"] < T_SCRAPE_MS))  # fmt: skip
-        ratio = e["median_ms"] / g["median_ms"]
-        out.append((f"/metrics {enc} at {n}: median within {T_NGINX_RATIO:g}x nginx's",
-                    f"{ratio:.2f}x ({fmt(e['median_ms'])} vs {fmt(g['median_ms'])} ms)",
-                    ratio <= T_NGINX_RATIO))  # fmt: skip
+    # issue 9: within 3x of nginx at every size, plain and gzip (median of all rounds' scrapes)
+    for r in results:
+        for enc in ("plain", "gzip"):
+            e, g = r["exporter"][enc], r["nginx"][enc]
+            ratio = e["median_ms"] / g["median_ms"]
+            out.append((f"/metrics {enc} at {r['size']}: median within {T_NGINX_RATIO:g}x nginx's",
+                        f"{ratio:.2f}x ({e['median_ms']:.3f} vs {g['median_ms']:.3f} ms)",
+                        ratio <= T_NGINX_RATIO))  # fmt: skip
     p = big["poll"]
     out.append((f"poll cycle of {n} rows: wall < {T_POLL_WALL:g} s (median; worst)",
                 f"{p['wall']:.3f} s; {p['max_wall']:.3f} s", p["wall"] < T_POLL_WALL))  # fmt: skip

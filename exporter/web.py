@@ -253,7 +253,11 @@ class _Conn(asyncio.Protocol):
                 return
             if isinstance(event, h11.Request):
                 self.request = event
-                if self.fed - len(self.parser.trailing_data[0]) > MAX_HEAD_BYTES:  # came whole
+                fed = self.fed  # a head that came whole in one read: h11 took it all
+                if (
+                    fed > MAX_HEAD_BYTES
+                    and fed - len(self.parser.trailing_data[0]) > MAX_HEAD_BYTES
+                ):
                     self._fail(431)
                     return
             elif isinstance(event, h11.Data):

@@ -42,7 +42,7 @@ from . import __version__
 from .config import AppConfig, Config, ConfigError, load_config
 from .logs import setup_logging
 from .metrics import escape_label, usage_families
-from .poller import fold_with_limits
+from .poller import client_for, fold_with_limits
 from .scaleengine import ApiError, ScaleEngineClient, UsageResult
 
 log = logging.getLogger("exporter.backfill")
@@ -387,21 +387,6 @@ class Progress:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def make_client(config: Config) -> ScaleEngineClient:
-    """A client set up exactly as the daemon's poller sets up its own."""
-    se = config.scaleengine
-    return ScaleEngineClient(
-        api_url=se.api_url,
-        cdn_id=se.cdn_id,
-        api_key=se.api_key.get_secret_value(),
-        api_secret=se.api_secret.get_secret_value(),
-        timeout=se.timeout,
-        page_size=config.poll.page_size,
-        max_pages=config.poll.max_pages,
-        retries=config.poll.retries,
-    )
-
-
 @dataclass
 class Failure:
     app: str
@@ -454,7 +439,7 @@ def run(
         missing = todo[app.name]
         if not missing:
             return
-        with make_client(config) as client:
+        with client_for(config) as client:
             for i, day in enumerate(missing):
                 if stop.is_set():
                     return

@@ -127,6 +127,28 @@ def fold_videos(
     return tuple(kept)
 
 
+def client_for(
+    config: Config,
+    clock: Clock = time.time,
+    on_request: Callable[[str], None] | None = None,
+) -> ScaleEngineClient:
+    """The API client as the config sets it up (the daemon's polls and backfill alike)."""
+    se = config.scaleengine
+    return ScaleEngineClient(
+        api_url=se.api_url,
+        cdn_id=se.cdn_id,
+        api_key=se.api_key.get_secret_value(),
+        api_secret=se.api_secret.get_secret_value(),
+        timeout=se.timeout,
+        page_size=config.poll.page_size,
+        max_pages=config.poll.max_pages,
+        retries=config.poll.retries,
+        max_response_bytes=se.max_response_bytes,
+        clock=clock,
+        on_request=on_request,
+    )
+
+
 def fold_with_limits(
     videos: dict[str, tuple[int, int]], limits: LimitsConfig
 ) -> tuple[tuple[str, int, int], ...]:
@@ -217,17 +239,8 @@ class Poller:
 
     # -- set-up -----------------------------------------------------------------------------
     def _default_client(self, app: str) -> ScaleEngineClient:
-        se = self.config.scaleengine
-        return ScaleEngineClient(
-            api_url=se.api_url,
-            cdn_id=se.cdn_id,
-            api_key=se.api_key.get_secret_value(),
-            api_secret=se.api_secret.get_secret_value(),
-            timeout=se.timeout,
-            page_size=self.config.poll.page_size,
-            max_pages=self.config.poll.max_pages,
-            retries=self.config.poll.retries,
-            max_response_bytes=se.max_response_bytes,
+        return client_for(
+            self.config,
             clock=self.clock,
             on_request=lambda outcome: self.store.count_request(app, outcome),
         )

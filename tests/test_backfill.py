@@ -585,3 +585,21 @@ def test_folds_like_the_daemon_label_cap_included(sim):
     assert "short.mp4" in labels and long_url not in labels
     assert all(len(label.encode()) <= 64 for label in labels)
     assert usage.videos == fold_videos(result.videos, 10, max_label_length=64)
+
+
+def test_answer_size_cap_applies_as_in_the_daemon(tmp_path):
+    """scaleengine.max_response_bytes bounds backfill's answers as it bounds the daemon's: an
+    app whose answers are over the cap fails with too_large, the other app is written."""
+    first = previous_month(this_month_start())
+    with Simulator(apps={"big": 40, "small": 2}, tz=TZ) as big_sim:
+        big_sim.start()
+        data = config_data(big_sim)
+        data["scaleengine"]["max_response_bytes"] = "1KiB"  # "big"'s day: about 4 kB
+        err = io.StringIO()
+        out = tmp_path / "h.om"
+        config = parse_config(data, env={})
+        code = backfill.run(config, first, first + timedelta(days=1), str(out), stderr=err)
+    assert code == 1
+    assert f"app big day {first.isoformat()}" in err.getvalue()
+    assert "too_large" in err.getvalue()
+    assert {k[1][0][1] for k in parse(out.read_text())} == {"small"}

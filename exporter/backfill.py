@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -485,12 +486,19 @@ def run(
     workers = max(1, min(config.poll.concurrency, len(config.apps)))
     interrupted = False
     last_checkpoint = time.monotonic()
+    # Ctrl-C only sets an event: a KeyboardInterrupt raised inside concurrent.futures.wait()
+    # can leave a future's lock taken, and pool.shutdown() then waits forever
+    sigint = threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGINT, lambda *_: sigint.set()) if in_main else None
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill")
     submitted = {app.name: pool.submit(backfill_app, app) for app in config.apps}
     futures: set[Future[None]] = set(submitted.values())
     try:
         while futures:
-            _, futures = wait(futures, timeout=1.0, return_when=FIRST_COMPLETED)
+            _, futures = wait(futures, timeout=0.25, return_when=FIRST_COMPLETED)
+            if sigint.is_set():
+                raise KeyboardInterrupt
             if (
                 output != "-"
                 and dirty
@@ -506,6 +514,9 @@ def run(
         interrupted = True
         stop.set()
         progress.message("interrupted: writing the days read so far")
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, old_handler if old_handler is not None else signal.SIG_DFL)
     pool.shutdown(wait=True, cancel_futures=True)
     progress.close()
     crashed = {

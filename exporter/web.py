@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 HEAD_TIMEOUT = 5.0  # a whole request head (and body), or a TLS handshake, from its first byte
 IDLE_TIMEOUT = 60.0  # a keep-alive connection with no request under way
 SEND_TIMEOUT = 30.0  # an answer the client does not read
+PIPELINE_BATCH = 4  # pipelined requests answered in a row before other connections' turn
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 FD_RESERVE = 128  # descriptors kept for the process itself (stored files, logs, the worker)
@@ -150,7 +151,9 @@ class _Conn(asyncio.Protocol):
     def __init__(self, server: ExporterHTTPServer) -> None:
         self.server = server
         self.transport: Any = None
-        self.deadline = time.monotonic() + IDLE_TIMEOUT
+        # a new connection owes its first request head within HEAD_TIMEOUT; only a kept-alive
+        # connection that has been answered may then wait IDLE_TIMEOUT for the next one
+        self.deadline = time.monotonic() + HEAD_TIMEOUT
         self.task: asyncio.Task[None] | None = None
         self.lingering: int | None = None  # bytes dropped after an error answer
         self._drained: asyncio.Future[None] | None = None
@@ -240,9 +243,19 @@ class _Conn(asyncio.Protocol):
 
     # -- requests -----------------------------------------------------------------------------
     def _process(self) -> None:
-        """Parse and answer what has arrived, request after request."""
+        """Parse and answer what has arrived, request after request.
+
+        At most PIPELINE_BATCH pipelined requests are answered before the loop serves other
+        connections, and none while this client is not reading its answers: a client
+        pipelining thousands of cheap requests can neither hold the loop nor fill memory.
+        """
         server = self.server
+        answered = 0
         while not self.transport.is_closing():
+            if answered and (answered >= PIPELINE_BATCH or self._drained is not None):
+                self.transport.pause_reading()
+                self.task = server.loop.create_task(self._finish(self._pause()))
+                return
             try:
                 event = self.parser.next_event()
             except h11.RemoteProtocolError as err:
@@ -253,6 +266,14 @@ class _Conn(asyncio.Protocol):
                 return
             if isinstance(event, h11.Request):
                 self.request = event
+                names = {name for name, _ in event.headers}
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    # framed two ways: a proxy in front may frame it the other way (RFC 9112
+                    # 6.1: reject or close); refuse it and close
+                    self._fail(400)
+                    return
+                if self.parser.they_are_waiting_for_100_continue:
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 fed = self.fed  # a head that came whole in one read: h11 took it all
                 if (
                     fed > MAX_HEAD_BYTES
@@ -271,6 +292,7 @@ class _Conn(asyncio.Protocol):
                 self._reset(self.parser.trailing_data[0])
                 self.deadline = time.monotonic() + SEND_TIMEOUT
                 outcome = server.respond(self, request)
+                answered += 1
                 if not isinstance(outcome, bool):
                     self.transport.pause_reading()
                     self.task = server.loop.create_task(self._finish(outcome))
@@ -283,6 +305,12 @@ class _Conn(asyncio.Protocol):
             else:  # ConnectionClosed, or PAUSED after a half-close
                 self.transport.close()
                 return
+
+    async def _pause(self) -> bool:
+        """Let other connections run, and wait until this client reads what it was sent."""
+        await asyncio.sleep(0)
+        await self.drain()
+        return True
 
     async def _finish(self, outcome: Coroutine[Any, Any, bool]) -> None:
         try:

@@ -453,3 +453,65 @@ def test_worker_memory_and_cpu_are_visible(tmp_path, sim):
         assert float(lines["scaleengine_worker_cpu_seconds_total"]) > 0
     finally:
         stop_daemon(daemon)
+
+
+def test_pipelining_clients_do_not_hold_the_loop(tmp_path, sim):
+    """6 connections pipelining thousands of cheap requests (reading the answers): each gets
+    only a few answers in a row before other connections' turn, so scrapes stay quick."""
+    daemon = start_daemon(tmp_path, sim)
+    batch = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n" * 2000
+
+    async def pipeline(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            writer.write(batch)
+            await writer.drain()
+            await reader.read(1 << 20)
+
+    try:
+        with Attack(daemon, 6, 30, pipeline) as attack:
+            results = scrape_during(daemon, attack, count=10)
+        ok = [r for r in results if r is not None]
+        print(f"pipelining: {len(ok)}/10 scrapes within 2 s; {attack.connects} connections")
+        assert len(ok) >= 9, f"only {len(ok)} of 10 scrapes answered within 2 s"
+    finally:
+        stop_daemon(daemon)
+
+
+def test_silent_connections_are_cut_at_the_head_deadline(tmp_path, sim):
+    """A connection that never sends a byte owes its first head like any other: it is closed
+    at the head deadline (5 s), not kept for the keep-alive idle time (60 s)."""
+    daemon = start_daemon(tmp_path, sim)
+    try:
+        s = socket.create_connection((daemon.host, daemon.port), timeout=30)
+        started = time.monotonic()
+        try:
+            assert s.recv(4096) == b""  # closed by the server (not by our 30 s timeout)
+        except ConnectionResetError:
+            pass
+        finally:
+            s.close()
+        assert time.monotonic() - started < 20
+    finally:
+        stop_daemon(daemon)
+
+
+def test_expect_100_continue_and_double_framing(tmp_path, sim):
+    daemon = start_daemon(tmp_path, sim)
+    try:
+        with socket.create_connection((daemon.host, daemon.port), timeout=10) as s:
+            s.sendall(
+                b"POST /metrics HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Content-Length: 5\r\n\r\n"
+            )
+            assert s.recv(4096).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+            s.sendall(b"hello")
+            assert b"HTTP/1.1 405 " in s.recv(4096)
+        # Content-Length and Transfer-Encoding together: refused, never answered twice
+        raw = (
+            b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        got = _exchange(daemon, raw)
+        assert got.startswith(b"HTTP/1.1 400 ") and got.count(b"HTTP/1.1 ") == 1, got[:300]
+    finally:
+        stop_daemon(daemon)

@@ -45,6 +45,7 @@ from .logs import setup_logging
 from .metrics import escape_label, usage_families
 from .poller import client_for, fold_with_limits
 from .scaleengine import ApiError, ScaleEngineClient, UsageResult
+from .state import atomic_write
 
 log = logging.getLogger("exporter.backfill")
 
@@ -294,20 +295,7 @@ def write_output(path: str, data: dict[Key, DayUsage], config: Config) -> None:
             out.write(line)
         out.flush()
         return
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".backfill-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.writelines(lines)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, (line.encode() for line in lines), prefix=".backfill-")
 
 
 # -- progress ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import os
 import stat
 import tempfile
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,34 @@ class AppCounters:
                 del self.baselines[day]
 
 
+def atomic_write(path: str, chunks: Iterable[bytes], prefix: str = ".tmp-") -> None:
+    """Replace ``path`` whole or not at all: a temp file beside it (mode 0600), fsync, rename,
+    fsync of the folder. Readers see the old file or the new one, never a part."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=prefix, dir=directory)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.writelines(chunks)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
 class StateFile:
     """Atomic JSON state file (temp file, fsync, rename; mode 0600)."""
 
@@ -136,30 +165,8 @@ class StateFile:
             },
         }
         payload = json.dumps(data, separators=(",", ":")).encode()
-        directory = os.path.dirname(os.path.abspath(self.path))
         with self._lock:
-            fd, tmp = tempfile.mkstemp(prefix=".state-", dir=directory)
-            try:
-                os.fchmod(fd, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(payload)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
-            try:
-                dfd = os.open(directory, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-            except OSError:
-                pass
+            atomic_write(self.path, [payload], prefix=".state-")
 
     def _read(self) -> bytes | None:
         """The file's bytes, or None with one warning: never blocks, never reads past the cap."""

@@ -344,3 +344,14 @@ def test_head_deadline_is_total_not_per_read(stack, monkeypatch):
     finally:
         s.close()
     assert time.monotonic() - started < 10
+
+
+def test_server_runs_on_uvloop(stack):
+    """The event loop is uvloop's (a dependency on Linux): it halves the fixed cost of an
+    answer, which the within-3x-of-nginx target at 1k series depends on (bench/RESULTS.md)."""
+    import uvloop
+
+    _, _, _, start = stack
+    server = start()
+    assert isinstance(server.loop, uvloop.Loop)
+    assert http_get(server.url + "/-/healthy")[0] == 200

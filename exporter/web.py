@@ -50,6 +50,7 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 FD_RESERVE = 128  # descriptors kept for the process itself (stored files, logs, the worker)
 SMALL_FILE = 64 * 1024
+SEND_PIECE = 256 * 1024  # the rest of a stored file that sendfile did not send at once
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
 _SWEEP_INTERVAL = 0.5
@@ -136,21 +137,6 @@ class WebApp:
         # for the landing page (exporter/landing.py): budgets and intervals, the demo banner
         self.config: Any = None
         self.demo = False
-
-
-class _Fd:
-    """What loop.sendfile wants of a file: a descriptor; offsets are passed explicitly."""
-
-    mode = "rb"
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def seek(self, *_: Any) -> None:
-        pass
 
 
 class _Conn(asyncio.Protocol):
@@ -587,7 +573,16 @@ class ExporterHTTPServer:
                 part = (part, 0, part.size)
             if isinstance(part, tuple):
                 stored, offset, size = part
-                await self.loop.sendfile(transport, _Fd(stored.fd), offset, size)  # type: ignore[arg-type]
+                # what the socket did not take by sendfile: in pieces, each once the client
+                # has read the one before (the loop's own sendfile is asyncio's only)
+                end = offset + size
+                while offset < end:
+                    piece = os.pread(stored.fd, min(SEND_PIECE, end - offset), offset)
+                    if not piece:
+                        raise ConnectionResetError("stored file shorter than its size")
+                    transport.write(piece)
+                    offset += len(piece)
+                    await conn.drain()
             else:
                 transport.write(part)
         await conn.drain()

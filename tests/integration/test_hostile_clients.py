@@ -102,9 +102,11 @@ def start_daemon(
     web_config: str | None = None,
     soft_nofile: int | None = None,
     ca: Path | None = None,
+    limits: dict | None = None,
 ) -> Daemon:
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(sim_config(sim, poll={"interval": "2s"})))
+    data = sim_config(sim, poll={"interval": "2s"}, limits=limits or {})
+    config.write_text(yaml.safe_dump(data))
     config.chmod(0o600)
     port = free_port()
     argv = [sys.executable, "-m", "exporter", "--config", str(config)]
@@ -515,3 +517,40 @@ def test_expect_100_continue_and_double_framing(tmp_path, sim):
         assert got.startswith(b"HTTP/1.1 400 ") and got.count(b"HTTP/1.1 ") == 1, got[:300]
     finally:
         stop_daemon(daemon)
+
+
+def test_a_big_body_to_a_slow_reader_arrives_whole(tmp_path):
+    """A stored body of megabytes (sent from the worker's file) to a client that reads slowly
+    through a small receive buffer: what sendfile cannot send at once follows, to the byte."""
+    rows = [(f"https://cdn.example/video-{i:05d}.mp4", 10**6 + i, i % 7) for i in range(80000)]
+    with Simulator(apps={"big": 1}, static_rows={"big": rows}) as big:
+        big.start()
+        daemon = start_daemon(tmp_path, big, limits={"max_videos_per_app": 80000})
+        try:
+            deadline = time.monotonic() + 60
+            while b"video-79999" not in daemon.get(timeout=10)[1]:  # the first poll's series
+                assert time.monotonic() < deadline, "the big app's series never came"
+                time.sleep(0.2)
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            s.settimeout(20)
+            s.connect((daemon.host, daemon.port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            raw = bytearray()
+            for i in range(100_000):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
+                if i < 50:
+                    time.sleep(0.01)  # slow at first: the socket's buffers fill up
+            s.close()
+            head, _, body = bytes(raw).partition(b"\r\n\r\n")
+            length = int(next(
+                line.split(b":")[1] for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            ))  # fmt: skip
+            assert length > 2_000_000 and len(body) == length
+            assert body.count(b'scaleengine_vse_day_bytes{app="big"') == 80000
+        finally:
+            stop_daemon(daemon)

@@ -736,7 +736,11 @@ def report(
         " is least steady: over the last four full runs nginx's median was 0.04-0.11 ms and the"
         " exporter's 0.11-0.22 ms (2.0x-4.2x); on one loaded machine both are mostly the"
         " client's and the kernel's time, and which core each process wakes on. The"
-        " exporter's own CPU per answer is the ~0.05-0.1 ms above."
+        " exporter's own CPU per answer is the ~0.05-0.1 ms above. Those four runs used"
+        " asyncio's own event loop, and the last of them, on a quiet machine, still missed at"
+        " 3.22x (0.19 vs 0.06 ms); on uvloop's loop the floor halved (a quick 1k run: gzip"
+        " 0.107 ms on uvloop against 0.207 ms on asyncio's loop, plain 0.166 vs 0.234 ms),"
+        " and the full run above has every cell within 3x."
     )
     w(
         "- Changes to the exporter made with this benchmark: TCP_NODELAY on scrape connections"

@@ -470,7 +470,7 @@ def test_pipelining_clients_do_not_hold_the_loop(tmp_path, sim):
             await reader.read(1 << 20)
 
     try:
-        with Attack(daemon, 6, 30, pipeline) as attack:
+        with Attack(daemon, 6, 16, pipeline) as attack:
             results = scrape_during(daemon, attack, count=10)
         ok = [r for r in results if r is not None]
         print(f"pipelining: {len(ok)}/10 scrapes within 2 s; {attack.connects} connections")

@@ -281,9 +281,7 @@ class WebConfig:
         known = stored is not None
         if stored is None:
             stored = self._dummy  # the same bcrypt time for unknown users; never matches
-        digest = hashlib.sha256(
-            b"\0".join((user.encode("utf-8"), password.encode("utf-8"), stored))
-        ).digest()
+        digest = _digest(user, password, stored)
         if known and self._cached(user, digest):
             return True
         with self._lock:
@@ -319,17 +317,18 @@ class WebConfig:
             return False
         user, password = creds
         stored = self._users.get(user)
-        if stored is None:
-            return False
-        digest = hashlib.sha256(
-            b"\0".join((user.encode("utf-8"), password.encode("utf-8"), stored))
-        ).digest()
-        return self._cached(user, digest)
+        return stored is not None and self._cached(user, _digest(user, password, stored))
 
     def _cached(self, user: str, digest: bytes) -> bool:
         with self._lock:
             cached = self._cache.get(user)
         return cached is not None and hmac.compare_digest(cached, digest)
+
+
+def _digest(user: str, password: str, stored: bytes) -> bytes:
+    """The cache key of a login: a sha256 of user, password and the stored hash."""
+    key = b"\0".join((user.encode("utf-8"), password.encode("utf-8"), stored))
+    return hashlib.sha256(key).digest()
 
 
 def _parse_basic(header: str | None) -> tuple[str, str] | None:

@@ -276,3 +276,38 @@ def php_verify_simulator(sim) -> int:
     bodies = [e["body"] for e in list(sim.request_log) if "body" in e]
     assert bodies, "the simulator recorded no request body (set sim.record_bodies = True)"
     return php_verify_requests(bodies, sim.api_secret)
+
+
+def start_prometheus(
+    config_path: Path, data: Path, cwd: Path, retention: str
+) -> tuple[str, subprocess.Popen, Path]:
+    """Debian's prometheus on a free loopback port: (its URL, the process, its log file).
+    The caller waits for /-/ready and stops it with stop_process."""
+    binary = need_binary("prometheus")
+    address = f"127.0.0.1:{free_port()}"
+    log = cwd / "prometheus.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={data}",
+                f"--web.listen-address={address}",
+                f"--storage.tsdb.retention.time={retention}",
+            ],
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return f"http://{address}", proc, log
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate, then kill after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import free_port, need_binary
+from helpers import free_port, start_prometheus, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "prometheus" / "alerts.yml"
@@ -69,16 +69,6 @@ def _tail(log: Path | None, lines: int = 30) -> str:
     if log is None or not log.exists():
         return ""
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @dataclass
@@ -161,7 +151,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
         wait_for("the exporter's first successful polls", polled, 30, proc, log)
         yield exp
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +159,6 @@ def prometheus(
     exporter: Exporter, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Prometheus]:
     """Debian's prometheus scraping the exporter every second with alerts.yml loaded."""
-    binary = need_binary("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus")
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
@@ -178,22 +167,8 @@ def prometheus(
     }
     config_path = tmp / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
-    address = f"127.0.0.1:{free_port()}"
-    log = tmp / "prometheus.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_path}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address={address}",
-                "--storage.tsdb.retention.time=1h",
-            ],
-            cwd=tmp,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    prom = Prometheus(url=f"http://{address}", proc=proc, log=log)
+    url, proc, log = start_prometheus(config_path, tmp / "data", tmp, "1h")
+    prom = Prometheus(url=url, proc=proc, log=log)
     try:
         wait_for(
             "Prometheus /-/ready", lambda: http_get(prom.url + "/-/ready")[0] == 200, 60, proc, log
@@ -209,4 +184,4 @@ def prometheus(
         wait_for("four scrapes of the exporter", scraped, 60, proc, log)
         yield prom
     finally:
-        _stop(proc)
+        stop_process(proc)

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import ROOT, free_port, need_binary, sim_config
+from helpers import ROOT, need_binary, sim_config, start_prometheus, stop_process
 
 from exporter.backfill import plan_days
 from exporter.poller import fold_videos
@@ -137,10 +137,21 @@ def _wait(what: str, check, timeout: float, proc: subprocess.Popen, log: Path) -
     pytest.fail(f"timed out waiting for {what}\n{log.read_text()[-3000:]}")
 
 
+def create_blocks(promtool: str, openmetrics: Path, data: Path) -> None:
+    """promtool tsdb create-blocks-from openmetrics: FILE's samples as blocks in DATA."""
+    run = subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(openmetrics), str(data)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, f"promtool refused {openmetrics.name}:\n{run.stderr}"
+
+
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
     promtool = need_binary("promtool")
-    prometheus = need_binary("prometheus")
+    need_binary("prometheus")  # missing: fail before the slow steps
     tmp = tmp_path_factory.mktemp("history")
     today = datetime.now(UTC).date()
     this_month = today.replace(day=1)
@@ -174,42 +185,15 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         )
         assert backfill.returncode == 0, backfill.stderr
         data = tmp / "data"
-        blocks = subprocess.run(
-            [promtool, "tsdb", "create-blocks-from", "openmetrics", str(out), str(data)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert blocks.returncode == 0, f"promtool refused the file:\n{blocks.stderr}"
+        create_blocks(promtool, out, data)
         assert list(data.iterdir()), "promtool wrote no block"
         live = tmp / "live.om"
         live_days = [d for d in plan_days(start, end) if d >= previous]
         live.write_text(live_like(sim, "live-b", live_days))
-        blocks = subprocess.run(
-            [promtool, "tsdb", "create-blocks-from", "openmetrics", str(live), str(data)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert blocks.returncode == 0, f"promtool refused the live-like file:\n{blocks.stderr}"
+        create_blocks(promtool, live, data)
         (tmp / "prometheus.yml").write_text("global: {}\n")
-        address = f"127.0.0.1:{free_port()}"
-        log = tmp / "prometheus.log"
-        with log.open("wb") as f:
-            proc = subprocess.Popen(
-                [
-                    prometheus,
-                    f"--config.file={tmp / 'prometheus.yml'}",
-                    f"--storage.tsdb.path={data}",
-                    f"--web.listen-address={address}",
-                    # time retention counts back from the newest block: keep the history
-                    "--storage.tsdb.retention.time=10y",
-                ],
-                cwd=tmp,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-            )
-        url = f"http://{address}"
+        # time retention counts back from the newest block: keep the history
+        url, proc, log = start_prometheus(tmp / "prometheus.yml", data, tmp, "10y")
 
         def ready() -> bool:
             with urllib.request.urlopen(url + "/-/ready", timeout=5) as resp:
@@ -218,13 +202,8 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         _wait("Prometheus /-/ready", ready, 120, proc, log)
         yield History(sim, start, end, plan_days(start, end), url, backfill)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        if proc is not None:
+            stop_process(proc)
         sim.stop()
 
 

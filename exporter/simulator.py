@@ -264,6 +264,8 @@ class Simulator:
         self._day_faults: dict[tuple[str, date], str] = {}  # (app, day) -> mode (backfill)
         self._videos: dict[str, list[str]] = {}
         self._totals: dict[tuple[str, date], list[tuple[str, int, int, int]]] = {}
+        # traffic added on demand by tests (add_traffic): (app, day) -> video -> [bytes, reqs]
+        self._extra: dict[tuple[str, date], dict[str, list[int]]] = {}
         self._page_cache: dict[tuple[Any, ...], bytes] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -466,21 +468,46 @@ class Simulator:
         t = self.clock.now() if at is None else at
         return datetime.fromtimestamp(t, self.tz).date()
 
+    def add_traffic(
+        self, app: str, nbytes: int, requests: int = 0, video: str | None = None
+    ) -> None:
+        """Deliver ``nbytes`` and ``requests`` more today (the clock's day) for one video of
+        ``app`` (its first by default), reported at once and part of the truth.
+
+        The diurnal curve makes traffic grow slowly at some hours (the trough is at 08:00):
+        tests that need growth add it on demand instead of waiting on the time of day."""
+        name = video if video is not None else self.videos(app)[0]
+        key = (app, self.today())
+        with self._lock:
+            acc = self._extra.setdefault(key, {}).setdefault(name, [0, 0])
+            acc[0] += int(nbytes)
+            acc[1] += int(requests)
+
     def _video_values(
         self, app: str, day: date, at: float
     ) -> Iterator[tuple[str, int, int, int, int]]:
         """(video, bytes, requests, split, full-day bytes) reported at ``at`` for one day."""
         f = self._fraction(day, at)
+        with self._lock:
+            extra = {k: tuple(v) for k, v in self._extra.get((app, day), {}).items()}
         for name, b, r, split in self._day_totals(app, day):
+            eb, er = extra.pop(name, (0, 0))
             if f >= 1.0:
-                yield name, b, r, split, b
+                yield name, b + eb, r + er, split, b + eb
             else:
-                yield name, math.floor(b * f), math.floor(r * f), split, b
+                yield name, math.floor(b * f) + eb, math.floor(r * f) + er, split, b + eb
+        for name, (eb, er) in extra.items():  # a video otherwise unused that day
+            yield name, eb, er, 0, eb
 
     def delivered(self, app: str, day: date) -> tuple[int, int]:
         """Full-day truth: (bytes, requests) summed over all videos of ``app`` on ``day``."""
         rows = self._day_totals(app, day)
-        return sum(r[1] for r in rows), sum(r[2] for r in rows)
+        with self._lock:
+            extra = list(self._extra.get((app, day), {}).values())
+        return (
+            sum(r[1] for r in rows) + sum(e[0] for e in extra),
+            sum(r[2] for r in rows) + sum(e[1] for e in extra),
+        )
 
     def reported(self, app: str, day: date, at: float | None = None) -> tuple[int, int]:
         """What the API reports for (app, day) at time ``at`` (default: the clock's now)."""

@@ -247,6 +247,34 @@ def test_values_grow_during_the_day_and_end_at_delivered():
     assert 0 < half[0] < sim.delivered("demo-origin", day)[0]
 
 
+def test_add_traffic_grows_today_at_once_and_is_part_of_the_truth():
+    # 08:00 UTC, the trough of the diurnal curve: the curve alone grows slowly here
+    clock = SimClock(datetime(2025, 3, 10, 8, tzinfo=UTC).timestamp())
+    sim = Simulator(clock=clock)
+    day = date(2025, 3, 10)
+    first = sim.videos("demo-origin")[0]
+    reported, delivered = sim.reported("demo-origin", day), sim.delivered("demo-origin", day)
+    per_video = sim.reported_videos("demo-origin", 2025, 3, 10)[first]
+    sim.add_traffic("demo-origin", 1_234_567, 89)
+    sim.add_traffic("demo-origin", 1, 1)
+    sim.add_traffic("demo-origin", 500, 2, video="sestore/demo-origin/new-upload.mp4")
+    assert sim.reported("demo-origin", day) == (reported[0] + 1_235_068, reported[1] + 92)
+    assert sim.delivered("demo-origin", day) == (delivered[0] + 1_235_068, delivered[1] + 92)
+    videos = sim.reported_videos("demo-origin", 2025, 3, 10)
+    assert videos[first] == (per_video[0] + 1_234_568, per_video[1] + 90)
+    assert videos["sestore/demo-origin/new-upload.mp4"] == (500, 2)
+    # the month to date includes it; other days and apps do not
+    month = sim.reported_videos("demo-origin", 2025, 3, None)
+    assert month["sestore/demo-origin/new-upload.mp4"] == (500, 2)
+    assert sim.reported("demo-origin", date(2025, 3, 9)) == sim.delivered(
+        "demo-origin", date(2025, 3, 9)
+    )
+    assert "sestore/demo-origin/new-upload.mp4" not in sim.reported_videos(
+        "demo-origin", 2025, 3, 9
+    )
+    assert sim.reported("live-events", day)[0] < sim.delivered("live-events", day)[0]
+
+
 def test_deterministic_and_varies_by_day_and_seed():
     a, b, c = Simulator(seed=1), Simulator(seed=1), Simulator(seed=2)
     d1, d2 = date(2025, 1, 1), date(2025, 1, 2)

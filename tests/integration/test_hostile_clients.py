@@ -26,7 +26,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import yaml
-from helpers import ROOT, free_port, make_pki, sim_config
+from helpers import ROOT, free_port, make_pki, sim_config, wait_for
 
 from exporter.simulator import Simulator
 
@@ -444,15 +444,21 @@ def test_worker_memory_and_cpu_are_visible(tmp_path, sim):
     daemon = start_daemon(tmp_path, sim)
     try:
         worker = daemon.pids()[1]
-        _, body = daemon.get(timeout=10)
-        lines = dict(
-            line.rsplit(" ", 1)
-            for line in body.decode().splitlines()
-            if line.startswith("scaleengine_worker_")
-        )
+
+        def worker_lines() -> dict[str, str] | None:
+            _, body = daemon.get(timeout=10)
+            lines = dict(
+                line.rsplit(" ", 1)
+                for line in body.decode().splitlines()
+                if line.startswith("scaleengine_worker_")
+            )
+            # the live part is rendered at most once a second: the first may predate the
+            # worker's first clock tick of CPU on a loaded machine
+            return lines if float(lines["scaleengine_worker_cpu_seconds_total"]) > 0 else None
+
+        lines = wait_for(worker_lines, 10, "the worker's CPU time above 0")
         rss = float(lines["scaleengine_worker_resident_memory_bytes"])
         assert abs(rss / 1024 - _status_kb(worker, "VmRSS")) < 20 * 1024  # within 20 MB
-        assert float(lines["scaleengine_worker_cpu_seconds_total"]) > 0
     finally:
         stop_daemon(daemon)
 

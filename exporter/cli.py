@@ -13,7 +13,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
-from .config import Config, ConfigError, load_config, load_yaml_file, parse_config
+from .autoreload import ConfigWatcher
+from .config import (
+    Config,
+    ConfigError,
+    load_config,
+    load_yaml_file,
+    parse_config,
+    parse_duration,
+)
 from .logs import setup_logging
 from .metrics import Exposition
 from .reload import Reloader
@@ -73,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="enable_lifecycle",
         action="store_true",
         help="enable POST /-/reload (reload the config, as SIGHUP does)",
+    )
+    p.add_argument(
+        "--config.auto-reload-interval",
+        dest="auto_reload_interval",
+        metavar="DURATION",
+        help="re-read the config file when its content changes, checked this often, and "
+        "apply it as SIGHUP does (e.g. 30s; 0 or absent: off). Sees Kubernetes ConfigMap "
+        "updates, which swap a symlink",
     )
     p.add_argument(
         "--log.level",
@@ -191,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args,
             )
 
+        auto_reload = _auto_reload_interval(args.auto_reload_interval)
         config = load()
         if config.state.path:
             problem = check_state_path(config.state.path)
@@ -242,7 +259,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         load=load,
         lifecycle=args.enable_lifecycle,
         formatter=formatter,
+        auto_reload=auto_reload,
+        config_path=args.config or (None if simulator is not None else DEFAULT_CONFIG),
     )
+
+
+def _auto_reload_interval(value: str | None) -> float:
+    """--config.auto-reload-interval in seconds; 0 when off."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = parse_duration(value)
+    except ValueError as err:
+        raise ConfigError(f"--config.auto-reload-interval: {err}") from None
+    if seconds != 0 and seconds < 1:
+        raise ConfigError("--config.auto-reload-interval: at least 1s (or 0: off)")
+    return seconds
+
+
+def _watched_files(config_path: str, config: Config) -> list[str]:
+    """The config file and the secret files it names (a rotated Secret counts too)."""
+    se = config.scaleengine
+    return [config_path, *filter(None, [se.api_key_file, se.api_secret_file])]
 
 
 def _with_flags(config: Config, args: argparse.Namespace) -> Config:
@@ -291,6 +329,8 @@ def serve_forever(
     load: Callable[[], Config] | None = None,
     lifecycle: bool = False,
     formatter: Any = None,
+    auto_reload: float = 0.0,
+    config_path: str | None = None,
 ) -> int:
     """The daemon: HTTP here, polling and rendering in the poll worker process."""
     # handlers first: a SIGTERM or SIGINT as soon as the port answers must stop us cleanly,
@@ -357,6 +397,11 @@ def serve_forever(
             threading.Thread(target=reloader, name="reload", daemon=True).start()
 
     signal.signal(signal.SIGHUP, on_hangup)
+    if reloader is not None and auto_reload > 0 and config_path is not None:
+        watched = reloader  # reloader.config is the running config after each reload
+        ConfigWatcher(
+            lambda: _watched_files(config_path, watched.config), auto_reload, reloader
+        ).start()
     threading.Thread(
         target=lambda: (worker.exited.wait(), stop.set()), name="watch", daemon=True
     ).start()

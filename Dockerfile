@@ -13,7 +13,7 @@
 # --- build: the exporter's wheel and the wheels of its dependencies ---------------
 FROM python:3.12-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter/ exporter/
 RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
 

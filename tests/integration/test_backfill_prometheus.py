@@ -137,10 +137,18 @@ def _wait(what: str, check, timeout: float, proc: subprocess.Popen, log: Path) -
     pytest.fail(f"timed out waiting for {what}\n{log.read_text()[-3000:]}")
 
 
-def create_blocks(promtool: str, openmetrics: Path, data: Path) -> None:
+def create_blocks(promtool: str, openmetrics: Path, data: Path, *flags: str) -> None:
     """promtool tsdb create-blocks-from openmetrics: FILE's samples as blocks in DATA."""
     run = subprocess.run(
-        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(openmetrics), str(data)],
+        [
+            promtool,
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            *flags,
+            str(openmetrics),
+            str(data),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -185,8 +193,11 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
         )
         assert backfill.returncode == 0, backfill.stderr
         data = tmp / "data"
-        create_blocks(promtool, out, data)
-        assert list(data.iterdir()), "promtool wrote no block"
+        # as the README says: 31-day blocks, not one block per day
+        create_blocks(promtool, out, data, "--max-block-duration=744h")
+        blocks = list(data.iterdir())
+        days = (end - before).days + 1  # reading starts on the 1st of --from's month
+        assert 0 < len(blocks) <= days // 31 + 2 < days, f"{len(blocks)} blocks for {days} days"
         live = tmp / "live.om"
         live_days = [d for d in plan_days(start, end) if d >= previous]
         live.write_text(live_like(sim, "live-b", live_days))

@@ -80,7 +80,7 @@ def test_wheel_builds_without_setuptools_deprecation_warnings(tmp_path):
 
     src = tmp_path / "src"  # a copy: an in-tree build would leave build/ in the checkout
     shutil.copytree(ROOT / "exporter", src / "exporter", ignore=shutil.ignore_patterns("__py*"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, src / name)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "-v", "-w", str(tmp_path)],
@@ -96,3 +96,5 @@ def test_wheel_builds_without_setuptools_deprecation_warnings(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
         assert "License-Expression: Apache-2.0" in z.read(meta).decode()
+        licence = next(n for n in z.namelist() if n.endswith(".dist-info/licenses/LICENSE"))
+        assert b"Apache License" in z.read(licence)

@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import bcrypt
@@ -279,12 +280,16 @@ def test_concurrent_scrapers_while_polls_swap_snapshots(stack):
 
 
 def _post(url: str) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=b"", method="POST")
+    """A POST without a body or a content type, as ``curl -X POST`` sends it (urllib would
+    send a form's content type, which a reload refuses as cross-site)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+        conn.request("POST", parts.path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def test_reload_endpoint_only_when_enabled(stack):

@@ -554,3 +554,90 @@ def test_a_big_body_to_a_slow_reader_arrives_whole(tmp_path):
             assert body.count(b'scaleengine_vse_day_bytes{app="big"') == 80000
         finally:
             stop_daemon(daemon)
+
+
+def _rss_mb(pid: int) -> float:
+    return _status_kb(pid, "VmRSS") / 1024
+
+
+@pytest.fixture
+def big_sim() -> Iterator[Simulator]:
+    """One app of 70,000 videos: an exposition of about 12 MB."""
+    rows = [(f"https://cdn.example/video-{i:05d}.mp4", 10**6 + i, i % 7) for i in range(70000)]
+    with Simulator(apps={"big": 1}, static_rows={"big": rows}) as s:
+        s.start()
+        yield s
+
+
+def _tls_web(tmp_path: Path) -> tuple[str, dict[str, Path]]:
+    pki = make_pki(tmp_path)
+    web = (
+        f"tls_server_config:\n  cert_file: {pki['server_cert']}\n  key_file: {pki['server_key']}\n"
+    )
+    return web, pki
+
+
+def _wait_for_big(daemon: Daemon) -> int:
+    """Wait for the big app's series; the exposition's size."""
+    deadline = time.monotonic() + 60
+    while True:
+        body = daemon.get(timeout=20)[1]
+        if b"video-69999" in body:
+            return len(body)
+        assert time.monotonic() < deadline, "the big app's series never came"
+        time.sleep(0.2)
+
+
+def _non_reader(daemon: Daemon, path: str = "/metrics") -> ssl.SSLSocket:
+    """A TLS client that finishes the handshake, asks for ``path`` and never reads."""
+    assert daemon.tls is not None
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the kernel takes little of it
+    raw.settimeout(10)
+    raw.connect((daemon.host, daemon.port))
+    s = daemon.tls.wrap_socket(raw, server_hostname="localhost")
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    return s
+
+
+def test_tls_clients_that_never_read_hold_little_memory(tmp_path, big_sim, raised_nofile):
+    """100 TLS clients ask for a 12 MB exposition and never read: the serving process sends
+    it in pieces as the client reads, so it holds a few pieces per client, not the answer;
+    scrapes go on; after they close, the memory goes back to the OS."""
+    web, pki = _tls_web(tmp_path)
+    daemon = start_daemon(
+        tmp_path, big_sim, web, ca=pki["ca"], limits={"max_videos_per_app": 70000}
+    )
+    clients: list[ssl.SSLSocket] = []
+    try:
+        size = _wait_for_big(daemon)
+        assert size > 11_000_000, size
+        before = _rss_mb(daemon.proc.pid)
+        for _ in range(100):
+            clients.append(_non_reader(daemon))
+        peak = 0.0
+        scraped = []
+        for _ in range(6):
+            time.sleep(0.5)
+            peak = max(peak, _rss_mb(daemon.proc.pid))
+            status, body = daemon.get(timeout=20)
+            scraped.append((status, len(body) > 11_000_000))
+        peak = max(peak, _rss_mb(daemon.proc.pid))
+        for s in clients:
+            s.close()
+        clients.clear()
+        time.sleep(3)  # the server sees them go; the sweep gives the memory back
+        after = _rss_mb(daemon.proc.pid)
+        print(
+            f"TLS non-readers: exposition {size / 1e6:.1f} MB; serving process RSS "
+            f"{before:.0f} MB before, {peak:.0f} MB peak with 100 of them, {after:.0f} MB after"
+        )
+        assert scraped == [(200, True)] * 6
+        assert peak < 300, f"the serving process reached {peak:.0f} MB"
+        # what they used is handed back (malloc_trim): without it RSS stays at its peak
+        assert peak - after >= 5, f"{after:.0f} MB after they closed, {peak:.0f} MB at peak"
+        assert after < before + 40, f"{after:.0f} MB after they closed ({before:.0f} before)"
+    finally:
+        for s in clients:
+            s.close()
+        stop_daemon(daemon)

@@ -103,6 +103,8 @@ def start_daemon(
     soft_nofile: int | None = None,
     ca: Path | None = None,
     limits: dict | None = None,
+    hard_nofile: int | None = None,
+    args: tuple[str, ...] = (),
 ) -> Daemon:
     config = tmp_path / "config.yaml"
     data = sim_config(sim, poll={"interval": "2s"}, limits=limits or {})
@@ -110,7 +112,7 @@ def start_daemon(
     config.chmod(0o600)
     port = free_port()
     argv = [sys.executable, "-m", "exporter", "--config", str(config)]
-    argv += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warning"]
+    argv += ["--web.listen-address", f"127.0.0.1:{port}", "--log.level", "warning", *args]
     tls = None
     if web_config is not None:
         (tmp_path / "web.yml").write_text(web_config)
@@ -121,6 +123,8 @@ def start_daemon(
         if soft_nofile is not None:
             hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft_nofile, hard))
+        if hard_nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard_nofile, hard_nofile))
 
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -639,5 +643,51 @@ def test_tls_clients_that_never_read_hold_little_memory(tmp_path, big_sim, raise
         assert after < before + 40, f"{after:.0f} MB after they closed ({before:.0f} before)"
     finally:
         for s in clients:
+            s.close()
+        stop_daemon(daemon)
+
+
+def _idle_keepalive(daemon: Daemon) -> socket.socket:
+    """A connection that asks for /-/healthy, reads the answer and stays open, idle."""
+    s = socket.create_connection((daemon.host, daemon.port), timeout=10)
+    s.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+    return s
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    s.setblocking(False)
+    try:
+        return s.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        s.setblocking(True)
+
+
+def test_idle_connections_give_way_to_a_scraper_at_the_cap(tmp_path, sim):
+    """With a hard open-files limit of 400, the cap is 272 connections (400 - 128). 272 idle
+    keep-alive connections fill it and all stay open; then a scraper still gets its answer,
+    because the connection idle longest is closed for it, and the next newcomer closes the
+    next oldest."""
+    daemon = start_daemon(tmp_path, sim, hard_nofile=400)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(272):
+            idle.append(_idle_keepalive(daemon))
+        time.sleep(0.5)
+        assert [_closed_by_server(s) for s in idle] == [False] * 272  # at the cap, all in
+        status, _ = daemon.get(timeout=10, headers={"Connection": "close"})
+        assert status == 200
+        time.sleep(0.5)  # the server closes the scraper's connection and the oldest idle one
+        assert [_closed_by_server(s) for s in idle] == [True] + [False] * 271
+        idle.append(_idle_keepalive(daemon))  # takes the scraper's place
+        idle.append(_idle_keepalive(daemon))  # one over: the next oldest gives way
+        time.sleep(0.5)
+        assert [_closed_by_server(s) for s in idle] == [True, True] + [False] * 272
+    finally:
+        for s in idle:
             s.close()
         stop_daemon(daemon)

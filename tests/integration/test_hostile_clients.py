@@ -15,6 +15,7 @@ import resource
 import socket
 import ssl
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -690,4 +691,100 @@ def test_idle_connections_give_way_to_a_scraper_at_the_cap(tmp_path, sim):
     finally:
         for s in idle:
             s.close()
+        stop_daemon(daemon)
+
+
+def _wrong(user: str = "prom") -> bytes:
+    token = base64.b64encode(f"{user}:wrong".encode()).decode()
+    return f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n\r\n".encode()
+
+
+def _statuses_of_simultaneous_checks(daemon: Daemon, sources: list[str]) -> list[int]:
+    """One wrong-password request from each source address, all sent within a few
+    milliseconds (a bcrypt check of cost 12 takes a third of a second): their statuses."""
+    conns = [
+        socket.create_connection((daemon.host, daemon.port), 30, source_address=(src, 0))
+        for src in sources
+    ]
+    try:
+        for c in conns:
+            c.sendall(_wrong())
+        return sorted(int(c.recv(4096).split(b" ", 2)[1]) for c in conns)
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_pending_password_checks_are_bounded(tmp_path, sim):
+    """At most 8 bcrypt checks wait or run at once, 4 from one address: the next gets 429
+    (with Retry-After) at once instead of queueing."""
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(12)).decode()
+    daemon = start_daemon(tmp_path, sim, f"basic_auth_users:\n  prom: '{hashed}'\n")
+    try:
+        one, two, three = "127.0.0.1", "127.0.0.2", "127.0.0.3"
+        assert _statuses_of_simultaneous_checks(daemon, [one] * 4) == [401] * 4
+        assert _statuses_of_simultaneous_checks(daemon, [one] * 5) == [401] * 4 + [429]
+        assert _statuses_of_simultaneous_checks(daemon, [one] * 4 + [two] * 4) == [401] * 8
+        got = _statuses_of_simultaneous_checks(daemon, [one] * 4 + [two] * 4 + [three])
+        assert got == [401] * 8 + [429]
+        # every place was given back, also by clients that hung up (reset) during their check
+        hung = [socket.create_connection((daemon.host, daemon.port), 30) for _ in range(8)]
+        for c in hung:
+            c.sendall(_wrong())
+        time.sleep(0.2)
+        for c in hung:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+        time.sleep(6)  # 8 checks of a third of a second, 2 at a time, on a busy machine
+        assert _statuses_of_simultaneous_checks(daemon, [one] * 4) == [401] * 4
+    finally:
+        stop_daemon(daemon)
+
+
+def test_a_flood_of_wrong_passwords_does_not_hold_up_a_scraper(tmp_path, sim, raised_nofile):
+    """300 connections sending wrong passwords as fast as they are answered: without a bound
+    the checks queue up for many seconds; with it, a scraper at another address is
+    answered 200 within 10 s."""
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(10)).decode()
+    # "prom" is how start_daemon checks the daemon is up (and so cached); the scraper logs in
+    # as "scraper" for the first time, as after a restart: its password needs bcrypt
+    web = f"basic_auth_users:\n  prom: '{hashed}'\n  scraper: '{hashed}'\n"
+    daemon = start_daemon(tmp_path, sim, web)
+    login = {"Authorization": "Basic " + base64.b64encode(b"scraper:right").decode()}
+    statuses: dict[int, int] = {}
+
+    async def wrong_passwords(reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        while True:
+            writer.write(_wrong())
+            await writer.drain()
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            statuses[status] = statuses.get(status, 0) + 1
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            if status == 429:
+                assert b"\r\nRetry-After: 1\r\n" in head
+                await asyncio.sleep(0.05)
+
+    try:
+        with Attack(daemon, 300, 20, wrong_passwords) as attack:
+            deadline = time.monotonic() + 20
+            while attack.peak < 290 and time.monotonic() < deadline:
+                time.sleep(0.2)
+            time.sleep(2)
+            started = time.monotonic()
+            conn = http.client.HTTPConnection(
+                daemon.host, daemon.port, timeout=10, source_address=("127.0.0.2", 0)
+            )
+            try:
+                conn.request("GET", "/metrics", headers=login)
+                resp = conn.getresponse()
+                status, body = resp.status, resp.read()
+            finally:
+                conn.close()
+            took = time.monotonic() - started
+        print(f"password flood: scraper answered {status} in {took:.2f} s; flood got {statuses}")
+        assert status == 200 and b"scaleengine_up" in body
+        assert statuses.get(429, 0) > 0 and statuses.get(401, 0) > 0
+    finally:
         stop_daemon(daemon)

@@ -788,3 +788,71 @@ def test_a_flood_of_wrong_passwords_does_not_hold_up_a_scraper(tmp_path, sim, ra
         assert statuses.get(429, 0) > 0 and statuses.get(401, 0) > 0
     finally:
         stop_daemon(daemon)
+
+
+def _reloaded_at(daemon: Daemon) -> str:
+    """The last successful reload's time, as scraped 1.5 s from now (the live metrics are
+    rendered at most once a second)."""
+    time.sleep(1.5)
+    _, body = daemon.get(timeout=10)
+    name = b"\nscaleengine_exporter_config_last_reload_success_timestamp_seconds "
+    return body.split(name, 1)[1].split(b"\n", 1)[0].decode()
+
+
+def _post_reload(daemon: Daemon, headers: dict[str, str], body: bytes = b"") -> tuple[int, bytes]:
+    conn = daemon.connect(10)
+    try:
+        conn.request("POST", "/-/reload", body=body or None, headers=headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def test_reload_refuses_what_a_browser_sends_cross_site(tmp_path, sim):
+    """POST /-/reload with --web.enable-lifecycle: forms' content types, Sec-Fetch-Site other
+    than same-origin/none and an Origin of another host are refused with 403 and nothing is
+    reloaded; curl -X POST and same-origin requests reload."""
+    daemon = start_daemon(tmp_path, sim, args=("--web.enable-lifecycle",))
+    host = f"{daemon.host}:{daemon.port}"
+    refused = {
+        "form": ({"Content-Type": "application/x-www-form-urlencoded"}, b"a=b"),
+        "multipart": ({"Content-Type": "multipart/form-data; boundary=x"}, b"--x--\r\n"),
+        "text/plain": ({"Content-Type": "text/plain;charset=UTF-8"}, b"a=b"),
+        "cross-site": ({"Sec-Fetch-Site": "cross-site"}, b""),
+        "same-site": ({"Sec-Fetch-Site": "same-site"}, b""),
+        "other origin": ({"Origin": "http://evil.example"}, b""),
+        "null origin": ({"Origin": "null"}, b""),
+        "cross-site, origin faked": (
+            {"Sec-Fetch-Site": "cross-site", "Origin": f"http://{host}"},
+            b"",
+        ),
+    }
+    try:
+        before = _reloaded_at(daemon)
+        for name, (headers, body) in refused.items():
+            status, text = _post_reload(daemon, headers, body)
+            assert status == 403, (name, status, text)
+            assert text.startswith(b"Forbidden: ") and (b"cross-" in text or b"form" in text)
+        assert _reloaded_at(daemon) == before  # none of them reloaded
+        curl = subprocess.run(
+            ["curl", "-sS", "-X", "POST", "-w", " %{http_code}", f"http://{host}/-/reload"],
+            capture_output=True,
+            timeout=30,
+        )
+        assert curl.stdout.endswith(b" 200"), curl
+        after_curl = _reloaded_at(daemon)
+        assert after_curl != before
+        accepted = [
+            {"Sec-Fetch-Site": "same-origin", "Origin": f"http://{host}"},
+            {"Sec-Fetch-Site": "none"},
+            {"Origin": f"http://{host}"},
+            {"Content-Type": "application/json"},
+        ]
+        for headers in accepted:
+            assert (
+                _post_reload(daemon, headers, b"{}" if "Content-Type" in headers else b"")[0] == 200
+            ), headers
+        assert _reloaded_at(daemon) != after_curl
+    finally:
+        stop_daemon(daemon)

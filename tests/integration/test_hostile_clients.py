@@ -27,7 +27,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 import yaml
-from helpers import ROOT, free_port, make_pki, sim_config
+from helpers import ROOT, free_port, make_pki, need_binary, sim_config
 
 from exporter.simulator import Simulator
 
@@ -855,4 +855,49 @@ def test_reload_refuses_what_a_browser_sends_cross_site(tmp_path, sim):
             ), headers
         assert _reloaded_at(daemon) != after_curl
     finally:
+        stop_daemon(daemon)
+
+
+def test_a_cross_site_form_in_a_real_browser_cannot_reload(tmp_path, sim):
+    """Headless chromium opens a page of another site (http://localhost:...) whose form posts
+    itself to the exporter's /-/reload (at 127.0.0.1): the browser shows the 403 and nothing
+    is reloaded."""
+    import http.server
+
+    chromium = need_binary("chromium", "chromium")
+    daemon = start_daemon(tmp_path, sim, args=("--web.enable-lifecycle",))
+    page = (
+        f'<html><body><form id="f" method="POST" action="http://{daemon.host}:{daemon.port}'
+        '/-/reload"><input name="a" value="b"></form>'
+        '<script>document.getElementById("f").submit()</script></body></html>'
+    ).encode()
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other_site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    threading.Thread(target=other_site.serve_forever, daemon=True).start()
+    try:
+        before = _reloaded_at(daemon)
+        result = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+             "--dump-dom", f"http://localhost:{other_site.server_address[1]}/"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "Forbidden: cross-site request" in result.stdout, result.stdout[-2000:]
+        assert _reloaded_at(daemon) == before
+    finally:
+        other_site.shutdown()
+        other_site.server_close()
         stop_daemon(daemon)

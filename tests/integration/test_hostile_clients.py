@@ -901,3 +901,36 @@ def test_a_cross_site_form_in_a_real_browser_cannot_reload(tmp_path, sim):
         other_site.shutdown()
         other_site.server_close()
         stop_daemon(daemon)
+
+
+def test_answers_under_way_are_bounded_and_stalled_ones_give_way(tmp_path, big_sim, raised_nofile):
+    """At most 256 answers are sent in pieces at once. 255 TLS clients that never read the
+    12 MB exposition leave a place for a scraper; with 256, the scraper's answer takes the
+    place of the one not read for longest (closed), instead of waiting for the 30 s send
+    timeout."""
+    web, pki = _tls_web(tmp_path)
+    daemon = start_daemon(
+        tmp_path, big_sim, web, ca=pki["ca"], limits={"max_videos_per_app": 70000}
+    )
+    clients: list[ssl.SSLSocket] = []
+    closed = "closed the one not read for longest"
+    try:
+        _wait_for_big(daemon)
+        for _ in range(255):
+            clients.append(_non_reader(daemon))
+        time.sleep(3)  # all 255 are answering, and stalled
+        status, body = daemon.get(timeout=20)
+        assert status == 200 and len(body) > 11_000_000
+        assert closed not in daemon.tail()
+        clients.append(_non_reader(daemon))  # the 256th
+        time.sleep(3)
+        started = time.monotonic()
+        status, body = daemon.get(timeout=20)
+        took = time.monotonic() - started
+        print(f"256 stalled answers: a scraper answered in {took:.1f} s")
+        assert status == 200 and len(body) > 11_000_000
+        assert daemon.tail().count(closed) == 1, daemon.tail()
+    finally:
+        for s in clients:
+            s.close()
+        stop_daemon(daemon)

@@ -66,6 +66,7 @@ STALL_GRACE = 2.0  # past MAX_SENDING, a piecewise answer its client has not rea
 MAX_AUTH_PENDING = 8  # bcrypt checks queued or running in the pool (2 threads); 429 beyond
 MAX_AUTH_PENDING_PER_CLIENT = 4  # of those, from one client address
 LANDING_TTL = 1.0  # the landing page is rendered at most this often
+LANDING_STALE = 5.0  # while a new one renders, the last page is served up to this age
 TRIM_AFTER_BYTES = 8 * 1024 * 1024  # piecewise answers of this many bytes in all: malloc_trim
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
@@ -393,7 +394,7 @@ class ExporterHTTPServer:
         self.stalled_closed = 0  # piecewise answers closed for a new one past MAX_SENDING
         self.auth_pending = 0
         self.auth_pending_by: dict[str, int] = {}
-        self._landing: tuple[float, bytes] = (-LANDING_TTL, b"")
+        self._landing: tuple[float, bytes] = (float("-inf"), b"")
         self._rendering: asyncio.Future[bytes] | None = None
         self.landing_renders = 0
         self._sent_pieces = 0  # bytes sent in pieces since the last malloc_trim
@@ -622,14 +623,17 @@ class ExporterHTTPServer:
     def landing(self) -> bytes | asyncio.Future[bytes]:
         """The landing page, rendered at most once per LANDING_TTL and never in the loop (with
         5,000 apps a render takes about 90 ms, which a flood of "/" must not take from
-        scrapes): while a newer one renders in a thread, the last one is served; before the
-        first one is ready, the render to wait for."""
+        scrapes): while a newer one renders in a thread, the last one is served if it is
+        younger than LANDING_STALE; else (after a quiet while) the render to wait for."""
         rendered, page = self._landing
+        age = time.monotonic() - rendered
         rendering = self._rendering
-        if rendering is None and time.monotonic() - rendered >= LANDING_TTL:
+        if rendering is None and age >= LANDING_TTL:
             rendering = self._rendering = self.loop.run_in_executor(None, self._render_landing)
             rendering.add_done_callback(self._rendered)
-        return page if page or rendering is None else rendering
+        if rendering is None or age < LANDING_STALE:
+            return page
+        return rendering
 
     def _render_landing(self) -> bytes:
         started = time.monotonic()

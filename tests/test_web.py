@@ -429,6 +429,11 @@ def test_landing_page_is_rendered_at_most_once_a_second():
         store.publish("app-0000", None, AppStatus("app-0000", polled=True, up=False,
                                                   last_error="api_0004: changed"))  # fmt: skip
         wait_for(lambda: b"changed" in http_get(server.url + "/")[2], 10, "the new status")
+        # after a quiet while (over 5 s), the first request waits for a fresh page
+        store.publish("app-0000", None, AppStatus("app-0000", polled=True, up=False,
+                                                  last_error="api_0004: again"))  # fmt: skip
+        time.sleep(5.5)
+        assert b"again" in http_get(server.url + "/")[2]
     finally:
         server.shutdown()
         server.server_close()

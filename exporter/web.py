@@ -61,8 +61,7 @@ FD_RESERVE = 128  # descriptors kept for the process itself (stored files, logs,
 SMALL_FILE = 64 * 1024
 SEND_PIECE = 64 * 1024  # what sendfile did not send at once (and every TLS answer), in pieces
 MAX_SENDING = 256  # answers sent in pieces at once (each holds about two pieces in memory)
-STALL_GRACE = 2.0  # past MAX_SENDING, a piecewise answer its client has not read for this long
-# gives way (is closed) to a new one
+STALL_GRACE = 2.0  # past MAX_SENDING, an answer unread this long is closed for a new one
 MAX_AUTH_PENDING = 8  # bcrypt checks queued or running in the pool (2 threads); 429 beyond
 MAX_AUTH_PENDING_PER_CLIENT = 4  # of those, from one client address
 LANDING_TTL = 1.0  # the landing page is rendered at most this often

@@ -480,7 +480,9 @@ class ExporterHTTPServer:
             return False
         del self.idle[conn]
         self.open.discard(conn)
-        conn.transport.close()
+        # abort, not close: a TLS close would wait up to 30 s for the client's close_notify,
+        # holding the descriptor the new connection needs (an idle one has nothing unread)
+        conn.transport.abort()
         self.evicted += 1
         if _log_count(self.evicted):
             log.warning(

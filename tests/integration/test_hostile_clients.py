@@ -985,3 +985,33 @@ def test_a_flood_of_landing_pages_does_not_slow_scrapes(tmp_path):
             assert busy < 10 * quiet + 0.05, f"median {busy:.3f} s in the flood, {quiet:.3f} quiet"
         finally:
             stop_daemon(daemon)
+
+
+def _idle_tls(daemon: Daemon) -> ssl.SSLSocket:
+    assert daemon.tls is not None
+    raw = socket.create_connection((daemon.host, daemon.port), timeout=10)
+    s = daemon.tls.wrap_socket(raw, server_hostname="localhost")
+    s.sendall(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+    return s
+
+
+def test_tls_idle_connections_give_way_without_holding_descriptors(tmp_path, sim):
+    """Through TLS too: 272 idle connections fill the cap (hard limit 400), then 200 more
+    arrive one by one, each closing the oldest idle one. A closed TLS connection must not
+    keep its descriptor while it waits for a goodbye the idle client never sends, or the
+    128 spare descriptors run out and new connections fail."""
+    web, pki = _tls_web(tmp_path)
+    daemon = start_daemon(tmp_path, sim, web, ca=pki["ca"], hard_nofile=400)
+    idle: list[ssl.SSLSocket] = []
+    try:
+        for _ in range(272 + 200):
+            idle.append(_idle_tls(daemon))
+        assert daemon.get(timeout=10)[0] == 200
+        fds = len(list(Path(f"/proc/{daemon.proc.pid}/fd").iterdir()))
+        print(f"TLS idle connections: {fds} descriptors open in the serving process")
+        assert fds < 400
+    finally:
+        for s in idle:
+            s.close()
+        stop_daemon(daemon)

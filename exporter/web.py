@@ -531,6 +531,8 @@ class ExporterHTTPServer:
         auth = headers.get(b"authorization")
         auth_text = auth.decode("latin-1") if auth is not None else None
         if web.auth_required and not web.check_cached(auth_text):
+            if auth_text is None:  # nothing to check: no bcrypt, no place in its queue
+                return self._unauthorized(conn, head, close)
             if not self._auth_admit(conn.peer):
                 body = b"Too many password checks pending, retry later\n"
                 extra = {"Retry-After": "1"}
@@ -587,10 +589,14 @@ class ExporterHTTPServer:
         if await asyncio.wrap_future(job, loop=loop):
             outcome = self._authorized(conn, method, target, headers, close)
         else:
-            extra = {"WWW-Authenticate": 'Basic realm="scaleengine-exporter"'}
-            head = method == b"HEAD"
-            outcome = self.send(conn, 401, b"Unauthorized\n", _TEXT, head, close, extra)
+            outcome = self._unauthorized(conn, method == b"HEAD", close)
         return outcome if isinstance(outcome, bool) else await outcome
+
+    def _unauthorized(
+        self, conn: _Conn, head: bool, close: bool
+    ) -> bool | Coroutine[Any, Any, bool]:
+        extra = {"WWW-Authenticate": 'Basic realm="scaleengine-exporter"'}
+        return self.send(conn, 401, b"Unauthorized\n", _TEXT, head, close, extra)
 
     def _authorized(
         self, conn: _Conn, method: bytes, target: str, headers: dict[bytes, bytes], close: bool

@@ -700,16 +700,21 @@ def _wrong(user: str = "prom") -> bytes:
     return f"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n\r\n".encode()
 
 
-def _statuses_of_simultaneous_checks(daemon: Daemon, sources: list[str]) -> list[int]:
+def _statuses_of_simultaneous_checks(
+    daemon: Daemon, sources: list[str], anonymous: bool = False
+) -> list[int]:
     """One wrong-password request from each source address, all sent within a few
-    milliseconds (a bcrypt check of cost 12 takes a third of a second): their statuses."""
+    milliseconds (a bcrypt check of cost 12 takes a third of a second), then, if
+    ``anonymous``, one without credentials from 127.0.0.3: their statuses."""
     conns = [
         socket.create_connection((daemon.host, daemon.port), 30, source_address=(src, 0))
-        for src in sources
+        for src in sources + (["127.0.0.3"] if anonymous else [])
     ]
     try:
-        for c in conns:
+        for c in conns[: len(sources)]:
             c.sendall(_wrong())
+        if anonymous:
+            conns[-1].sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
         return sorted(int(c.recv(4096).split(b" ", 2)[1]) for c in conns)
     finally:
         for c in conns:
@@ -728,6 +733,9 @@ def test_pending_password_checks_are_bounded(tmp_path, sim):
         assert _statuses_of_simultaneous_checks(daemon, [one] * 4 + [two] * 4) == [401] * 8
         got = _statuses_of_simultaneous_checks(daemon, [one] * 4 + [two] * 4 + [three])
         assert got == [401] * 8 + [429]
+        # a request without credentials has nothing to check: 401 at once, even now
+        got = _statuses_of_simultaneous_checks(daemon, [one] * 4 + [two] * 4, anonymous=True)
+        assert got == [401] * 9
         # every place was given back, also by clients that hung up (reset) during their check
         hung = [socket.create_connection((daemon.host, daemon.port), 30) for _ in range(8)]
         for c in hung:

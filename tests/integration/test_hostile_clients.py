@@ -930,7 +930,7 @@ def test_answers_under_way_are_bounded_and_stalled_ones_give_way(tmp_path, big_s
         time.sleep(3)  # all 255 are answering, and stalled
         status, body = daemon.get(timeout=20)
         assert status == 200 and len(body) > 11_000_000
-        assert closed not in daemon.tail()
+        assert closed not in daemon.log.read_text(errors="replace")
         clients.append(_non_reader(daemon))  # the 256th
         time.sleep(3)
         started = time.monotonic()
@@ -938,7 +938,7 @@ def test_answers_under_way_are_bounded_and_stalled_ones_give_way(tmp_path, big_s
         took = time.monotonic() - started
         print(f"256 stalled answers: a scraper answered in {took:.1f} s")
         assert status == 200 and len(body) > 11_000_000
-        assert daemon.tail().count(closed) == 1, daemon.tail()
+        assert daemon.log.read_text(errors="replace").count(closed) == 1, daemon.tail()
     finally:
         for s in clients:
             s.close()
@@ -990,7 +990,7 @@ def test_a_flood_of_landing_pages_does_not_slow_scrapes(tmp_path):
                 f"{busy * 1000:.1f} ms in the flood"
             )
             assert pages[0] >= 20
-            assert busy < 10 * quiet + 0.05, f"median {busy:.3f} s in the flood, {quiet:.3f} quiet"
+            assert busy < 10 * quiet + 0.1, f"median {busy:.3f} s in the flood, {quiet:.3f} quiet"
         finally:
             stop_daemon(daemon)
 

@@ -14,7 +14,15 @@ Limits, each against a kind of hostile client (see the README's security section
 * an answer the client does not read within SEND_TIMEOUT closes the connection;
 * the soft open-files limit is raised to the hard one at start and the connection cap is sized
   to it (minus a reserve for the process's own files);
-* bcrypt runs in a small thread pool, never in the loop; the web config's rate_limit answers 429.
+* near the cap, the idle keep-alive connection idle longest gives way to a new connection;
+* an answer the socket does not take at once (every big TLS answer) is sent in SEND_PIECE
+  pieces, each once the client has read the one before; at most MAX_SENDING such answers are
+  under way at once (beyond, the one whose client has not read for STALL_GRACE is closed);
+* bcrypt runs in a small thread pool, never in the loop, with at most MAX_AUTH_PENDING checks
+  pending (MAX_AUTH_PENDING_PER_CLIENT per client address; 429 beyond); the web config's
+  rate_limit answers 429;
+* POST /-/reload refuses what a browser sends cross-site (403);
+* the landing page is rendered at most once per LANDING_TTL.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from .landing import render_landing
 from .metrics import Chunk, Exposition, StoredFile, negotiate
 from .store import Store
 from .webconfig import WebConfig
+from .worker import release_memory
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,14 @@ MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 FD_RESERVE = 128  # descriptors kept for the process itself (stored files, logs, the worker)
 SMALL_FILE = 64 * 1024
-SEND_PIECE = 256 * 1024  # the rest of a stored file that sendfile did not send at once
+SEND_PIECE = 64 * 1024  # what sendfile did not send at once (and every TLS answer), in pieces
+MAX_SENDING = 256  # answers sent in pieces at once (each holds about two pieces in memory)
+STALL_GRACE = 2.0  # past MAX_SENDING, an answer unread this long is closed for a new one
+MAX_AUTH_PENDING = 8  # bcrypt checks queued or running in the pool (2 threads); 429 beyond
+MAX_AUTH_PENDING_PER_CLIENT = 4  # of those, from one client address
+LANDING_TTL = 1.0  # the landing page is rendered at most this often
+LANDING_STALE = 5.0  # while a new one renders, the last page is served up to this age
+TRIM_AFTER_BYTES = 8 * 1024 * 1024  # piecewise answers of this many bytes in all: malloc_trim
 LINGER_SECONDS = 1.0
 LINGER_BYTES = 1024 * 1024
 _SWEEP_INTERVAL = 0.5
@@ -153,6 +169,8 @@ class _Conn(asyncio.Protocol):
         self.task: asyncio.Task[None] | None = None
         self.lingering: int | None = None  # bytes dropped after an error answer
         self._drained: asyncio.Future[None] | None = None
+        self.stalled_since: float | None = None  # when the socket last stopped taking bytes
+        self.peer = ""  # the client's address (pending bcrypt checks are bounded per address)
         self._reset(b"")
 
     def _reset(self, pending: bytes) -> None:
@@ -165,20 +183,26 @@ class _Conn(asyncio.Protocol):
         if pending:
             self.parser.receive_data(pending)
             self.deadline = time.monotonic() + HEAD_TIMEOUT
+            self.server.idle.pop(self, None)
 
     # -- asyncio callbacks --------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         server = self.server
-        if len(server.open) >= server.max_connections:
+        if len(server.open) >= server.max_connections and not server.make_room():
             server.refused += 1
-            if server.refused in (1, 10, 100) or server.refused % 1000 == 0:
+            if _log_count(server.refused):
                 log.warning(
                     "too many open connections, refusing", extra={"refused": server.refused}
                 )
             transport.abort()
             return
         server.open.add(self)
+        # a TLS transport encrypts what it is given at once: the pieces of an answer must
+        # wait for the client (SEND_PIECE), not pile up in its buffer (512 KiB by default)
+        transport.set_write_buffer_limits(high=SEND_PIECE)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -193,6 +217,8 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.open.discard(self)
+        self.server.idle.pop(self, None)
+        self.server.sending.discard(self)
         if self.task is not None:
             self.task.cancel()
         if self._drained is not None and not self._drained.done():
@@ -200,11 +226,20 @@ class _Conn(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._drained = self.server.loop.create_future()
+        self.stalled_since = time.monotonic()
 
     def resume_writing(self) -> None:
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._drained = None
+        self.stalled_since = None
+
+    def _idle(self) -> None:
+        """Answered, and waiting for the next request: it may wait IDLE_TIMEOUT, and gives way
+        to a new connection near the cap (the longest idle first)."""
+        self.deadline = time.monotonic() + IDLE_TIMEOUT
+        self.server.idle.pop(self, None)
+        self.server.idle[self] = None
 
     async def drain(self) -> None:
         if self._drained is not None:
@@ -221,6 +256,7 @@ class _Conn(asyncio.Protocol):
         if not self.head_started:
             self.head_started = True
             self.deadline = time.monotonic() + HEAD_TIMEOUT  # the head's first bytes
+            self.server.idle.pop(self, None)
         self.parser.receive_data(data)
         self.fed += len(data)
         if self.task is None:
@@ -297,7 +333,7 @@ class _Conn(asyncio.Protocol):
                     self.transport.close()
                     return
                 if not self.head_started:
-                    self.deadline = time.monotonic() + IDLE_TIMEOUT
+                    self._idle()
             else:  # ConnectionClosed, or PAUSED after a half-close
                 self.transport.close()
                 return
@@ -321,7 +357,7 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
             return
         if not self.head_started:
-            self.deadline = time.monotonic() + IDLE_TIMEOUT
+            self._idle()
         self.transport.resume_reading()
         self._process()
 
@@ -350,7 +386,17 @@ class ExporterHTTPServer:
         self.ssl_context = ssl_context
         self.max_connections = max(64, raise_open_files_limit() - FD_RESERVE)
         self.open: set[_Conn] = set()
+        self.idle: dict[_Conn, None] = {}  # answered keep-alive connections, longest idle first
+        self.sending: set[_Conn] = set()  # answers under way in pieces
         self.refused = 0
+        self.evicted = 0  # idle connections closed for a new one at the cap
+        self.stalled_closed = 0  # piecewise answers closed for a new one past MAX_SENDING
+        self.auth_pending = 0
+        self.auth_pending_by: dict[str, int] = {}
+        self._landing: tuple[float, bytes] = (float("-inf"), b"")
+        self._rendering: asyncio.Future[bytes] | None = None
+        self.landing_renders = 0
+        self._sent_pieces = 0  # bytes sent in pieces since the last malloc_trim
         self._auth_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="auth")
         self._limiter = None
         rate = app.web_config.rate_limit
@@ -415,12 +461,35 @@ class ExporterHTTPServer:
         self.socket.close()
 
     async def _sweep(self) -> None:
-        """Close connections past their deadline: one timer for all, none per read."""
+        """Close connections past their deadline: one timer for all, none per read. Once the
+        piecewise answers are over, hand what they used back to the OS (glibc keeps it)."""
         while True:
             await asyncio.sleep(_SWEEP_INTERVAL)
             now = time.monotonic()
             for conn in [c for c in self.open if c.deadline < now]:
                 conn.transport.abort()
+            if self._sent_pieces >= TRIM_AFTER_BYTES and not self.sending:
+                self._sent_pieces = 0
+                release_memory()
+
+    def make_room(self) -> bool:
+        """At the connection cap: close the keep-alive connection idle longest to let a new
+        one in. False when every connection is in the middle of a request."""
+        conn = next(iter(self.idle), None)
+        if conn is None:
+            return False
+        del self.idle[conn]
+        self.open.discard(conn)
+        # abort, not close: a TLS close would wait up to 30 s for the client's close_notify,
+        # holding the descriptor the new connection needs (an idle one has nothing unread)
+        conn.transport.abort()
+        self.evicted += 1
+        if _log_count(self.evicted):
+            log.warning(
+                "connection cap reached: closed the connection idle longest",
+                extra={"closed": self.evicted},
+            )
+        return True
 
     # -- answers ------------------------------------------------------------------------------
     def respond(self, conn: _Conn, request: h11.Request) -> bool | Coroutine[Any, Any, bool]:
@@ -451,14 +520,44 @@ class ExporterHTTPServer:
             return self.send(conn, 503, body, "text/plain", head, close)
         if self._limiter is not None and not self._limiter.allow():
             return self.send(conn, 429, b"Too Many Requests\n", _TEXT, head, close)
-        if method == b"POST" and target != "/-/reload":
-            return self.send(conn, 405, b"Method Not Allowed\n", _TEXT, head, close)
+        if method == b"POST":
+            if target != "/-/reload":
+                return self.send(conn, 405, b"Method Not Allowed\n", _TEXT, head, close)
+            refusal = cross_site(headers) if app.reload is not None else None
+            if refusal is not None:
+                body = f"Forbidden: {refusal}\n".encode()
+                return self.send(conn, 403, body, _TEXT, False, close)
         web = app.web_config
         auth = headers.get(b"authorization")
         auth_text = auth.decode("latin-1") if auth is not None else None
         if web.auth_required and not web.check_cached(auth_text):
+            if auth_text is None:  # nothing to check: no bcrypt, no place in its queue
+                return self._unauthorized(conn, head, close)
+            if not self._auth_admit(conn.peer):
+                body = b"Too many password checks pending, retry later\n"
+                extra = {"Retry-After": "1"}
+                return self.send(conn, 429, body, _TEXT, head, close, extra)
             return self._respond_after_bcrypt(conn, auth_text, method, target, headers, close)
         return self._authorized(conn, method, target, headers, close)
+
+    def _auth_admit(self, peer: str) -> bool:
+        """A place for one more bcrypt check: at most MAX_AUTH_PENDING queued or running, and
+        MAX_AUTH_PENDING_PER_CLIENT from one address, so a flood of wrong passwords cannot
+        queue a correct one behind minutes of checks (it gets 429 at once instead)."""
+        mine = self.auth_pending_by.get(peer, 0)
+        if self.auth_pending >= MAX_AUTH_PENDING or mine >= MAX_AUTH_PENDING_PER_CLIENT:
+            return False
+        self.auth_pending += 1
+        self.auth_pending_by[peer] = mine + 1
+        return True
+
+    def _auth_done(self, peer: str) -> None:
+        self.auth_pending -= 1
+        left = self.auth_pending_by[peer] - 1
+        if left:
+            self.auth_pending_by[peer] = left
+        else:
+            del self.auth_pending_by[peer]
 
     async def _respond_after_bcrypt(
         self,
@@ -469,15 +568,35 @@ class ExporterHTTPServer:
         headers: dict[bytes, bytes],
         close: bool,
     ) -> bool:
-        # bcrypt takes tens of milliseconds: in the pool, never in the loop
-        check = self.app.web_config.check_basic_auth
-        if await self.loop.run_in_executor(self._auth_pool, check, auth):
+        # bcrypt takes tens of milliseconds: in the pool, never in the loop. Its place is
+        # given back when the check ends, not when the client goes: a check that has started
+        # runs on after a client hangs up (one not started yet is dropped from the queue)
+        peer = conn.peer
+        try:
+            job = self._auth_pool.submit(self.app.web_config.check_basic_auth, auth)
+        except RuntimeError:  # shutting down
+            self._auth_done(peer)
+            return False
+        loop = self.loop
+
+        def done(_job: concurrent.futures.Future[bool]) -> None:
+            try:
+                loop.call_soon_threadsafe(self._auth_done, peer)
+            except RuntimeError:  # the loop is closed: the server has stopped
+                pass
+
+        job.add_done_callback(done)
+        if await asyncio.wrap_future(job, loop=loop):
             outcome = self._authorized(conn, method, target, headers, close)
         else:
-            extra = {"WWW-Authenticate": 'Basic realm="scaleengine-exporter"'}
-            head = method == b"HEAD"
-            outcome = self.send(conn, 401, b"Unauthorized\n", _TEXT, head, close, extra)
+            outcome = self._unauthorized(conn, method == b"HEAD", close)
         return outcome if isinstance(outcome, bool) else await outcome
+
+    def _unauthorized(
+        self, conn: _Conn, head: bool, close: bool
+    ) -> bool | Coroutine[Any, Any, bool]:
+        extra = {"WWW-Authenticate": 'Basic realm="scaleengine-exporter"'}
+        return self.send(conn, 401, b"Unauthorized\n", _TEXT, head, close, extra)
 
     def _authorized(
         self, conn: _Conn, method: bytes, target: str, headers: dict[bytes, bytes], close: bool
@@ -502,9 +621,43 @@ class ExporterHTTPServer:
                 extra = {"Content-Encoding": "gzip", **extra}
             return self.send(conn, 200, chunks, content_type, head, close, extra)
         if target == "/":
-            page = render_landing(app).encode()
-            return self.send(conn, 200, page, "text/html; charset=utf-8", head, close)
+            page = self.landing()
+            if isinstance(page, bytes):
+                return self.send(conn, 200, page, "text/html; charset=utf-8", head, close)
+            return self._landing_later(conn, page, head, close)
         return self.send(conn, 404, b"Not Found\n", _TEXT, head, close)
+
+    def landing(self) -> bytes | asyncio.Future[bytes]:
+        """The landing page, rendered at most once per LANDING_TTL and never in the loop (with
+        5,000 apps a render takes about 90 ms, which a flood of "/" must not take from
+        scrapes): while a newer one renders in a thread, the last one is served if it is
+        younger than LANDING_STALE; else (after a quiet while) the render to wait for."""
+        rendered, page = self._landing
+        age = time.monotonic() - rendered
+        rendering = self._rendering
+        if rendering is None and age >= LANDING_TTL:
+            rendering = self._rendering = self.loop.run_in_executor(None, self._render_landing)
+            rendering.add_done_callback(self._rendered)
+        if rendering is None or age < LANDING_STALE:
+            return page
+        return rendering
+
+    def _render_landing(self) -> bytes:
+        started = time.monotonic()
+        page = render_landing(self.app).encode()
+        self.landing_renders += 1
+        self._landing = (started, page)
+        return page
+
+    def _rendered(self, _future: asyncio.Future[bytes]) -> None:
+        self._rendering = None
+
+    async def _landing_later(
+        self, conn: _Conn, rendering: asyncio.Future[bytes], head: bool, close: bool
+    ) -> bool:
+        page = await asyncio.shield(rendering)
+        outcome = self.send(conn, 200, page, "text/html; charset=utf-8", head, close)
+        return outcome if isinstance(outcome, bool) else await outcome
 
     async def _reload(self, conn: _Conn, close: bool) -> bool:
         assert self.app.reload is not None
@@ -555,9 +708,12 @@ class ExporterHTTPServer:
             parts += [c for c in chunks if len(c)]
         transport = conn.transport
         rest: list[Any] = parts
-        if self.ssl_context is not None:  # no sendfile through TLS
-            transport.write(b"".join(c.read() if isinstance(c, StoredFile) else c for c in parts))
-            rest = []
+        if self.ssl_context is not None:  # no sendfile through TLS: small answers at once,
+            if sum(len(p) for p in parts) <= SEND_PIECE:  # the others in pieces
+                transport.write(
+                    b"".join(c.read() if isinstance(c, StoredFile) else c for c in parts)
+                )
+                rest = []
         elif not transport.get_write_buffer_size():
             sock = transport.get_extra_info("socket")
             if sock is not None:
@@ -567,26 +723,87 @@ class ExporterHTTPServer:
         return not close
 
     async def _send_rest(self, conn: _Conn, rest: list[Any], close: bool) -> bool:
-        transport = conn.transport
-        for part in rest:  # what the socket did not take at once
-            if isinstance(part, StoredFile):
-                part = (part, 0, part.size)
-            if isinstance(part, tuple):
-                stored, offset, size = part
-                # what the socket did not take by sendfile: in pieces, each once the client
-                # has read the one before (the loop's own sendfile is asyncio's only)
-                end = offset + size
-                while offset < end:
-                    piece = os.pread(stored.fd, min(SEND_PIECE, end - offset), offset)
-                    if not piece:
-                        raise ConnectionResetError("stored file shorter than its size")
-                    transport.write(piece)
-                    offset += len(piece)
-                    await conn.drain()
-            else:
-                transport.write(part)
-        await conn.drain()
+        """What the socket did not take at once, in SEND_PIECE pieces, each once the client
+        has read the one before: a client that does not read holds two pieces or so, never
+        the answer (through TLS, the whole answer goes this way; the loop's own sendfile is
+        asyncio's only). At most MAX_SENDING answers go this way at once."""
+        if rest:
+            await self._sending_place(conn)
+        try:
+            for part in rest:
+                if isinstance(part, StoredFile):
+                    part = (part, 0, part.size)
+                if isinstance(part, tuple):
+                    stored, offset, size = part
+                    end = offset + size
+                    while offset < end:
+                        piece = os.pread(stored.fd, min(SEND_PIECE, end - offset), offset)
+                        if not piece:
+                            raise ConnectionResetError("stored file shorter than its size")
+                        offset += len(piece)
+                        await self._write_piece(conn, piece)
+                else:
+                    view = memoryview(part)
+                    for start in range(0, len(view), SEND_PIECE):
+                        await self._write_piece(conn, view[start : start + SEND_PIECE])
+            await conn.drain()
+        finally:
+            self.sending.discard(conn)
         return not close
+
+    async def _write_piece(self, conn: _Conn, piece: bytes | memoryview) -> None:
+        await conn.drain()
+        conn.transport.write(piece)
+        self._sent_pieces += len(piece)
+
+    async def _sending_place(self, conn: _Conn) -> None:
+        """Wait for one of the MAX_SENDING places of piecewise answers. When they are all
+        taken, the answer whose client has not read anything for STALL_GRACE or longer (the
+        longest first) is closed to make room; else this one waits for a place."""
+        while len(self.sending) >= MAX_SENDING:
+            stalled = [c for c in self.sending if c.stalled_since is not None]
+            victim = min(stalled, key=lambda c: c.stalled_since or 0.0, default=None)
+            if victim is not None and time.monotonic() - (victim.stalled_since or 0) >= STALL_GRACE:
+                self.sending.discard(victim)
+                victim.transport.abort()
+                self.stalled_closed += 1
+                if _log_count(self.stalled_closed):
+                    log.warning(
+                        "too many answers under way: closed the one not read for longest",
+                        extra={"closed": self.stalled_closed},
+                    )
+                continue
+            await asyncio.sleep(0.1)
+        self.sending.add(conn)
+
+
+def _log_count(n: int) -> bool:
+    """Whether the n-th occurrence of a repeated event is logged: 1, 10, 100, every 1000th."""
+    return n in (1, 10, 100) or n % 1000 == 0
+
+
+_FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
+
+
+def cross_site(headers: dict[bytes, bytes]) -> str | None:
+    """Why a POST looks like a browser's cross-site request (a form or a fetch from another
+    site's page), or None. As Go's http.CrossOriginProtection: ``Sec-Fetch-Site`` other than
+    ``same-origin`` or ``none``, else an ``Origin`` that is not this host; and, for browsers
+    older than both headers, the content types a cross-site form can send. ``curl -X POST``
+    sends none of these."""
+    fetch_site = headers.get(b"sec-fetch-site", b"").decode("latin-1").strip().lower()
+    if fetch_site and fetch_site not in ("same-origin", "none"):
+        return f"cross-site request (Sec-Fetch-Site: {fetch_site[:20]})"
+    origin = headers.get(b"origin", b"").decode("latin-1").strip()
+    if not fetch_site and origin:
+        host = headers.get(b"host", b"").decode("latin-1").strip().lower()
+        if origin.lower().partition("://")[2].rstrip("/") != host:
+            return "cross-origin request (Origin is not this host)"
+    content_type = headers.get(b"content-type", b"").decode("latin-1")
+    media = content_type.partition(";")[0].strip().lower()
+    if media in _FORM_TYPES:
+        return f"a form's content type ({media}), as a cross-site form sends"
+    return None
 
 
 def _send_now(sock: Any, parts: list[Chunk]) -> list[Any]:

@@ -65,7 +65,8 @@ def value(s: dict, name: str, app: str) -> float | None:
 
 
 def post(url: str) -> tuple[int, str]:
-    req = urllib.request.Request(url + "/-/reload", data=b"", method="POST")
+    # no body, no form content type (urllib gives one to data=b""): as `curl -X POST`
+    req = urllib.request.Request(url + "/-/reload", method="POST")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, resp.read().decode()

@@ -6,14 +6,16 @@ import gzip
 import http.client
 import socket
 import ssl
+import statistics
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 import bcrypt
 import pytest
-from helpers import http_get, make_pki, samples
+from helpers import http_get, make_pki, samples, wait_for
 
 from exporter.metrics import Exposition
 from exporter.store import AppStatus, AppUsage, Store
@@ -279,12 +281,16 @@ def test_concurrent_scrapers_while_polls_swap_snapshots(stack):
 
 
 def _post(url: str) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=b"", method="POST")
+    """A POST without a body or a content type, as ``curl -X POST`` sends it (urllib would
+    send a form's content type, which a reload refuses as cross-site)."""
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
+        conn.request("POST", parts.path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def test_reload_endpoint_only_when_enabled(stack):
@@ -355,3 +361,109 @@ def test_server_runs_on_uvloop(stack):
     server = start()
     assert isinstance(server.loop, uvloop.Loop)
     assert http_get(server.url + "/-/healthy")[0] == 200
+
+
+def _flood(url: str, seconds: float, threads: int = 4) -> list[int]:
+    """``threads`` clients asking for ``url`` back to back for ``seconds``: how many each got."""
+    counts = [0] * threads
+    stop = time.monotonic() + seconds
+
+    def run(i: int) -> None:
+        while time.monotonic() < stop:
+            status, _, _ = http_get(url, timeout=30)
+            assert status == 200
+            counts[i] += 1
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(seconds + 60)
+    return counts
+
+
+def _many_apps(n: int) -> tuple[Store, Exposition]:
+    names = [f"app-{i:04d}" for i in range(n)]
+    store = Store(names)
+    for name in names:
+        store.publish(name, make_usage(name, 1), AppStatus(name, polled=True, up=True))
+    return store, Exposition(store, "UTC", {}, process_metrics=False)
+
+
+def test_landing_page_is_rendered_at_most_once_a_second():
+    """A flood of "/" with 5,000 apps renders the page at most once a second (each render
+    takes about 90 ms), and a change still shows within a few seconds."""
+    store, expo = _many_apps(5000)
+    server, _ = serve("127.0.0.1:0", WebApp(expo, store, lambda: True))
+
+    def scrapes() -> float:
+        """The median time of 15 scrapes, on one keep-alive connection."""
+        conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=30)
+        took = []
+        for _ in range(15):
+            t = time.monotonic()
+            conn.request("GET", "/metrics")
+            assert conn.getresponse().read()
+            took.append(time.monotonic() - t)
+            time.sleep(0.1)
+        conn.close()
+        return statistics.median(took)
+
+    try:
+        quiet = scrapes()
+        started = time.monotonic()
+        busy: list[float] = []
+        scraper = threading.Thread(target=lambda: (time.sleep(0.5), busy.append(scrapes())))
+        scraper.start()
+        counts = _flood(server.url + "/", 3.0)
+        scraper.join(30)
+        elapsed = time.monotonic() - started
+        renders = server.landing_renders
+        print(
+            f"landing flood: {sum(counts)} pages in {elapsed:.1f} s, {renders} renders; "
+            f"scrape median {quiet * 1000:.1f} ms quiet, {busy[0] * 1000:.1f} ms in the flood"
+        )
+        assert sum(counts) >= 20
+        assert 1 <= renders <= elapsed / 1.0 + 1
+        assert busy[0] < 10 * quiet + 0.1  # generous: the flood's clients share our CPU
+        store.publish("app-0000", None, AppStatus("app-0000", polled=True, up=False,
+                                                  last_error="api_0004: changed"))  # fmt: skip
+        wait_for(lambda: b"changed" in http_get(server.url + "/")[2], 10, "the new status")
+        # after a quiet while (over 5 s), the first request waits for a fresh page
+        store.publish("app-0000", None, AppStatus("app-0000", polled=True, up=False,
+                                                  last_error="api_0004: again"))  # fmt: skip
+        time.sleep(5.5)
+        assert b"again" in http_get(server.url + "/")[2]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_landing_page_renders_out_of_the_loop(stack, monkeypatch):
+    """A landing render that takes 3 s holds up neither scrapes nor, once a page exists, the
+    next landing requests (they get the last page while the new one renders)."""
+    import exporter.web
+
+    store, expo, ready, start = stack
+    real = exporter.web.render_landing
+
+    def slow(app: WebApp, now: float | None = None) -> str:
+        time.sleep(3)
+        return real(app, now)
+
+    monkeypatch.setattr(exporter.web, "render_landing", slow)
+    url = start().url
+    first: list[int] = []
+    thread = threading.Thread(target=lambda: first.append(http_get(url + "/", timeout=30)[0]))
+    thread.start()
+    time.sleep(0.5)  # the first render is under way
+    started = time.monotonic()
+    assert http_get(url + "/metrics", timeout=10)[0] == 200
+    assert time.monotonic() - started < 2  # not behind the render's 3 s
+    thread.join(30)
+    assert first == [200]
+    time.sleep(1.1)  # the page is older than a second: the next request starts a new render
+    started = time.monotonic()
+    assert http_get(url + "/", timeout=10)[0] == 200  # the last page, at once
+    assert http_get(url + "/metrics", timeout=10)[0] == 200
+    assert time.monotonic() - started < 2

@@ -520,9 +520,10 @@ class ExporterHTTPServer:
             return self.send(conn, 503, body, "text/plain", head, close)
         if self._limiter is not None and not self._limiter.allow():
             return self.send(conn, 429, b"Too Many Requests\n", _TEXT, head, close)
+        if (method == b"POST") != (target == "/-/reload"):  # as Prometheus: 405 and Allow
+            allow = {"Allow": "POST" if target == "/-/reload" else "GET, HEAD"}
+            return self.send(conn, 405, b"Method Not Allowed\n", _TEXT, head, close, allow)
         if method == b"POST":
-            if target != "/-/reload":
-                return self.send(conn, 405, b"Method Not Allowed\n", _TEXT, head, close)
             refusal = cross_site(headers) if app.reload is not None else None
             if refusal is not None:
                 body = f"Forbidden: {refusal}\n".encode()

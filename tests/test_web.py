@@ -293,6 +293,35 @@ def _post(url: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def test_get_reload_is_405_with_allow_post_as_prometheus_answers(stack):
+    store, expo, ready, start = stack
+    enabled = WebApp(expo, store, lambda: True, reload=lambda: (True, "config reloaded"))
+    server, _ = serve("127.0.0.1:0", enabled)
+    try:
+        for url in (start().url, server.url):  # without and with --web.enable-lifecycle
+            parts = urllib.parse.urlsplit(url)
+            for method in ("GET", "HEAD"):
+                conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+                try:
+                    conn.request(method, "/-/reload")
+                    resp = conn.getresponse()
+                    body = resp.read()
+                    assert (resp.status, resp.getheader("Allow")) == (405, "POST"), url
+                    assert body == (b"" if method == "HEAD" else b"Method Not Allowed\n")
+                finally:
+                    conn.close()
+        # and POST elsewhere names what is allowed there
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+        conn.request("POST", "/metrics")
+        resp = conn.getresponse()
+        resp.read()
+        assert (resp.status, resp.getheader("Allow")) == (405, "GET, HEAD")
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_reload_endpoint_only_when_enabled(stack):
     store, expo, ready, start = stack
     url = start().url

@@ -231,7 +231,7 @@ class Poller:
             )
             for app in config.apps
         }
-        # the counters are known now (loaded or fresh): from here on they are exported
+        # fresh counters are exported from here on; loaded ones once confirmed by a poll
         for name, st in self._apps.items():
             self.store.publish(name, None, self._status(st, up=False, duration=None))
         if state_file is not None:
@@ -260,6 +260,9 @@ class Poller:
                 log.info("state loaded", extra={"path": self.state_file.path, "day": saved_day})
                 for counters in apps.values():
                     counters.prune(fresh_origin)
+                    # the saved values may be older than what was exported (failed saves):
+                    # withheld until today and each saved day are read again (twice)
+                    counters.pending = set(counters.baselines) | {today.isoformat()}
                 # an app the state file does not know (added since) starts as on a fresh
                 # start: the day so far only sets its baseline, it was never ours to count
                 for app in self.config.apps:
@@ -387,6 +390,9 @@ class Poller:
         if day_result is not None:
             day_bytes, day_requests = _totals(day_result)
             st.counters.observe(today_iso, day_bytes, day_requests)
+        if st.counters.pending:
+            errors += self._confirm_pending(st)
+        if day_result is not None:
             if poll.month_interval is not None and (
                 st.month is None
                 or st.month.day != today_iso
@@ -438,6 +444,21 @@ class Poller:
         )
         return not errors
 
+    def _confirm_pending(self, st: _AppState) -> list[ApiError]:
+        """Read each day a loaded state had counted until two reads confirm it (the first poll
+        after a restart), so the restored counters are exported without waiting a poll."""
+        errors: list[ApiError] = []
+        for day in sorted(st.counters.pending):
+            d = date.fromisoformat(day)
+            while day in st.counters.pending:
+                try:
+                    res = self._fetch(st, d.year, d.month, d.day)
+                except ApiError as err:
+                    errors.append(err)
+                    return errors
+                st.counters.observe(day, *_totals(res))
+        return errors
+
     def _build_usage(
         self,
         st: _AppState,
@@ -484,8 +505,8 @@ class Poller:
             up=up,
             last_success=st.last_success,
             poll_duration=duration,
-            bytes_total=st.counters.bytes_total,
-            requests_total=st.counters.requests_total,
+            bytes_total=st.counters.bytes_total if st.counters.exportable else None,
+            requests_total=st.counters.requests_total if st.counters.exportable else None,
             skipped_rows=st.skipped_rows,
             incomplete_rows=st.incomplete_rows,
             last_error=f"{errors[0].outcome}: {errors[0]}" if errors else None,

@@ -17,15 +17,39 @@ from exporter.state import (
 )
 
 
-def test_growth_counted_once_and_new_day_from_zero():
+def test_growth_counted_once_confirmed_and_new_day_from_zero():
     c = AppCounters(origin_days={"2026-11-26"})
-    assert c.observe("2026-11-26", 1000, 10) == (0, 0)  # under way at start: baseline only
-    assert c.observe("2026-11-26", 1500, 12) == (500, 2)
+    assert c.observe("2026-11-26", 1000, 10) == (0, 0)  # under way at start: unconfirmed
+    assert c.observe("2026-11-26", 1500, 12) == (0, 0)  # confirms 1000: baseline only
+    assert c.observe("2026-11-26", 1500, 12) == (500, 2)  # confirms 1500: counted
     assert c.observe("2026-11-26", 1400, 12) == (0, 0)  # a dip is not negative growth
     assert c.observe("2026-11-26", 1500, 12) == (0, 0)  # ...and not counted again after it
-    assert c.observe("2026-11-27", 300, 1) == (300, 1)  # a new day starts from its own zero
-    assert c.observe("2026-11-26", 1600, 12) == (100, 0)  # late data of yesterday
+    assert c.observe("2026-11-26", 1500, 12) == (0, 0)
+    assert c.observe("2026-11-27", 300, 1) == (0, 0)  # a new day: unconfirmed
+    assert c.observe("2026-11-27", 300, 1) == (300, 1)  # ...counted from its own zero
+    assert c.observe("2026-11-26", 1600, 12) == (0, 0)  # late data of yesterday
+    assert c.observe("2026-11-26", 1600, 12) == (100, 0)
     assert (c.bytes_total, c.requests_total) == (900, 3)
+
+
+@pytest.mark.parametrize(
+    ("outlier", "requests"),
+    [(9223372036854775807, 10), (3200, 20)],  # a row of 2^63-1; a row listed twice
+)
+def test_one_outlier_read_is_never_counted(outlier, requests):
+    c = AppCounters()
+    reads = [(1000, 10), (1700, 17), (outlier, requests), (1700, 17), (1800, 18), (1800, 18)]
+    for day_bytes, day_requests in reads:
+        c.observe("2026-11-26", day_bytes, day_requests)
+    assert (c.bytes_total, c.requests_total) == (1800, 18)  # the true growth, to the byte
+
+
+def test_two_reads_in_a_row_are_counted():
+    """The trade: a value read twice in a row is taken as true (no plausibility guess)."""
+    c = AppCounters()
+    for day_bytes in (1000, 5000, 5000):
+        c.observe("2026-11-26", day_bytes, 1)
+    assert c.bytes_total == 5000
 
 
 def test_state_roundtrip_atomic_and_private(tmp_path):

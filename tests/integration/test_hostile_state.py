@@ -8,6 +8,7 @@ poll is a failed poll, and the state file cannot crash, block or be shared by tw
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -356,3 +357,69 @@ def test_state_path_in_a_folder_that_cannot_hold_it_is_refused(tmp_path, sim, wh
         assert proc.returncode == 2, proc.stderr
         assert "state.path" in proc.stderr and "Traceback" not in proc.stderr
     assert len(sim.request_log) == 0
+
+
+def test_failed_saves_then_a_restart_never_export_a_counter_below_an_earlier_one(tmp_path, sim):
+    """Issue 15 item 7: saves fail (the folder is replaced by a file, as a full disk would
+    fail them) while the counters grow; the restart finds the older file again. Scraped every
+    few ms across the restart (one port): no counter below a value scraped before, and the
+    saved value really was below the last one exported (else the test proves nothing)."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    saved = folder / "s.json"
+    config = write_config(tmp_path, sim, state={"path": str(saved)})
+    port = free_port()
+    names = ("scaleengine_vse_bytes_total", "scaleengine_vse_requests_total")
+    seen: list[dict] = []
+    done = threading.Event()
+
+    def scraper() -> None:
+        while not done.is_set():
+            s = scrape(f"http://127.0.0.1:{port}")
+            if s is not None:
+                seen.append({(n, a): value(s, n, app=a) for n in names for a in APPS})
+            time.sleep(0.003)
+
+    def grown(url: str, than: dict) -> dict | None:  # bytes: requests grow too slowly
+        s = scrape(url)
+        ok = all((value(s, names[0], app=a) or 0) > than.get((names[0], a), 0) for a in APPS)
+        return {(names[0], a): value(s, names[0], app=a) for a in APPS} if ok else None
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    thread.start()
+    errors = b""
+    try:
+        proc, url = start_daemon(config, port)
+        try:
+            wait_for(lambda: grown(url, {}), 60, "counters above 0")
+            last_save = "scaleengine_state_last_save_timestamp_seconds"
+            wait_for(lambda: value(scrape(url), last_save), 30, "a first save")
+            folder.rename(tmp_path / "kept")
+            folder.write_text("not a folder")  # every save fails from now on
+            failures = "scaleengine_state_save_failures_total"
+            wait_for(lambda: (value(scrape(url), failures) or 0) >= 2, 30, "failed saves")
+            data = json.loads((tmp_path / "kept" / "s.json").read_text())["apps"]
+            on_disk = {(n, a): data[a][n[len("scaleengine_vse_") :]] for n in names for a in APPS}
+            before = wait_for(lambda: grown(url, on_disk), 60, "counters above the saved ones")
+        finally:
+            errors += stop(proc)
+        folder.unlink()
+        (tmp_path / "kept").rename(folder)  # space again: the older file is what a restart finds
+        count = len(seen)
+        proc, url = start_daemon(config, port)
+        try:
+            wait_for(lambda: len(seen) > count + 20 and None not in seen[-1].values(), 60)
+        finally:
+            errors += stop(proc)
+    finally:
+        done.set()
+        thread.join(10)
+    assert b"Traceback" not in errors, errors.decode(errors="replace")
+    assert all(on_disk[(names[0], a)] < before[(names[0], a)] for a in APPS), (on_disk, before)
+    last: dict = {}
+    for values in seen:
+        for key, v in values.items():
+            if v is None:
+                continue  # absent (state not loaded or not confirmed yet): allowed
+            assert v >= last.get(key, 0), f"{key} went down from {last[key]} to {v}"
+            last[key] = v

@@ -423,3 +423,43 @@ def test_failed_saves_then_a_restart_never_export_a_counter_below_an_earlier_one
                 continue  # absent (state not loaded or not confirmed yet): allowed
             assert v >= last.get(key, 0), f"{key} went down from {last[key]} to {v}"
             last[key] = v
+
+
+# -- one bad read -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad_rows",
+    [
+        [("a.mp4", 1500, 15), ("b.mp4", 9007199254740991, 2)],  # 2^53-1: held as exact
+        [("a.mp4", 1500, 15), ("b.mp4", 200, 2), ("a2.mp4", 1500, 15)],  # 3200, not 1700
+    ],
+    ids=["huge row", "row listed twice"],
+)
+def test_one_outlier_poll_never_inflates_the_counters(bad_rows):
+    """Issue 15 item 8: one poll's answer has an outlier row, the next ones are normal again:
+    the counter ends equal to the true growth, to the byte (over real HTTP, poll by poll)."""
+    from exporter.cli import Exporter
+    from exporter.config import parse_config
+
+    good = {"a.mp4": 1500, "b.mp4": 200}
+    with Simulator(apps={"vod": 2}, static_rows={"vod": [("a.mp4", 1000, 10)]}) as sim:
+        cfg = parse_config(sim_config(sim, poll={"late_data_window": "off"}), env={})
+        exporter = Exporter(cfg)
+
+        def poll(rows: list) -> float:
+            sim.static_rows["vod"] = rows
+            sim._page_cache.clear()
+            assert exporter.poller.poll_all()
+            return value(
+                samples(exporter.exposition.text()), "scaleengine_vse_bytes_total", app="vod"
+            )
+
+        poll([("a.mp4", 1000, 10)])
+        assert poll([("a.mp4", 1000, 10)]) == 0  # a day under way at start: its baseline
+        poll([(u, b, 10) for u, b in good.items()])
+        assert poll(bad_rows) == 700  # 1700 confirmed, the outlier not
+        assert poll([(u, b, 10) for u, b in good.items()]) == 700
+        poll([("a.mp4", 1800, 18), ("b.mp4", 200, 2)])
+        assert poll([("a.mp4", 1800, 18), ("b.mp4", 200, 2)]) == 1000  # the true growth
+        exporter.poller.shutdown()

@@ -151,3 +151,30 @@ def test_check_state_path(tmp_path):
     (tmp_path / "file").write_text("x")
     assert "not a folder" in check_state_path(str(tmp_path / "file" / "state.json"))
     assert "is a folder" in check_state_path(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("number", "ok"),
+    [
+        ("9223372036854775807", True),
+        ("9223372036854775808", False),
+        ("1" * 400, False),
+        ("1e400", False),
+        ("-9223372036854775808", False),
+        ("true", False),
+    ],
+)
+def test_state_numbers_are_bounded(tmp_path, caplog, number, ok):
+    path = tmp_path / "state.json"
+    for where in ("bytes_total", "baseline"):
+        total = number if where == "bytes_total" else "0"
+        base = number if where == "baseline" else "0"
+        path.write_text(
+            f'{{"version":1,"day":"d","apps":{{"a":{{"bytes_total":{total},'
+            f'"requests_total":0,"baselines":{{"d":[{base},0]}}}}}}}}'
+        )
+        caplog.clear()
+        if ok:
+            assert StateFile(str(path)).load()[1]["a"].bytes_total == int(total)
+        else:
+            assert "corrupt" in _one_warning(caplog, StateFile(str(path)))

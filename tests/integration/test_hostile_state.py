@@ -463,3 +463,50 @@ def test_one_outlier_poll_never_inflates_the_counters(bad_rows):
         poll([("a.mp4", 1800, 18), ("b.mp4", 200, 2)])
         assert poll([("a.mp4", 1800, 18), ("b.mp4", 200, 2)]) == 1000  # the true growth
         exporter.poller.shutdown()
+
+
+# -- numbers in the state file ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("number", "loaded"),
+    [
+        ("9223372036854775807", True),  # 2^63-1: the largest accepted
+        ("9223372036854775808", False),  # 2^63
+        ("1" * 400, False),  # valid JSON, no float can hold it
+        ("1e400", False),  # a float: infinity
+        ("-1", False),
+        ("12.5", False),
+    ],
+)
+def test_numbers_in_the_state_file_are_bounded(tmp_path, sim, number, loaded):
+    """Issue 15 item 9: a counter or baseline outside 0..2^63-1 is one warning and a fresh
+    start; /metrics answers 200 whatever the file holds."""
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date().isoformat()
+    state = tmp_path / "state.json"
+    entry = f'{{"bytes_total":{number},"requests_total":1,"baselines":{{"{today}":[0,{number}]}}}}'
+    apps = ",".join(f'"{a}":{entry}' for a in APPS)
+    state.write_text(f'{{"version":1,"day":"{today}","apps":{{{apps}}}}}')
+    proc, url = start_daemon(write_config(tmp_path, sim, state={"path": str(state)}))
+    counter = "scaleengine_vse_requests_total"
+    try:
+        s = wait_for(
+            lambda: value(scrape(url), counter, app="news") is not None and scrape(url), 30
+        )
+        if loaded:  # the saved baseline is above any real day: the saved value as it was
+            assert value(s, counter, app="news") == 1
+        else:  # a fresh counter, not the file's number
+            assert value(s, "scaleengine_vse_bytes_total", app="news") < 10**12
+        status, _, body = http_get(url + "/metrics", timeout=5)
+        assert status == 200
+        promtool_check_metrics(body)
+    finally:
+        err = stop(proc).decode(errors="replace")
+    assert "Traceback" not in err, err
+    warnings = [line for line in err.splitlines() if "state file" in line]
+    if loaded:
+        assert warnings == [], err
+    else:
+        assert len(warnings) == 1 and "corrupt, starting fresh" in warnings[0], err

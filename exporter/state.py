@@ -124,15 +124,17 @@ class AppCounters:
         """Account a read of a day's totals; return the (bytes, requests) added to the counters."""
         previous = self.reads.get(day)
         self.reads[day] = (day_bytes, day_requests)
+        base = self.baselines.get(day)
+        if base is None and day in self.origin_days:
+            # under way at start: the first read is the baseline (an outlier there can only
+            # make the counter miss growth, never count any that was not there)
+            self.baselines[day] = (day_bytes, day_requests)
+            return 0, 0
         if previous is None:
             return 0, 0  # unconfirmed: the next read says whether it was an outlier
         confirmed = (min(previous[0], day_bytes), min(previous[1], day_requests))
         self.pending.discard(day)
-        base = self.baselines.get(day)
         if base is None:
-            if day in self.origin_days:
-                self.baselines[day] = confirmed
-                return 0, 0
             base = (0, 0)
         add_b = max(0, confirmed[0] - base[0])
         add_r = max(0, confirmed[1] - base[1])

@@ -19,8 +19,8 @@ from exporter.state import (
 
 def test_growth_counted_once_confirmed_and_new_day_from_zero():
     c = AppCounters(origin_days={"2026-11-26"})
-    assert c.observe("2026-11-26", 1000, 10) == (0, 0)  # under way at start: unconfirmed
-    assert c.observe("2026-11-26", 1500, 12) == (0, 0)  # confirms 1000: baseline only
+    assert c.observe("2026-11-26", 1000, 10) == (0, 0)  # under way at start: baseline only
+    assert c.observe("2026-11-26", 1500, 12) == (0, 0)  # unconfirmed
     assert c.observe("2026-11-26", 1500, 12) == (500, 2)  # confirms 1500: counted
     assert c.observe("2026-11-26", 1400, 12) == (0, 0)  # a dip is not negative growth
     assert c.observe("2026-11-26", 1500, 12) == (0, 0)  # ...and not counted again after it

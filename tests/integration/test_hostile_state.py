@@ -510,3 +510,55 @@ def test_numbers_in_the_state_file_are_bounded(tmp_path, sim, number, loaded):
         assert warnings == [], err
     else:
         assert len(warnings) == 1 and "corrupt, starting fresh" in warnings[0], err
+
+
+def test_restart_past_the_late_window_reads_the_saved_yesterday_again(tmp_path):
+    """Saves fail from 00:30 while yesterday's late data and today grow; the restart at 03:00
+    (past the 2 h late window) finds the 00:30 file: its first poll reads yesterday too, so the
+    counter goes on from every byte counted before the restart (exactly), not below it."""
+    from datetime import UTC, datetime
+
+    from exporter.cli import Exporter
+    from exporter.config import parse_config
+    from exporter.simulator import SimClock
+
+    day0 = datetime(2026, 5, 10, tzinfo=UTC).timestamp()
+    clock = SimClock(day0 - 3600)  # 23:00 the day before
+    folder = tmp_path / "state"
+    folder.mkdir()
+    with Simulator(apps={"vod": 6}, clock=clock, seed=5, late_seconds=3600) as sim:
+        poll = {"interval": "15m", "late_data_window": "2h", "month_interval": "off"}
+        cfg = parse_config(
+            sim_config(sim, poll=poll, state={"path": str(folder / "s.json")}), env={}
+        )
+
+        def counter(exporter: Exporter) -> float | None:
+            s = samples(exporter.exposition.text())
+            return value(s, "scaleengine_vse_bytes_total", app="vod")
+
+        exporter = Exporter(cfg, clock=clock.now)
+        exported = []
+        for minutes in range(0, 240, 15):  # 23:00 .. 02:45
+            clock.set(day0 - 3600 + minutes * 60)
+            if minutes == 90:  # 00:30: the last save that works
+                folder.rename(tmp_path / "kept")
+                folder.write_text("not a folder")
+            assert exporter.poller.poll_all()
+            exported.append(counter(exporter))
+        exporter.poller.shutdown()
+        folder.unlink()
+        (tmp_path / "kept").rename(folder)
+        clock.set(day0 + 3 * 3600)  # 03:00: past the late window
+        exporter = Exporter(cfg, clock=clock.now)
+        assert counter(exporter) is None  # withheld until confirmed
+        assert exporter.poller.poll_all()
+        after = counter(exporter)
+        exporter.poller.shutdown()
+        yesterday = datetime(2026, 5, 9, tzinfo=UTC).date()
+        today = yesterday.replace(day=10)
+        start = day0 - 3600
+        truth = sim.reported("vod", yesterday, at=day0 + 3 * 3600)[0]
+        truth -= sim.reported("vod", yesterday, at=start)[0]
+        truth += sim.reported("vod", today, at=day0 + 3 * 3600)[0]
+    assert exported[-1] > exported[6], "nothing grew while the saves failed"
+    assert after == truth

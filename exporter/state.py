@@ -124,6 +124,9 @@ class AppCounters:
         """Account a read of a day's totals; return the (bytes, requests) added to the counters."""
         previous = self.reads.get(day)
         self.reads[day] = (day_bytes, day_requests)
+        if previous is None and len(self.reads) > 3:  # a long run: only the last days matter
+            for old in sorted(self.reads)[:-3]:
+                del self.reads[old]
         base = self.baselines.get(day)
         if base is None and day in self.origin_days:
             # under way at start: the first read is the baseline (an outlier there can only

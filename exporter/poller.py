@@ -390,9 +390,6 @@ class Poller:
         if day_result is not None:
             day_bytes, day_requests = _totals(day_result)
             st.counters.observe(today_iso, day_bytes, day_requests)
-        if st.counters.pending:
-            errors += self._confirm_pending(st)
-        if day_result is not None:
             if poll.month_interval is not None and (
                 st.month is None
                 or st.month.day != today_iso
@@ -424,6 +421,8 @@ class Poller:
                 extra={"app": name, "reason": "stale" if st.usage.day == today_iso else "new day"},
             )
             st.usage = None
+        if st.counters.pending and not errors:
+            errors += self._confirm_pending(st)
         if not errors:
             st.last_success = now
         st.polled = True

@@ -45,7 +45,7 @@ from .logs import setup_logging
 from .metrics import escape_label, usage_families
 from .poller import client_for, fold_with_limits
 from .scaleengine import ApiError, ScaleEngineClient, UsageResult
-from .state import atomic_write
+from .state import atomic_write, read_regular_file
 
 log = logging.getLogger("exporter.backfill")
 
@@ -54,6 +54,7 @@ MAX_DAYS = 400
 DEFAULT_BUSY_BACKOFF = 120.0  # "try again in a few minutes" (error 1000)
 BUSY_TRIES = 5  # extra fetches of a day after the client's own retries ended on 1000
 CHECKPOINT_SECONDS = 30.0
+MAX_OUTPUT_BYTES = 2**30  # an existing --output larger than 1 GiB is refused (exit 2)
 # errors that will fail every day of the app the same way: stop asking for that app
 FATAL_OUTCOMES = frozenset({"api_0000", "api_0001", "api_0002", "api_0003", "api_0005"})
 
@@ -173,12 +174,14 @@ def read_output(path: str, tz: ZoneInfo) -> dict[Key, DayUsage]:
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        # bytes, not text mode: a \r inside a label value is a character, not a line end
+        text = read_regular_file(path, MAX_OUTPUT_BYTES).decode("utf-8")
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError) as err:
-        raise OutputError(f"cannot read {path}: {err}") from None
+    except OSError as err:
+        raise OutputError(f"cannot read {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise OutputError(f"cannot read {path}: not UTF-8 (byte {err.start})") from None
     if not text.strip():
         return {}
     app_values: dict[str, dict[Key, int]] = {name: {} for name in FAMILIES}

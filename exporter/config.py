@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.state import read_regular_file
+
 __all__ = [
     "AppConfig",
     "Config",
@@ -568,17 +570,23 @@ def _resolve_path(path: str, base_dir: str | os.PathLike[str] | None) -> str:
     return expanded
 
 
-def _read_secret_file(path: str, field: str, source: str) -> str:
+def read_file(path: str, max_bytes: int) -> bytes:
+    """:func:`~exporter.state.read_regular_file` (regular files only, at most ``max_bytes``,
+    never blocking) with every failure a ValueError whose message is the reason."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_SECRET_BYTES + 1)
+        return read_regular_file(path, max_bytes)
     except (OSError, ValueError) as err:
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ValueError(reason) from None
+
+
+def _read_secret_file(path: str, field: str, source: str) -> str:
+    try:
+        raw = read_file(path, MAX_SECRET_BYTES)
+    except ValueError as err:
         raise ConfigError(
-            f"{source}: {field}: cannot read secret file {path!r}: {reason}", field=field
+            f"{source}: {field}: cannot read secret file {path!r}: {err}", field=field
         ) from None
-    if len(raw) > MAX_SECRET_BYTES:
-        raise ConfigError(f"{source}: {field}: secret file {path!r} is too large", field=field)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -722,13 +730,9 @@ def load_yaml_file(path: str | os.PathLike[str], what: str = "config file") -> o
     """Read and parse a YAML file; raise ConfigError naming the file on any problem."""
     name = os.fspath(path)
     try:
-        with open(name, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
-    except (OSError, ValueError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise ConfigError(f"{name}: cannot read {what}: {reason}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{name}: {what} is too large (over {MAX_CONFIG_BYTES} bytes)")
+        raw = read_file(name, MAX_CONFIG_BYTES)
+    except ValueError as err:
+        raise ConfigError(f"{name}: cannot read {what}: {err}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:

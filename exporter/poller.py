@@ -231,7 +231,7 @@ class Poller:
             )
             for app in config.apps
         }
-        # the counters are known now (loaded or fresh): from here on they are exported
+        # fresh counters are exported from here on; loaded ones once confirmed by a poll
         for name, st in self._apps.items():
             self.store.publish(name, None, self._status(st, up=False, duration=None))
         if state_file is not None:
@@ -260,6 +260,9 @@ class Poller:
                 log.info("state loaded", extra={"path": self.state_file.path, "day": saved_day})
                 for counters in apps.values():
                     counters.prune(fresh_origin)
+                    # the saved values may be older than what was exported (failed saves):
+                    # withheld until today and each saved day are read again (twice)
+                    counters.pending = set(counters.baselines) | {today.isoformat()}
                 # an app the state file does not know (added since) starts as on a fresh
                 # start: the day so far only sets its baseline, it was never ours to count
                 for app in self.config.apps:
@@ -418,6 +421,8 @@ class Poller:
                 extra={"app": name, "reason": "stale" if st.usage.day == today_iso else "new day"},
             )
             st.usage = None
+        if st.counters.pending and not errors:
+            errors += self._confirm_pending(st)
         if not errors:
             st.last_success = now
         st.polled = True
@@ -437,6 +442,21 @@ class Poller:
             extra={"app": name, "ok": not errors, "seconds": round(duration, 3)},
         )
         return not errors
+
+    def _confirm_pending(self, st: _AppState) -> list[ApiError]:
+        """Read each day a loaded state had counted until two reads confirm it (the first poll
+        after a restart), so the restored counters are exported without waiting a poll."""
+        errors: list[ApiError] = []
+        for day in sorted(st.counters.pending):
+            d = date.fromisoformat(day)
+            while day in st.counters.pending:
+                try:
+                    res = self._fetch(st, d.year, d.month, d.day)
+                except ApiError as err:
+                    errors.append(err)
+                    return errors
+                st.counters.observe(day, *_totals(res))
+        return errors
 
     def _build_usage(
         self,
@@ -484,8 +504,8 @@ class Poller:
             up=up,
             last_success=st.last_success,
             poll_duration=duration,
-            bytes_total=st.counters.bytes_total,
-            requests_total=st.counters.requests_total,
+            bytes_total=st.counters.bytes_total if st.counters.exportable else None,
+            requests_total=st.counters.requests_total if st.counters.exportable else None,
             skipped_rows=st.skipped_rows,
             incomplete_rows=st.incomplete_rows,
             last_error=f"{errors[0].outcome}: {errors[0]}" if errors else None,

@@ -17,12 +17,15 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .config import Config, ConfigError
 from .webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
+
+# a reload waits this long for one still running, then fails (counted) instead of queueing
+RELOAD_WAIT_SECONDS = 30.0
 
 
 class ReloadStatus:
@@ -31,6 +34,7 @@ class ReloadStatus:
     def __init__(self) -> None:
         self.successful = True
         self.success_timestamp = time.time()  # the config loaded at start counts
+        self.failures = 0
 
     def succeeded(self) -> None:
         self.successful = True
@@ -38,6 +42,7 @@ class ReloadStatus:
 
     def failed(self) -> None:
         self.successful = False
+        self.failures += 1
 
     def collect(self) -> Iterable[Metric]:
         ok = GaugeMetricFamily(
@@ -51,7 +56,13 @@ class ReloadStatus:
             "Unix time of the last successful config load (the start counts as one).",
         )
         ts.add_metric([], self.success_timestamp)
-        return [ok, ts]
+        failures = CounterMetricFamily(
+            "scaleengine_exporter_config_reload_failures",
+            "Config reloads (SIGHUP or POST /-/reload) that failed: a bad or unreadable file, "
+            "or a reload still running.",
+        )
+        failures.add_metric([], self.failures)
+        return [ok, ts, failures]
 
 
 def web_fingerprint(web: WebConfig | None) -> tuple[Any, ...] | None:
@@ -85,30 +96,39 @@ class Reloader:
         self._lock = threading.Lock()
 
     def __call__(self) -> tuple[bool, str]:
-        with self._lock:
-            try:
-                new = self._load()
-                web = load_web_config(new.web.config_file) if new.web.config_file else None
-            except ConfigError as err:
-                return self._fail(str(err))
-            new = self._keep_restart_settings(new, web)
-            try:
-                self._apply(new)
-            except Exception as err:  # e.g. the poll worker is gone
-                return self._fail(f"applying the new config failed: {err}")
-            old_apps = {a.name for a in self.config.apps}
-            new_apps = {a.name for a in new.apps}
-            self.config = new
-            self.status.succeeded()
-            log.info(
-                "config reloaded",
-                extra={
-                    "apps": len(new_apps),
-                    "added": ",".join(sorted(new_apps - old_apps)) or "none",
-                    "removed": ",".join(sorted(old_apps - new_apps)) or "none",
-                },
-            )
-            return True, "config reloaded"
+        if not self._lock.acquire(timeout=RELOAD_WAIT_SECONDS):
+            return self._fail(f"another reload is still running after {RELOAD_WAIT_SECONDS:g}s")
+        try:
+            return self._reload()
+        finally:
+            self._lock.release()
+
+    def _reload(self) -> tuple[bool, str]:
+        try:
+            new = self._load()
+            web = load_web_config(new.web.config_file) if new.web.config_file else None
+        except ConfigError as err:
+            return self._fail(str(err))
+        except Exception as err:  # noqa: BLE001 - MemoryError, a bug: a failed reload
+            return self._fail(f"{type(err).__name__}: {str(err)[:200]}")
+        new = self._keep_restart_settings(new, web)
+        try:
+            self._apply(new)
+        except Exception as err:  # e.g. the poll worker is gone
+            return self._fail(f"applying the new config failed: {err}")
+        old_apps = {a.name for a in self.config.apps}
+        new_apps = {a.name for a in new.apps}
+        self.config = new
+        self.status.succeeded()
+        log.info(
+            "config reloaded",
+            extra={
+                "apps": len(new_apps),
+                "added": ",".join(sorted(new_apps - old_apps)) or "none",
+                "removed": ",".join(sorted(old_apps - new_apps)) or "none",
+            },
+        )
+        return True, "config reloaded"
 
     def _fail(self, reason: str) -> tuple[bool, str]:
         self.status.failed()

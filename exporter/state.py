@@ -27,6 +27,49 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 # a real state file is a few kilobytes; anything near this is not ours
 MAX_STATE_BYTES = 64 * 2**20
+# every counter and baseline in the state file is a whole number in 0..2^63-1
+MAX_STATE_NUMBER = 2**63 - 1
+
+
+class FileReadError(OSError):
+    """A file the exporter reads is not a regular file, or is larger than its cap."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(errno.EINVAL, reason)
+
+
+def read_regular_file(path: str, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``max_bytes`` of them; never blocks.
+
+    Every file the exporter reads (config, web config, secrets, TLS files, state, backfill
+    output) goes through here: a FIFO, a device (``/dev/zero``), a folder or a file larger than
+    ``max_bytes`` raises :class:`FileReadError` (``strerror`` says which) instead of hanging or
+    reading without end; other failures raise the ``OSError`` of ``open``/``read``.
+    """
+    # O_NONBLOCK: a FIFO without a writer must not hang the open; O_NOCTTY: a terminal stays
+    # nobody's controlling terminal
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            folder = stat.S_ISDIR(info.st_mode)
+            raise FileReadError(("a folder, " if folder else "") + "not a regular file")
+        if info.st_size > max_bytes:
+            raise FileReadError(f"larger than {max_bytes} bytes")
+        chunks = []
+        left = max_bytes + 1  # a file growing while read is caught too
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    raw = b"".join(chunks)
+    if len(raw) > max_bytes:
+        raise FileReadError(f"larger than {max_bytes} bytes")
+    return raw
 
 
 class StateLockedError(Exception):
@@ -53,33 +96,62 @@ def check_state_path(path: str) -> str | None:
 
 @dataclass
 class AppCounters:
-    """Counter values and per-day baselines (ISO date -> (bytes, requests)) of one app."""
+    """Counter values and per-day baselines (ISO date -> (bytes, requests)) of one app.
+
+    A day's growth is counted only once two reads in a row show it: what is counted is the
+    smaller of the last two reads of the day (its confirmed total) beyond the baseline. One
+    outlier read (a row of 2^63, a row listed twice in one answer) is outvoted by the next
+    read and never counted; true growth shows up one poll later.
+    """
 
     bytes_total: int = 0
     requests_total: int = 0
     baselines: dict[str, tuple[int, int]] = field(default_factory=dict)
     # days that were already under way when this exporter started with no usable state
     origin_days: set[str] = field(default_factory=set)
+    # the last read of each day, not yet confirmed (not saved: a restart reads again)
+    reads: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # days a saved state had counted (perhaps less than was exported before the restart, if
+    # the last saves failed): the counters are withheld until each was read twice again
+    pending: set[str] = field(default_factory=set)
+
+    @property
+    def exportable(self) -> bool:
+        """False while a loaded counter may still be below what was exported before."""
+        return not self.pending
 
     def observe(self, day: str, day_bytes: int, day_requests: int) -> tuple[int, int]:
-        """Account a day's totals; return the (bytes, requests) added to the counters."""
+        """Account a read of a day's totals; return the (bytes, requests) added to the counters."""
+        previous = self.reads.get(day)
+        self.reads[day] = (day_bytes, day_requests)
+        if previous is None and len(self.reads) > 3:  # a long run: only the last days matter
+            for old in sorted(self.reads)[:-3]:
+                del self.reads[old]
         base = self.baselines.get(day)
+        if base is None and day in self.origin_days:
+            # under way at start: the first read is the baseline (an outlier there can only
+            # make the counter miss growth, never count any that was not there)
+            self.baselines[day] = (day_bytes, day_requests)
+            return 0, 0
+        if previous is None:
+            return 0, 0  # unconfirmed: the next read says whether it was an outlier
+        confirmed = (min(previous[0], day_bytes), min(previous[1], day_requests))
+        self.pending.discard(day)
         if base is None:
-            if day in self.origin_days:
-                self.baselines[day] = (day_bytes, day_requests)
-                return 0, 0
             base = (0, 0)
-        add_b = max(0, day_bytes - base[0])
-        add_r = max(0, day_requests - base[1])
+        add_b = max(0, confirmed[0] - base[0])
+        add_r = max(0, confirmed[1] - base[1])
         self.bytes_total += add_b
         self.requests_total += add_r
-        self.baselines[day] = (max(base[0], day_bytes), max(base[1], day_requests))
+        self.baselines[day] = (max(base[0], confirmed[0]), max(base[1], confirmed[1]))
         return add_b, add_r
 
     def prune(self, keep: set[str]) -> None:
-        for day in list(self.baselines):
-            if day not in keep:
-                del self.baselines[day]
+        for days in (self.baselines, self.reads):
+            for day in list(days):
+                if day not in keep:
+                    del days[day]
+        self.pending &= keep
 
 
 def atomic_write(path: str, chunks: Iterable[bytes], prefix: str = ".tmp-") -> None:
@@ -171,42 +243,16 @@ class StateFile:
     def _read(self) -> bytes | None:
         """The file's bytes, or None with one warning: never blocks, never reads past the cap."""
         try:
-            # O_NONBLOCK: a FIFO without a writer must not hang the start
-            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            return read_regular_file(self.path, self.max_bytes)
         except FileNotFoundError:
             log.warning("no state file yet, starting fresh", extra={"path": self.path})
             return None
         except OSError as err:
             log.warning(
-                "state file unreadable, starting fresh",
+                "state file unusable, starting fresh",
                 extra={"path": self.path, "err": err.strerror or str(err)},
             )
             return None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                reason = "not a regular file"
-            elif info.st_size > self.max_bytes:
-                reason = f"larger than {self.max_bytes} bytes"
-            else:
-                chunks = []
-                left = self.max_bytes + 1
-                while left > 0:
-                    chunk = os.read(fd, min(left, 1 << 20))
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-                    left -= len(chunk)
-                raw = b"".join(chunks)
-                if len(raw) <= self.max_bytes:
-                    return raw
-                reason = f"larger than {self.max_bytes} bytes"
-        except OSError as err:
-            reason = err.strerror or str(err)
-        finally:
-            os.close(fd)
-        log.warning("state file unusable, starting fresh", extra={"path": self.path, "err": reason})
-        return None
 
     def load(self) -> tuple[str, dict[str, AppCounters]] | None:
         """(saved day, counters by app), or None with one warning if missing or unusable."""
@@ -241,6 +287,8 @@ class StateFile:
 
 
 def _count(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"bad counter value {value!r}")
+    """A counter or baseline from the state file: a whole number in 0..MAX_STATE_NUMBER."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STATE_NUMBER:
+        shown = repr(value) if not isinstance(value, int) or value < 10**30 else "a huge number"
+        raise ValueError(f"bad counter value {shown[:60]} (a whole number 0..2^63-1 expected)")
     return value

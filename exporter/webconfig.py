@@ -37,7 +37,13 @@ from typing import Annotated, Any
 import bcrypt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from exporter.config import ConfigError, format_validation_error, load_yaml_file, parse_duration
+from exporter.config import (
+    ConfigError,
+    format_validation_error,
+    load_yaml_file,
+    parse_duration,
+    read_file,
+)
 
 __all__ = ["WebConfig", "load_web_config", "parse_web_config"]
 
@@ -125,13 +131,14 @@ def _err(source: str, field: str, reason: str) -> ConfigError:
     return ConfigError(f"{source}: {field}: {reason}", field=field)
 
 
+MAX_PEM_BYTES = 1024 * 1024  # a certificate chain or key file; larger is not one
+
+
 def _read_pem(path: str, field: str, source: str, marker: str) -> str:
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(1024 * 1024)
-    except (OSError, ValueError) as err:
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        raise _err(source, field, f"cannot read {path!r}: {reason}") from None
+        raw = read_file(path, MAX_PEM_BYTES)
+    except ValueError as err:
+        raise _err(source, field, f"cannot read {path!r}: {err}") from None
     text = raw.decode("ascii", errors="replace")
     if f"-----BEGIN {marker}" not in text and not (
         marker == "PRIVATE KEY" and re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
-from helpers import ROOT, sim_config, wait_for
+from helpers import ROOT, need_binary, sim_config, wait_for
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from exporter import backfill
@@ -603,3 +604,62 @@ def test_answer_size_cap_applies_as_in_the_daemon(tmp_path):
     assert f"app big day {first.isoformat()}" in err.getvalue()
     assert "too_large" in err.getvalue()
     assert {k[1][0][1] for k in parse(out.read_text())} == {"small"}
+
+
+# -- the output file: regular files only, bounded, never blocking (issue 15 item 10) --------
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "/dev/full", "folder", "2**30+1 bytes"])
+def test_output_that_is_not_a_readable_file_exit_2_before_any_request(sim, tmp_path, kind):
+    if kind == "fifo":
+        target = tmp_path / "h.om"
+        os.mkfifo(target)  # no writer: a blocking open would hang
+    elif kind == "folder":
+        target = tmp_path / "h.om"
+        target.mkdir()
+    elif kind.startswith("2**30"):
+        target = tmp_path / "h.om"
+        with open(target, "wb") as fh:  # sparse: 1 GiB + 1 byte without writing them
+            fh.truncate(1073741825)
+    else:
+        target = Path(kind)
+    cfg = write_config(tmp_path, sim)
+    sim.clear_log()
+    day = previous_month(this_month_start()).isoformat()
+    proc = run_cli("--config", str(cfg), "--from", day, "--to", day, "--output", str(target))
+    assert proc.returncode == 2, proc.stderr
+    reason = "larger than 1073741824 bytes" if kind.startswith("2**") else "not a regular file"
+    assert f"cannot read {target}: " in proc.stderr and reason in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not sim.request_log
+    if kind == "/dev/zero":
+        assert stat.S_ISCHR(os.stat("/dev/zero").st_mode)  # still the device, not replaced
+
+
+def test_carriage_return_in_a_video_url_round_trips(tmp_path):
+    """A \\r in a label value is a character (OpenMetrics escapes only \\\\, \\" and \\n):
+    written raw, promtool takes it, and a rerun reads the file back without a request."""
+    rows = {"vod-a": [("clip\r1.mp4", 500, 3), ('q"\\\n.mp4', 40, 1)], "live-b": []}
+    with Simulator(apps=APPS, tz=TZ, static_rows=rows) as sim:
+        cfg = write_config(tmp_path, sim)
+        out = tmp_path / "h.om"
+        day = previous_month(this_month_start()).isoformat()
+        args = ("--config", str(cfg), "--from", day, "--to", day, "--output", str(out))
+        first = run_cli(*args)
+        assert first.returncode == 0, first.stderr
+        assert b'video_url="clip\r1.mp4"' in out.read_bytes()
+        sim.clear_log()
+        again = run_cli(*args)
+        assert again.returncode == 0, again.stderr
+        assert not sim.request_log, "a rerun read days the file already holds"
+    text = out.read_bytes().decode()
+    urls = {
+        s.labels.get("video_url") for f in text_string_to_metric_families(text) for s in f.samples
+    }
+    assert urls - {None} == {"clip\r1.mp4", 'q"\\\n.mp4'}
+    blocks = subprocess.run(
+        [need_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", str(out),
+         str(tmp_path / "blocks")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert blocks.returncode == 0, blocks.stdout + blocks.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 import zoneinfo
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from exporter.config import (
     parse_duration,
     parse_size,
 )
+from exporter.webconfig import load_web_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "config"
@@ -507,3 +510,89 @@ def test_number_errors_read_like_the_others(value, reason):
         parse_config(base(poll={"page_size": value}))
     assert str(ei.value) == f"<config>: poll.page_size: {reason}"
     assert "Input should" not in str(ei.value)
+
+
+# -- every file read: regular files only, bounded, never blocking (issue 15 item 10) -------
+
+
+def _special(tmp_path: Path, kind: str) -> str:
+    """A path that is not a readable regular file: a FIFO with no writer, a device, a folder."""
+    if kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)  # a blocking open would never return
+        return str(path)
+    if kind == "folder":
+        (tmp_path / "folder").mkdir()
+        return str(tmp_path / "folder")
+    return kind
+
+
+def _sized(path: Path, size: int, head: bytes = b"") -> str:
+    path.write_bytes(head + b"#" * (size - len(head)))
+    return str(path)
+
+
+KINDS = ["fifo", "/dev/zero", "folder"]
+CONFIG_HEAD = b"scaleengine: {cdn_id: 9}\napps: [a]\n"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("which", ["config", "web config", "secret file", "TLS file"])
+def test_files_that_are_not_regular_are_refused_at_once(tmp_path, kind, which):
+    path = _special(tmp_path, kind)
+    with pytest.raises(ConfigError) as info:
+        if which == "config":
+            load_config(path, env=ENV)
+        elif which == "web config":
+            load_web_config(path)
+        elif which == "secret file":
+            conf = tmp_path / "c.yaml"
+            conf.write_text(f"scaleengine:\n  cdn_id: 9\n  api_key_file: {path}\napps: [a]\n")
+            load_config(conf, env=ENV)
+        else:
+            web = tmp_path / "web.yaml"
+            web.write_text(f"tls_server_config:\n  cert_file: {path}\n  key_file: {path}\n")
+            load_web_config(web)
+    assert "cannot read" in str(info.value) and "not a regular file" in str(info.value)
+
+
+def test_config_size_cap_4_mib(tmp_path):
+    path = _sized(tmp_path / "c.yaml", 4194304, CONFIG_HEAD)
+    assert load_config(path, env=ENV).apps[0].name == "a"
+    path = _sized(tmp_path / "c.yaml", 4194305, CONFIG_HEAD)
+    with pytest.raises(ConfigError, match="cannot read config file: larger than 4194304 bytes"):
+        load_config(path, env=ENV)
+
+
+def test_secret_file_size_cap_64_kib(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text("scaleengine:\n  cdn_id: 9\n  api_key_file: key\napps: [a]\n")
+    _sized(tmp_path / "key", 65536)
+    assert len(load_config(conf, env=ENV).scaleengine.api_key.get_secret_value()) == 65536
+    _sized(tmp_path / "key", 65537)
+    with pytest.raises(ConfigError, match="larger than 65536 bytes"):
+        load_config(conf, env=ENV)
+
+
+def test_tls_file_size_cap_1_mib(tmp_path):
+    from exporter.webconfig import _read_pem
+
+    head = b"-----BEGIN CERTIFICATE-----\n"
+    path = _sized(tmp_path / "cert.pem", 1048576, head)
+    assert len(_read_pem(path, "cert_file", "web.yaml", "CERTIFICATE")) == 1048576
+    path = _sized(tmp_path / "cert.pem", 1048577, head)
+    with pytest.raises(ConfigError, match="larger than 1048576 bytes"):
+        _read_pem(path, "cert_file", "web.yaml", "CERTIFICATE")
+
+
+def test_check_config_on_a_fifo_ends_with_exit_2(tmp_path):
+    """As a user runs it: --check-config on a FIFO answers at once instead of hanging."""
+    fifo = _special(tmp_path, "fifo")
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config", fifo, "--check-config"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

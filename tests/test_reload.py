@@ -216,3 +216,86 @@ def test_settings_that_need_a_restart_keep_their_values_and_are_logged(tmp_path,
     assert "web.listen_address" in warning.settings and "web.config_file" in warning.settings
     assert applied[-1].web.listen_address == ":8491"  # the running value stays
     assert status.successful
+
+
+def test_reload_of_a_fifo_config_fails_at_once_is_counted_and_the_next_one_works(tmp_path, sim):
+    """Issue 15 item 10: the config path replaced by a FIFO (no writer): POST /-/reload and
+    SIGHUP fail within seconds (not hang), each counted; once the file is back, reloads work."""
+    cfg = tmp_path / "config.yaml"
+    write(cfg, sim, "  - news\n")
+    good = cfg.read_text()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")}
+    log_path = tmp_path / "stderr.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--config", str(cfg), "--web.enable-lifecycle",
+             "--web.listen-address", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=log_file, env=env, cwd=ROOT,
+        )  # fmt: skip
+    ok = ("scaleengine_exporter_config_last_reload_successful", ())
+    failures = ("scaleengine_exporter_config_reload_failures_total", ())
+    try:
+        wait_for(lambda: value(scrape_ok(url), "scaleengine_up", "news") == 1, 30, "news up")
+        assert scrape_ok(url)[failures] == 0
+        cfg.unlink()
+        os.mkfifo(cfg)
+        status, text = post(url)  # urllib's timeout (30 s) would fail a hang
+        assert status == 500 and "not a regular file" in text, text
+        s = wait_for(lambda: (x := scrape_ok(url)).get(ok) == 0 and x, 20, "a failed reload")
+        assert s[failures] == 1
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: scrape_ok(url)[failures] == 2, 20, "the SIGHUP reload failing too")
+        cfg.unlink()
+        write(cfg, sim, "  - news\n  - sport\n")
+        status, text = post(url)
+        assert status == 200, text
+        s = wait_for(
+            lambda: value(scrape_ok(url), "scaleengine_up", "sport") == 1 and scrape_ok(url), 30
+        )
+        assert s[ok] == 1 and s[failures] == 2
+        cfg.write_text(good)
+        proc.send_signal(signal.SIGHUP)  # and SIGHUP works again too
+        wait_for(lambda: "sport" not in str(scrape_ok(url)), 20, "sport removed by SIGHUP")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    err = log_path.read_text()
+    assert "Traceback" not in err and err.count("config reload failed") == 2, err
+
+
+def test_a_reload_waiting_on_one_that_does_not_end_fails_and_is_counted(monkeypatch):
+    """A reload still running (whatever holds it) makes the next one fail after the wait, not
+    queue for ever; once it ends, reloads work again."""
+    import threading
+
+    from exporter import reload as reload_mod
+    from exporter.config import parse_config
+
+    monkeypatch.setattr(reload_mod, "RELOAD_WAIT_SECONDS", 0.5)
+    config = parse_config({"scaleengine": {"cdn_id": 1, "api_key": "k", "api_secret": "s"},
+                           "apps": ["a"]}, env={})  # fmt: skip
+    release = threading.Event()
+    entered = threading.Event()
+    calls = []
+
+    def load():
+        calls.append(1)
+        if len(calls) == 1:
+            entered.set()
+            release.wait(30)
+        return config
+
+    status = reload_mod.ReloadStatus()
+    reloader = reload_mod.Reloader(load, lambda c: None, config, None, status)
+    first = threading.Thread(target=reloader)
+    first.start()
+    assert entered.wait(10)
+    ok, text = reloader()
+    assert not ok and "another reload is still running" in text
+    assert (status.successful, status.failures) == (False, 1)
+    release.set()
+    first.join(10)
+    assert reloader() == (True, "config reloaded")
+    assert (status.successful, status.failures) == (True, 1)

@@ -17,15 +17,39 @@ from exporter.state import (
 )
 
 
-def test_growth_counted_once_and_new_day_from_zero():
+def test_growth_counted_once_confirmed_and_new_day_from_zero():
     c = AppCounters(origin_days={"2026-11-26"})
     assert c.observe("2026-11-26", 1000, 10) == (0, 0)  # under way at start: baseline only
-    assert c.observe("2026-11-26", 1500, 12) == (500, 2)
+    assert c.observe("2026-11-26", 1500, 12) == (0, 0)  # unconfirmed
+    assert c.observe("2026-11-26", 1500, 12) == (500, 2)  # confirms 1500: counted
     assert c.observe("2026-11-26", 1400, 12) == (0, 0)  # a dip is not negative growth
     assert c.observe("2026-11-26", 1500, 12) == (0, 0)  # ...and not counted again after it
-    assert c.observe("2026-11-27", 300, 1) == (300, 1)  # a new day starts from its own zero
-    assert c.observe("2026-11-26", 1600, 12) == (100, 0)  # late data of yesterday
+    assert c.observe("2026-11-26", 1500, 12) == (0, 0)
+    assert c.observe("2026-11-27", 300, 1) == (0, 0)  # a new day: unconfirmed
+    assert c.observe("2026-11-27", 300, 1) == (300, 1)  # ...counted from its own zero
+    assert c.observe("2026-11-26", 1600, 12) == (0, 0)  # late data of yesterday
+    assert c.observe("2026-11-26", 1600, 12) == (100, 0)
     assert (c.bytes_total, c.requests_total) == (900, 3)
+
+
+@pytest.mark.parametrize(
+    ("outlier", "requests"),
+    [(9223372036854775807, 10), (3200, 20)],  # a row of 2^63-1; a row listed twice
+)
+def test_one_outlier_read_is_never_counted(outlier, requests):
+    c = AppCounters()
+    reads = [(1000, 10), (1700, 17), (outlier, requests), (1700, 17), (1800, 18), (1800, 18)]
+    for day_bytes, day_requests in reads:
+        c.observe("2026-11-26", day_bytes, day_requests)
+    assert (c.bytes_total, c.requests_total) == (1800, 18)  # the true growth, to the byte
+
+
+def test_two_reads_in_a_row_are_counted():
+    """The trade: a value read twice in a row is taken as true (no plausibility guess)."""
+    c = AppCounters()
+    for day_bytes in (1000, 5000, 5000):
+        c.observe("2026-11-26", day_bytes, 1)
+    assert c.bytes_total == 5000
 
 
 def test_state_roundtrip_atomic_and_private(tmp_path):
@@ -127,3 +151,30 @@ def test_check_state_path(tmp_path):
     (tmp_path / "file").write_text("x")
     assert "not a folder" in check_state_path(str(tmp_path / "file" / "state.json"))
     assert "is a folder" in check_state_path(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("number", "ok"),
+    [
+        ("9223372036854775807", True),
+        ("9223372036854775808", False),
+        ("1" * 400, False),
+        ("1e400", False),
+        ("-9223372036854775808", False),
+        ("true", False),
+    ],
+)
+def test_state_numbers_are_bounded(tmp_path, caplog, number, ok):
+    path = tmp_path / "state.json"
+    for where in ("bytes_total", "baseline"):
+        total = number if where == "bytes_total" else "0"
+        base = number if where == "baseline" else "0"
+        path.write_text(
+            f'{{"version":1,"day":"d","apps":{{"a":{{"bytes_total":{total},'
+            f'"requests_total":0,"baselines":{{"d":[{base},0]}}}}}}}}'
+        )
+        caplog.clear()
+        if ok:
+            assert StateFile(str(path)).load()[1]["a"].bytes_total == int(total)
+        else:
+            assert "corrupt" in _one_warning(caplog, StateFile(str(path)))

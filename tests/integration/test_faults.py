@@ -156,6 +156,7 @@ def test_fault_mode(rig, mode, caplog):
     sim.set_fault("bad", None)
     sim.clock.advance(600)
     assert poller.poll_all()
+    assert poller.poll_all()  # growth counts once a second read confirms it
     exporter.exposition.render_now()
     s = scrape(url)
     # (with a row fault, the bytes of a skipped row were not seen then; they are counted once
@@ -423,6 +424,9 @@ def test_pages_that_move_once_are_published_exactly(rig, mode):
     s = scrape(url)
     assert value(s, "scaleengine_up", app="bad") == 1
     assert value(s, "scaleengine_vse_app_day_bytes", app="bad") == sim.reported("bad", today)[0]
+    assert poller.poll_app("bad")  # growth counts once a second read confirms it
+    exporter.exposition.render_now()
+    s = scrape(url)
     grown = sim.reported("bad", today)[0] - sim.reported("bad", today, at=START)[0]
     assert value(s, "scaleengine_vse_bytes_total", app="bad") == grown
     per_video = {

@@ -8,6 +8,7 @@ poll is a failed poll, and the state file cannot crash, block or be shared by tw
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -365,3 +366,208 @@ def test_state_path_in_a_folder_that_cannot_hold_it_is_refused(tmp_path, sim, wh
         assert proc.returncode == 2, proc.stderr
         assert "state.path" in proc.stderr and "Traceback" not in proc.stderr
     assert len(sim.request_log) == 0
+
+
+def test_failed_saves_then_a_restart_never_export_a_counter_below_an_earlier_one(tmp_path, sim):
+    """Issue 15 item 7: saves fail (the folder is replaced by a file, as a full disk would
+    fail them) while the counters grow; the restart finds the older file again. Scraped every
+    few ms across the restart (one port): no counter below a value scraped before, and the
+    saved value really was below the last one exported (else the test proves nothing)."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    saved = folder / "s.json"
+    config = write_config(tmp_path, sim, state={"path": str(saved)})
+    port = free_port()
+    names = ("scaleengine_vse_bytes_total", "scaleengine_vse_requests_total")
+    seen: list[dict] = []
+    done = threading.Event()
+
+    def scraper() -> None:
+        while not done.is_set():
+            s = scrape(f"http://127.0.0.1:{port}")
+            if s is not None:
+                seen.append({(n, a): value(s, n, app=a) for n in names for a in APPS})
+            time.sleep(0.003)
+
+    def grown(url: str, than: dict) -> dict | None:  # bytes: requests grow too slowly
+        s = scrape(url)
+        ok = all((value(s, names[0], app=a) or 0) > than.get((names[0], a), 0) for a in APPS)
+        return {(names[0], a): value(s, names[0], app=a) for a in APPS} if ok else None
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    thread.start()
+    errors = b""
+    try:
+        proc, url = start_daemon(config, port)
+        try:
+            wait_for(lambda: grown(url, {}), 60, "counters above 0")
+            last_save = "scaleengine_state_last_save_timestamp_seconds"
+            wait_for(lambda: value(scrape(url), last_save), 30, "a first save")
+            folder.rename(tmp_path / "kept")
+            folder.write_text("not a folder")  # every save fails from now on
+            failures = "scaleengine_state_save_failures_total"
+            wait_for(lambda: (value(scrape(url), failures) or 0) >= 2, 30, "failed saves")
+            data = json.loads((tmp_path / "kept" / "s.json").read_text())["apps"]
+            on_disk = {(n, a): data[a][n[len("scaleengine_vse_") :]] for n in names for a in APPS}
+            before = wait_for(lambda: grown(url, on_disk), 60, "counters above the saved ones")
+        finally:
+            errors += stop(proc)
+        folder.unlink()
+        (tmp_path / "kept").rename(folder)  # space again: the older file is what a restart finds
+        count = len(seen)
+        proc, url = start_daemon(config, port)
+        try:
+            wait_for(lambda: len(seen) > count + 20 and None not in seen[-1].values(), 60)
+        finally:
+            errors += stop(proc)
+    finally:
+        done.set()
+        thread.join(10)
+    assert b"Traceback" not in errors, errors.decode(errors="replace")
+    assert all(on_disk[(names[0], a)] < before[(names[0], a)] for a in APPS), (on_disk, before)
+    last: dict = {}
+    for values in seen:
+        for key, v in values.items():
+            if v is None:
+                continue  # absent (state not loaded or not confirmed yet): allowed
+            assert v >= last.get(key, 0), f"{key} went down from {last[key]} to {v}"
+            last[key] = v
+
+
+# -- one bad read -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad_rows",
+    [
+        [("a.mp4", 1500, 15), ("b.mp4", 9007199254740991, 2)],  # 2^53-1: held as exact
+        [("a.mp4", 1500, 15), ("b.mp4", 200, 2), ("a2.mp4", 1500, 15)],  # 3200, not 1700
+    ],
+    ids=["huge row", "row listed twice"],
+)
+def test_one_outlier_poll_never_inflates_the_counters(bad_rows):
+    """Issue 15 item 8: one poll's answer has an outlier row, the next ones are normal again:
+    the counter ends equal to the true growth, to the byte (over real HTTP, poll by poll)."""
+    from exporter.cli import Exporter
+    from exporter.config import parse_config
+
+    good = {"a.mp4": 1500, "b.mp4": 200}
+    with Simulator(apps={"vod": 2}, static_rows={"vod": [("a.mp4", 1000, 10)]}) as sim:
+        cfg = parse_config(sim_config(sim, poll={"late_data_window": "off"}), env={})
+        exporter = Exporter(cfg)
+
+        def poll(rows: list) -> float:
+            sim.static_rows["vod"] = rows
+            sim._page_cache.clear()
+            assert exporter.poller.poll_all()
+            return value(
+                samples(exporter.exposition.text()), "scaleengine_vse_bytes_total", app="vod"
+            )
+
+        poll([("a.mp4", 1000, 10)])
+        assert poll([("a.mp4", 1000, 10)]) == 0  # a day under way at start: its baseline
+        poll([(u, b, 10) for u, b in good.items()])
+        assert poll(bad_rows) == 700  # 1700 confirmed, the outlier not
+        assert poll([(u, b, 10) for u, b in good.items()]) == 700
+        poll([("a.mp4", 1800, 18), ("b.mp4", 200, 2)])
+        assert poll([("a.mp4", 1800, 18), ("b.mp4", 200, 2)]) == 1000  # the true growth
+        exporter.poller.shutdown()
+
+
+# -- numbers in the state file ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("number", "loaded"),
+    [
+        ("9223372036854775807", True),  # 2^63-1: the largest accepted
+        ("9223372036854775808", False),  # 2^63
+        ("1" * 400, False),  # valid JSON, no float can hold it
+        ("1e400", False),  # a float: infinity
+        ("-1", False),
+        ("12.5", False),
+    ],
+)
+def test_numbers_in_the_state_file_are_bounded(tmp_path, sim, number, loaded):
+    """Issue 15 item 9: a counter or baseline outside 0..2^63-1 is one warning and a fresh
+    start; /metrics answers 200 whatever the file holds."""
+    from datetime import UTC, datetime
+
+    today = datetime.now(UTC).date().isoformat()
+    state = tmp_path / "state.json"
+    entry = f'{{"bytes_total":{number},"requests_total":1,"baselines":{{"{today}":[0,{number}]}}}}'
+    apps = ",".join(f'"{a}":{entry}' for a in APPS)
+    state.write_text(f'{{"version":1,"day":"{today}","apps":{{{apps}}}}}')
+    proc, url = start_daemon(write_config(tmp_path, sim, state={"path": str(state)}))
+    counter = "scaleengine_vse_requests_total"
+    try:
+        s = wait_for(
+            lambda: value(scrape(url), counter, app="news") is not None and scrape(url), 30
+        )
+        if loaded:  # the saved baseline is above any real day: the saved value as it was
+            assert value(s, counter, app="news") == 1
+        else:  # a fresh counter, not the file's number
+            assert value(s, "scaleengine_vse_bytes_total", app="news") < 10**12
+        status, _, body = http_get(url + "/metrics", timeout=5)
+        assert status == 200
+        promtool_check_metrics(body)
+    finally:
+        err = stop(proc).decode(errors="replace")
+    assert "Traceback" not in err, err
+    warnings = [line for line in err.splitlines() if "state file" in line]
+    if loaded:
+        assert warnings == [], err
+    else:
+        assert len(warnings) == 1 and "corrupt, starting fresh" in warnings[0], err
+
+
+def test_restart_past_the_late_window_reads_the_saved_yesterday_again(tmp_path):
+    """Saves fail from 00:30 while yesterday's late data and today grow; the restart at 03:00
+    (past the 2 h late window) finds the 00:30 file: its first poll reads yesterday too, so the
+    counter goes on from every byte counted before the restart (exactly), not below it."""
+    from datetime import UTC, datetime
+
+    from exporter.cli import Exporter
+    from exporter.config import parse_config
+    from exporter.simulator import SimClock
+
+    day0 = datetime(2026, 5, 10, tzinfo=UTC).timestamp()
+    clock = SimClock(day0 - 3600)  # 23:00 the day before
+    folder = tmp_path / "state"
+    folder.mkdir()
+    with Simulator(apps={"vod": 6}, clock=clock, seed=5, late_seconds=3600) as sim:
+        poll = {"interval": "15m", "late_data_window": "2h", "month_interval": "off"}
+        cfg = parse_config(
+            sim_config(sim, poll=poll, state={"path": str(folder / "s.json")}), env={}
+        )
+
+        def counter(exporter: Exporter) -> float | None:
+            s = samples(exporter.exposition.text())
+            return value(s, "scaleengine_vse_bytes_total", app="vod")
+
+        exporter = Exporter(cfg, clock=clock.now)
+        exported = []
+        for minutes in range(0, 240, 15):  # 23:00 .. 02:45
+            clock.set(day0 - 3600 + minutes * 60)
+            if minutes == 90:  # 00:30: the last save that works
+                folder.rename(tmp_path / "kept")
+                folder.write_text("not a folder")
+            assert exporter.poller.poll_all()
+            exported.append(counter(exporter))
+        exporter.poller.shutdown()
+        folder.unlink()
+        (tmp_path / "kept").rename(folder)
+        clock.set(day0 + 3 * 3600)  # 03:00: past the late window
+        exporter = Exporter(cfg, clock=clock.now)
+        assert counter(exporter) is None  # withheld until confirmed
+        assert exporter.poller.poll_all()
+        after = counter(exporter)
+        exporter.poller.shutdown()
+        yesterday = datetime(2026, 5, 9, tzinfo=UTC).date()
+        today = yesterday.replace(day=10)
+        start = day0 - 3600
+        truth = sim.reported("vod", yesterday, at=day0 + 3 * 3600)[0]
+        truth -= sim.reported("vod", yesterday, at=start)[0]
+        truth += sim.reported("vod", today, at=day0 + 3 * 3600)[0]
+    assert exported[-1] > exported[6], "nothing grew while the saves failed"
+    assert after == truth

@@ -83,6 +83,8 @@ def test_no_loss_over_three_days_exact_to_the_byte(tmp_path, capsys):
                 last_seen[app] = now_counters[app]
             t += STEP.total_seconds()
         sim.set_fault(None, None)
+        # growth is counted once a second read confirms it: one more read at END
+        assert exporter.poller.poll_all()
         final = counters(exporter)
         exporter.poller.shutdown()
 

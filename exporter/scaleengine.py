@@ -12,11 +12,13 @@ import email.utils
 import hashlib
 import heapq
 import hmac
+import http.client
 import ipaddress
 import itertools
 import json
 import logging
 import math
+import os
 import re
 import socket
 import threading
@@ -34,6 +36,9 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.poolmanager import ProxyManager
+from urllib3.util.connection import allowed_gai_family
 
 from exporter import __version__
 from exporter.phpjson import php_json_encode
@@ -420,9 +425,15 @@ def parse_page(body: bytes | bytearray) -> Page:
 # -- a deadline for a whole request --------------------------------------------------------
 #
 # urllib3's timeouts bound each socket operation, so an answer dripping one byte a second never
-# times out. A _Deadline bounds the whole request instead: a timer that, when it fires, shuts the
-# request's socket down, so whatever read is blocked (status line, headers or body) returns at
-# once. The connection classes below register themselves with the deadline of the thread that
+# times out. A _Deadline bounds the whole request instead: a timer that, when it fires, shuts
+# down every socket the request opened or reused, so whatever is blocked on them (DNS aside:
+# see _resolve) returns at once: connect, a proxy's CONNECT answer, the TLS handshake, the
+# status line, headers or body, however the answer is framed. The deadline holds a duplicate
+# of each socket's file descriptor, taken when the socket is created (before it connects) or
+# when a kept-alive connection is reused: shutdown acts on the socket, not on one descriptor,
+# so it reaches the socket even after TLS wrapping detached the original object or http.client
+# dropped its own reference (an answer that ends with the connection keeps only a file object).
+# The connection classes below register their sockets with the deadline of the thread that
 # uses them (requests runs a request on the calling thread).
 
 _current = threading.local()
@@ -470,72 +481,182 @@ class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
+        self._when = 0.0
         self._done = False
         self._lock = threading.Lock()
-        self._conns: list[HTTPConnection] = []
+        self._socks: dict[tuple[int, int], socket.socket] = {}  # (dev, inode) -> a dup
 
     def __enter__(self) -> _Deadline:
         _current.deadline = self
-        _watchdog.add(self, time.monotonic() + self.seconds)
+        self._when = time.monotonic() + self.seconds
+        _watchdog.add(self, self._when)
         return self
 
     def __exit__(self, *exc: object) -> None:
         _current.deadline = None
         with self._lock:
             self._done = True
-            self._conns.clear()
+            socks = list(self._socks.values())
+            self._socks.clear()
+        for dup in socks:
+            dup.close()
 
-    def attach(self, conn: HTTPConnection) -> None:
-        with self._lock:
-            self._conns.append(conn)
-            if self.expired:
-                _kill(conn)
+    def remaining(self) -> float:
+        return max(0.0, self._when - time.monotonic())
+
+    def track(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down when the deadline passes (at once if it has already passed)."""
+        try:
+            fd = sock.fileno()
+            if fd < 0:
+                return
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
+            with self._lock:
+                if key in self._socks or self._done:
+                    return
+                dup = socket.socket(fileno=os.dup(fd))
+                self._socks[key] = dup
+                if self.expired:
+                    _kill(dup)
+        except OSError:
+            return
+        if self.expired:
+            raise TimeoutError("the request deadline has passed")
 
     def expire(self) -> None:
         with self._lock:
             if self._done:
                 return
             self.expired = True
-            for conn in self._conns:
-                _kill(conn)
+            for dup in self._socks.values():
+                _kill(dup)
 
 
-def _kill(conn: HTTPConnection) -> None:
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return
+def _kill(sock: socket.socket) -> None:
     try:
-        # socket.socket's own shutdown, also for an SSLSocket (whose override would drop its
-        # SSL object under the reading thread): the blocked read sees EOF or an error
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        # the blocked connect, read or write on any descriptor of this socket sees EOF or an
+        # error at once
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
 
 
-def _attach(conn: HTTPConnection) -> None:
-    deadline = getattr(_current, "deadline", None)
-    if deadline is not None:
-        deadline.attach(conn)
+def _deadline() -> _Deadline | None:
+    return getattr(_current, "deadline", None)
 
 
-class _DeadlineHTTPConnection(HTTPConnection):
+def _track(sock: socket.socket | None) -> None:
+    deadline = _deadline()
+    if deadline is not None and sock is not None:
+        deadline.track(sock)
+
+
+def _resolve(host: str, port: int, family: int, deadline: _Deadline) -> list[Any]:
+    """getaddrinfo, given up at the deadline: it cannot be interrupted, so a name is resolved
+    on a helper thread (which ends when the resolver gives up) and the request stops waiting
+    for it when the deadline passes. An IP literal needs no lookup."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    box: list[Any] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+        except Exception as exc:  # handed to the waiting request
+            box.append(exc)
+        done.set()
+
+    threading.Thread(target=lookup, name="resolve", daemon=True).start()
+    if not done.wait(deadline.remaining()):
+        raise TimeoutError("name resolution took longer than the request deadline")
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
+
+
+def _create_connection(conn: HTTPConnection, deadline: _Deadline) -> socket.socket:
+    """urllib3's create_connection, with each socket tracked by ``deadline`` before it
+    connects and every wait bounded by what is left of it."""
+    host = conn._dns_host.strip("[]")  # type: ignore[attr-defined]
+    err: OSError | None = None
+    for af, socktype, proto, _, address in _resolve(
+        host, conn.port, allowed_gai_family(), deadline
+    ):
+        sock = socket.socket(af, socktype, proto)
+        try:
+            deadline.track(sock)
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            timeout = conn.timeout if isinstance(conn.timeout, int | float) else None
+            left = max(deadline.remaining(), 0.001)
+            sock.settimeout(left if timeout is None else min(timeout, left))
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            err = exc
+            sock.close()
+            if deadline.expired:
+                raise TimeoutError("the request deadline has passed") from None
+    raise err if err is not None else OSError("getaddrinfo returns an empty list")
+
+
+class _Informational(http.client.HTTPResponse):
+    """Skips every 1xx answer before the final one (http.client skips only 100), 101 aside:
+    a protocol switch nobody asked for is the final answer, and fails as http_status. A flood
+    of them ends at the request's deadline like any other drip."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # type: ignore[arg-type]
+
+
+class _DeadlineConnectionMixin:
+    """For both connection classes: sockets tracked from creation, and on every reuse."""
+
+    response_class = _Informational
+
+    def _new_conn(self) -> socket.socket:
+        deadline = _deadline()
+        if deadline is None:
+            return super()._new_conn()  # type: ignore[misc]
+        conn: Any = self
+        try:
+            return _create_connection(conn, deadline)
+        except socket.gaierror as exc:
+            raise NameResolutionError(conn.host, conn, exc) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                conn, f"Connection to {conn.host} timed out (request deadline)"
+            ) from exc
+        except OSError as exc:
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
+
     def connect(self) -> None:
-        super().connect()
-        _attach(self)
+        super().connect()  # type: ignore[misc]
+        _track(self.sock)  # type: ignore[attr-defined]
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _attach(self)  # a kept-alive connection is not connected again
-        super().request(*args, **kwargs)
+        _track(self.sock)  # type: ignore[attr-defined]  # a kept-alive connection
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _DeadlineHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _attach(self)
+class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):
+    pass
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _attach(self)
-        super().request(*args, **kwargs)
+
+class _DeadlineHTTPSConnection(_DeadlineConnectionMixin, HTTPSConnection):
+    pass
 
 
 class _DeadlineHTTPPool(HTTPConnectionPool):
@@ -546,13 +667,20 @@ class _DeadlineHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _DeadlineHTTPSConnection
 
 
+_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
 class _DeadlineAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _DeadlineHTTPPool,
-            "https": _DeadlineHTTPSPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # an HTTP(S) proxy's own pools (CONNECT tunnel included) are under the deadline too
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is ProxyManager:
+            manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager
 
 
 def _retry_after(value: str | None, now: float) -> float | None:

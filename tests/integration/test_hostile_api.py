@@ -1,0 +1,428 @@
+"""A hostile API (issues 15 and 19): stand-in servers and proxies on loopback, written with raw
+sockets so that every framing and every phase of an answer can be dripped, and the client must
+still end each request at ``scaleengine.timeout`` with outcome ``timeout``.
+
+The client talks to them over real TCP (and TLS); nothing of the network stack is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import make_pki, samples
+
+from exporter.scaleengine import ApiError, ScaleEngineClient
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "K" * 40
+SECRET = "S" * 64
+GOOD = json.dumps(
+    {
+        "status": "success",
+        "usage": [{"video_url": "v/1.mp4", "bytes_total": "10", "requests_total": "1"}],
+        "count": 1,
+    }
+).encode()
+
+# -- a raw-socket stand-in -------------------------------------------------------------------
+
+Answer = Callable[[socket.socket, threading.Event], bool]  # True: keep the connection open
+
+
+def _read_request(conn: socket.socket) -> bytes | None:
+    """One request (head and Content-Length body); None when the client closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        piece = conn.recv(65536)
+        if not piece:
+            return None
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        piece = conn.recv(65536)
+        if not piece:
+            return None
+        body += piece
+    return head
+
+
+class StandIn:
+    """Answers the n-th request it reads (over all connections) with ``answers[n]`` (the last
+    one for any later request); records each request head with its connection number."""
+
+    def __init__(
+        self,
+        answers: list[Answer],
+        tls: ssl.SSLContext | None = None,
+        on_connect: Answer | None = None,
+    ) -> None:
+        self.answers = answers
+        self.tls = tls
+        self.on_connect = on_connect  # runs before anything is read (a TLS handshake drip)
+        self.requests: list[tuple[int, bytes]] = []  # (connection number, request head)
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}/api"
+        self._conns = 0
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns += 1
+                number = self._conns
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        with conn:
+            try:
+                if self.on_connect is not None:
+                    self.on_connect(conn, self.stop)
+                    return
+                if self.tls is not None:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                while not self.stop.is_set():
+                    head = _read_request(conn)
+                    if head is None:
+                        return
+                    with self._lock:
+                        index = len(self.requests)
+                        self.requests.append((number, head))
+                    answer = self.answers[min(index, len(self.answers) - 1)]
+                    if not answer(conn, self.stop):
+                        return
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+    def __enter__(self) -> StandIn:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def drip(conn: socket.socket, stop: threading.Event, data: bytes, every: float = 0.1) -> None:
+    """Send ``data`` one byte every ``every`` seconds (each read the client makes is quick)."""
+    for i in range(len(data)):
+        if stop.wait(every):
+            return
+        conn.sendall(data[i : i + 1])
+    stop.wait()  # then hold the connection open, silent
+
+
+def endless(pattern: bytes) -> bytes:
+    return pattern * 100_000  # far more than any test lasts at one byte every 0.1 s
+
+
+def prompt(conn: socket.socket, stop: threading.Event) -> bool:
+    """A good answer at once, kept alive."""
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(GOOD), GOOD)
+    )
+    return True
+
+
+def dripping(head: bytes, body: bytes = b"", sent: bytes = b"") -> Answer:
+    """``sent`` at once, then ``head`` + ``body`` dripped."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> bool:
+        if sent:
+            conn.sendall(sent)
+        drip(conn, stop, head + body)
+        return False
+
+    return answer
+
+
+# every framing and every phase of an answer: what is sent at once, what is dripped
+STATUS = b"HTTP/1.1 200 OK\r\n"
+PHASES: dict[str, tuple[bytes, bytes]] = {
+    # nothing at all: each read waits, the per-read timeout alone would cut it
+    "silent": (b"", b""),
+    # the status line one byte at a time, then header lines forever
+    "status_line": (b"", STATUS + endless(b"X-Pad: 0\r\n")),
+    # the status line at once, then header lines forever
+    "headers": (STATUS, endless(b"X-Pad: 0\r\n")),
+    # 1xx answers forever (each one skipped): a flood of them ends at the deadline too
+    "1xx_flood": (
+        b"",
+        endless(b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"),
+    ),
+    "body_content_length": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n",
+        endless(b" "),
+    ),
+    "body_chunked": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        endless(b"1\r\n \r\n"),
+    ),
+    "body_close_delimited": (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", endless(b" ")),
+    "body_connection_close_with_length": (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1000000\r\n\r\n",
+        endless(b" "),
+    ),
+    "body_http10": (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n", endless(b" ")),
+    "body_http10_keep_alive": (
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1000000\r\n\r\n",
+        endless(b" "),
+    ),
+}
+
+
+def client(url: str, **kw) -> ScaleEngineClient:
+    kw.setdefault("timeout", 1.0)
+    kw.setdefault("retries", 0)
+    return ScaleEngineClient(url, 1, KEY, SECRET, **kw)
+
+
+def fetch(c: ScaleEngineClient):
+    return c.fetch_usage("app", None, 2025, 1, 2)
+
+
+def timed_out(c: ScaleEngineClient) -> float:
+    """Seconds a fetch took to fail; it must fail with outcome timeout."""
+    started = time.monotonic()
+    with pytest.raises(ApiError) as ei:
+        fetch(c)
+    seconds = time.monotonic() - started
+    assert ei.value.outcome == "timeout", ei.value.message
+    assert ei.value.retryable
+    return seconds
+
+
+@pytest.mark.parametrize("phase", sorted(PHASES))
+@pytest.mark.parametrize("reused", [False, True], ids=["new_connection", "kept_alive"])
+def test_every_framing_and_phase_ends_at_the_timeout(phase, reused):
+    """timeout 1 s: whatever is dripped, however the answer is framed, on a new connection or
+    on one kept alive from a first answer, the request ends as ``timeout`` well within 15 s
+    (one byte every 0.1 s: each read is quick, unbounded they would take hours)."""
+    sent, dripped = PHASES[phase]
+    answers = [prompt, dripping(dripped, sent=sent)] if reused else [dripping(dripped, sent=sent)]
+    with StandIn(answers) as api, client(api.url) as c:
+        if reused:
+            assert fetch(c).videos == {"v/1.mp4": (10, 1)}
+        seconds = timed_out(c)
+        assert seconds < 15, f"{phase}: {seconds:.1f}s"
+        conns = [n for n, _ in api.requests]
+    # the dripped answer came on the connection the first request used: keep-alive is tested
+    assert conns == ([1, 1] if reused else [1])
+
+
+def test_1xx_answers_before_the_200_are_skipped():
+    """100, 102 and 103 (with headers) before the 200: the answer is read as usual."""
+    informational = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 102 Processing\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    )
+
+    def answer(conn: socket.socket, stop: threading.Event) -> bool:
+        conn.sendall(informational)
+        return prompt(conn, stop)
+
+    with StandIn([answer]) as api, client(api.url) as c:
+        assert fetch(c).videos == {"v/1.mp4": (10, 1)}
+        assert fetch(c).videos == {"v/1.mp4": (10, 1)}  # and the connection stays usable
+        assert [n for n, _ in api.requests] == [1, 1]
+
+
+# -- TLS, proxies, DNS, connect --------------------------------------------------------------
+
+# a TLS record header announcing a 16 KiB handshake record, then its body one byte at a time
+TLS_DRIP = b"\x16\x03\x03\x40\x00" + endless(b"\x00")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def tls_context(pki: dict[str, Path]) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
+    return ctx
+
+
+def test_a_dripping_tls_handshake_ends_at_the_timeout():
+    """The server's handshake answer one byte every 0.1 s (each read is quick)."""
+    with StandIn([prompt], on_connect=dripping(TLS_DRIP)) as api:
+        with client(api.url.replace("http://", "https://")) as c:
+            assert timed_out(c) < 15
+
+
+@pytest.mark.parametrize("phase", ["headers", "body_close_delimited", "body_chunked"])
+def test_tls_kept_alive_second_answer_dripped_ends_at_the_timeout(pki, monkeypatch, phase):
+    """Over TLS, a second request on the kept-alive connection whose answer drips."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki["ca"]))
+    sent, dripped = PHASES[phase]
+    with StandIn([prompt, dripping(dripped, sent=sent)], tls=tls_context(pki)) as api:
+        with client(api.url) as c:
+            assert fetch(c).videos == {"v/1.mp4": (10, 1)}
+            assert timed_out(c) < 15
+        assert [n for n, _ in api.requests] == [1, 1]
+
+
+def proxy_answer(kind: str) -> Answer:
+    """What a stand-in proxy does once it has read a CONNECT request."""
+    established = b"HTTP/1.1 200 Connection established\r\n\r\n"
+    if kind == "silent":
+        return dripping(b"")
+    if kind == "connect_answer_dripped":
+        return dripping(b"HTTP/1.1 200 Connection established\r\n" + endless(b"X-Pad: 0\r\n"))
+    assert kind == "tunnel_then_tls_dripped"
+    return dripping(TLS_DRIP, sent=established)
+
+
+def no_proxy_env(monkeypatch, proxy: str) -> None:
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", proxy)
+    monkeypatch.setenv("https_proxy", proxy)
+
+
+@pytest.mark.parametrize("kind", ["silent", "connect_answer_dripped", "tunnel_then_tls_dripped"])
+def test_a_proxy_that_stalls_the_tunnel_ends_at_the_timeout(monkeypatch, kind):
+    """HTTPS_PROXY set, the API on https: the CONNECT phase and the TLS handshake through the
+    tunnel are under the deadline. The API's host is never resolved here (the proxy would):
+    the stand-in proxy seeing the CONNECT proves the request went through it."""
+    with StandIn([proxy_answer(kind)]) as proxy:
+        no_proxy_env(monkeypatch, f"http://127.0.0.1:{proxy.port}")
+        with client("https://api.scaleengine.net/api") as c:
+            assert timed_out(c) < 15
+        heads = [head for _, head in proxy.requests]
+    assert len(heads) == 1 and heads[0].startswith(b"CONNECT api.scaleengine.net:443 ")
+
+
+def test_a_name_that_never_resolves_ends_at_the_timeout(monkeypatch):
+    """A resolver that never answers (a stand-in for getaddrinfo: the system's cannot be made
+    to hang from a test) does not hold the request past the deadline."""
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def hanging(host, *args, **kwargs):
+        if host == "api.hangs.test":
+            release.wait(60)
+        return real("127.0.0.1" if host == "api.hangs.test" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging)
+    try:
+        with client("http://api.hangs.test:9/api") as c:
+            assert timed_out(c) < 15
+    finally:
+        release.set()
+
+
+def test_a_connect_that_never_completes_ends_at_the_timeout():
+    """A listener whose backlog is full: the kernel drops our SYNs, connect() waits."""
+    listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        for _ in range(4):  # fill the accept queue (never accepted)
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            fillers.append(s)
+        time.sleep(0.2)
+        with client(f"http://127.0.0.1:{port}/api") as c:
+            assert timed_out(c) < 15
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+
+# -- --once as a user runs it ----------------------------------------------------------------
+
+
+def run_once(
+    tmp_path: Path, api_url: str, env: dict[str, str] | None = None, **scaleengine
+) -> tuple[int, str, str, float]:
+    """``python -m exporter --once`` polling one app at ``api_url`` (timeout 1 s, default
+    retries): (exit code, stdout, stderr, seconds). Fails if it has not ended in 60 s."""
+    config = {
+        "scaleengine": {
+            "api_url": api_url,
+            "cdn_id": 1,
+            "api_key": KEY,
+            "api_secret": SECRET,
+            "timeout": "1s",
+            **scaleengine,
+        },
+        "apps": ["app"],
+        "poll": {"late_data_window": "off", "month_interval": "off"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")}
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        base.pop(name, None)
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "--once", "--config", str(path)],
+        capture_output=True, timeout=60, env={**base, **(env or {})}, cwd=ROOT,
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode(), seconds
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    return samples(text).get((name, tuple(sorted(labels.items()))))
+
+
+def assert_timed_out(code: int, out: str, err: str) -> None:
+    assert code == 1, err[-2000:]
+    assert value(out, "scaleengine_up", app="app") == 0
+    assert value(out, "scaleengine_poll_errors_total", app="app", outcome="timeout") == 1
+    # four tries (poll.retries 3), each cut at the deadline
+    assert value(out, "scaleengine_api_requests_total", app="app", outcome="timeout") == 4
+    assert "Traceback" not in err
+
+
+def test_once_ends_on_an_answer_dripped_until_the_server_closes(tmp_path):
+    """A close-delimited body dripped: it used to keep ``--once`` forever."""
+    sent, dripped = PHASES["body_close_delimited"]
+    with StandIn([dripping(dripped, sent=sent)]) as api:
+        code, out, err, seconds = run_once(tmp_path, api.url)
+    assert_timed_out(code, out, err)
+    assert seconds < 45  # four tries of 1 s, back-off and interpreter start; unbounded: never
+
+
+def test_once_ends_on_a_proxy_that_drips_its_connect_answer(tmp_path):
+    """HTTPS_PROXY set, a proxy that accepts CONNECT and drips: it used to keep ``--once``
+    forever (the CONNECT phase was outside the deadline)."""
+    with StandIn([proxy_answer("connect_answer_dripped")]) as proxy:
+        env = {"HTTPS_PROXY": f"http://127.0.0.1:{proxy.port}"}
+        code, out, err, seconds = run_once(tmp_path, "https://api.scaleengine.net/api", env)
+        heads = [head for _, head in proxy.requests]
+    assert_timed_out(code, out, err)
+    assert seconds < 45
+    assert len(heads) == 4 and all(h.startswith(b"CONNECT api.scaleengine.net:443 ") for h in heads)

@@ -196,10 +196,18 @@ def build_request(
     return request
 
 
-def _server_text(value: object, limit: int = _MAX_SERVER_TEXT) -> str:
-    """Text from the server, made safe to log: printable, one line, at most ``limit`` chars."""
+Scrub = Callable[[str], str]
+
+
+def _server_text(value: object, limit: int = _MAX_SERVER_TEXT, scrub: Scrub | None = None) -> str:
+    """Text from the server, made safe to log: printable, one line, at most ``limit`` chars.
+
+    ``scrub`` (the client's: our secrets and signature replaced by ``***``) runs on the whole
+    text first: cut first, a secret straddling the cut would leave its first characters."""
     if not isinstance(value, str):
         return ""
+    if scrub is not None:
+        value = scrub(value)
     text = "".join(
         c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else " " for c in value[: limit * 2]
     )
@@ -239,7 +247,9 @@ def warn_if_cleartext(api_url: str) -> bool:
     return True
 
 
-def api_failure(code: object, server_message: object, now: float | None = None) -> ApiError:
+def api_failure(
+    code: object, server_message: object, now: float | None = None, scrub: Scrub | None = None
+) -> ApiError:
     """The ApiError for a ``"status": "failure"`` answer."""
     if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 9999:
         code_s: str | None = f"{code:04d}"
@@ -251,7 +261,7 @@ def api_failure(code: object, server_message: object, now: float | None = None) 
     busy = code_s == "1000"
     if busy:
         retryable = False  # "try again in a few minutes": the poller backs off instead
-    text = _server_text(server_message)
+    text = _server_text(server_message, scrub=scrub)
     msg = f"API error {code_s or '(no code)'}: {meaning}"
     if code_s == "0002":
         t = time.time() if now is None else now
@@ -324,8 +334,8 @@ def _no_code(code: object) -> bool:
     return code is None or (isinstance(code, str) and not code.strip())
 
 
-def parse_page(body: bytes | bytearray) -> Page:
-    """Parse one usage.vse answer. Raises only ApiError.
+def parse_page(body: bytes | bytearray, scrub: Scrub | None = None) -> Page:
+    """Parse one usage.vse answer. Raises only ApiError; server text in it passes ``scrub``.
 
     Rows whose numbers are unusable are skipped and counted in ``skipped``; rows with good bytes
     but a null or missing ``requests_total`` are kept with 0 requests and counted in
@@ -348,11 +358,13 @@ def parse_page(body: bytes | bytearray) -> Page:
             and isinstance(message, str)
             and _NO_USAGE_RE.fullmatch(message)
         ):
-            return Page([], 0, 0, _handle_time(obj.get("handle_time")), _server_text(message))
-        raise api_failure(obj.get("code"), message)
+            return Page(
+                [], 0, 0, _handle_time(obj.get("handle_time")), _server_text(message, scrub=scrub)
+            )
+        raise api_failure(obj.get("code"), message, scrub=scrub)
     if status != "success":
         if isinstance(status, str):
-            raise _bad(f"unknown status {_server_text(status)!r}")
+            raise _bad(f"unknown status {_server_text(status, scrub=scrub)!r}")
         raise _bad("answer has no status")
     count = obj.get("count")
     usage = obj.get("usage")
@@ -414,7 +426,7 @@ def parse_page(body: bytes | bytearray) -> Page:
         count,
         skipped,
         _handle_time(obj.get("handle_time")),
-        _server_text(obj.get("message")),
+        _server_text(obj.get("message"), scrub=scrub),
         incomplete,
         rows[0][0] if rows and not lead_bad else None,
         rows[-1][0] if rows and tail_ok else None,
@@ -790,6 +802,15 @@ class ScaleEngineClient:
         self.cdn_id = int(cdn_id)
         self._api_key = api_key
         self._api_secret = api_secret
+        # as sent, and as a server echoing our JSON request shows them (PHP escapes "/" etc.)
+        self._secrets = tuple(
+            dict.fromkeys(
+                form
+                for secret in (api_secret, api_key)
+                if secret and len(secret) >= 4
+                for form in (secret, php_json_encode(secret)[1:-1])
+            )
+        )
         self.timeout = float(timeout)
         self.page_size = int(page_size)
         self.max_pages = int(max_pages)
@@ -823,8 +844,8 @@ class ScaleEngineClient:
     # -- one HTTP request ------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        for secret in (self._api_secret, self._api_key):
-            if secret and len(secret) >= 4 and secret in text:
+        for secret in self._secrets:
+            if secret in text:
                 text = text.replace(secret, "***")
         return text
 
@@ -844,12 +865,17 @@ class ScaleEngineClient:
         )  # fmt: skip
         signature = sign(request, self._api_secret)
         body = php_json_encode({**request, "signature": signature})
+        escaped = php_json_encode(signature)[1:-1]  # base64's "/" is "\\/" in an echoed request
+
+        def scrub(text: str) -> str:
+            return self._scrub(text).replace(signature, "***").replace(escaped, "***")
+
         try:
-            page = self._exchange(body)
+            page = self._exchange(body, scrub)
         except ApiError as err:
             if err.outcome == "api_0002":
                 err = api_failure(err.code, "", self.clock())
-            message = self._scrub(err.message).replace(signature, "***")
+            message = scrub(err.message)
             if message != err.message:
                 err = ApiError(
                     message, err.outcome, err.retryable, err.code, err.busy, err.retry_after
@@ -872,7 +898,7 @@ class ScaleEngineClient:
             True,
         )
 
-    def _exchange(self, body: str) -> Page:
+    def _exchange(self, body: str, scrub: Scrub) -> Page:
         """One POST, bounded as a whole by ``timeout`` and in size by ``max_response_bytes``."""
         with _Deadline(self.timeout) as deadline:
             resp = None
@@ -884,7 +910,7 @@ class ScaleEngineClient:
                     allow_redirects=False,
                     stream=True,
                 )
-                return self._answer(resp)
+                return self._answer(resp, scrub)
             except requests.Timeout:
                 raise self._timed_out() from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -907,7 +933,7 @@ class ScaleEngineClient:
                 if resp is not None:
                     resp.close()
 
-    def _answer(self, resp: requests.Response) -> Page:
+    def _answer(self, resp: requests.Response, scrub: Scrub) -> Page:
         status = resp.status_code
         if 200 <= status < 300:
             length = resp.headers.get("Content-Length", "")
@@ -917,9 +943,9 @@ class ScaleEngineClient:
                 and not resp.headers.get("Content-Encoding", "").strip()
             ):
                 raise _too_large(self.max_response_bytes)
-            return parse_page(_read_body(resp, self.max_response_bytes))
+            return parse_page(_read_body(resp, self.max_response_bytes), scrub)
         # a non-2xx answer may still carry the API's JSON failure with its code
-        reason = _server_text(resp.reason or "", 80)
+        reason = _server_text(resp.reason or "", 80, scrub)
         what = f"API answered HTTP {status} {reason}".rstrip()
         retry_after = None
         if status in (429, 503):
@@ -933,7 +959,7 @@ class ScaleEngineClient:
         except (ValueError, RecursionError, TypeError):
             obj = None
         if type(obj) is dict and obj.get("status") == "failure" and not _no_code(obj.get("code")):
-            err = api_failure(obj.get("code"), obj.get("message"))
+            err = api_failure(obj.get("code"), obj.get("message"), scrub=scrub)
             return_err = ApiError(
                 f"{what}: {err.message}", err.outcome, err.retryable, err.code, err.busy
             )

@@ -768,3 +768,23 @@ def test_retry_log_lines_name_the_app(simulator, caplog):
             c.fetch_usage("live-events", None, day.year, day.month, day.day)
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert retries and all(getattr(r, "app", None) == "live-events" for r in retries)
+
+
+@pytest.mark.parametrize("key", ["k3y" + "0123456789abcdef" * 8, "k3y/" + "0123456789abcdef" * 8])
+def test_an_echoed_key_cut_inside_is_scrubbed_before_the_cut(key):
+    """The server's message quotes the request and is cut at 200 characters inside the key:
+    scrubbed first, no part of the key is left (cut first, its first characters were). A key
+    holding "/" is echoed as PHP escapes it ("\\/"), and scrubbed in that form too."""
+    with Simulator() as sim:
+        sim.echo_requests = True  # the wrong key: 0001, quoting the request
+        client = ScaleEngineClient(sim.url, sim.cdn_id, key, sim.api_secret, retries=0)
+        with client, pytest.raises(ApiError) as ei:
+            client.fetch_usage("demo-origin", None, 2025, 1, 1)
+    message = ei.value.message
+    assert ei.value.outcome == "api_0001"
+    assert '"api_key":"***' in message and "got signature ***;" in message
+    assert message.endswith("...')")  # the cut did happen
+    escaped = key.replace("/", "\\/")
+    for form in (key, escaped):
+        pieces = {form[i : i + 6] for i in range(len(form) - 5)}
+        assert not [p for p in pieces if p in message], message

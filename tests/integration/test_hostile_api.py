@@ -426,3 +426,57 @@ def test_once_ends_on_a_proxy_that_drips_its_connect_answer(tmp_path):
     assert_timed_out(code, out, err)
     assert seconds < 45
     assert len(heads) == 4 and all(h.startswith(b"CONNECT api.scaleengine.net:443 ") for h in heads)
+
+
+# -- a failure message that echoes the request (issue 15) ------------------------------------
+
+LONG_KEY = "k3y/" + "0123456789abcdef" * 8  # the 200-character cut falls inside it
+
+
+def key_pieces(text: str) -> list[str]:
+    """Any 6 characters of LONG_KEY (as sent or as PHP escapes it) found in ``text``."""
+    found = []
+    for form in (LONG_KEY, LONG_KEY.replace("/", "\\/")):
+        found += [form[i : i + 6] for i in range(len(form) - 5) if form[i : i + 6] in text]
+    return found
+
+
+def test_an_echoed_key_reaches_neither_log_nor_landing_page(tmp_path):
+    """The simulator quotes the request in its failure message (the wrong, long key: 0001);
+    the message is cut at 200 characters inside the key. Neither ``--once``'s log and output
+    nor the daemon's landing page (open without a password) show any part of it."""
+    from helpers import free_port, http_get, stop_process, wait_for
+
+    from exporter.simulator import Simulator
+
+    with Simulator(apps={"app": 3}) as sim:
+        sim.echo_requests = True
+        code, out, err, _ = run_once(tmp_path, sim.url, cdn_id=sim.cdn_id, api_key=LONG_KEY)
+        assert code == 1, err[-2000:]
+        assert value(out, "scaleengine_poll_errors_total", app="app", outcome="api_0001") == 1
+        assert '\\"api_key\\":\\"***' in err or '"api_key":"***' in err  # the echo was logged
+        assert key_pieces(out + err) == []
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--config", str(tmp_path / "config.yaml"),
+             "--web.listen-address", f"127.0.0.1:{port}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")},
+        )  # fmt: skip
+        try:
+
+            def landing() -> str | None:
+                try:
+                    status, _, body = http_get(f"http://127.0.0.1:{port}/", timeout=5)
+                except OSError:
+                    return None
+                page = body.decode()
+                return page if status == 200 and "CDN Authorization Failed" in page else None
+
+            page = wait_for(landing, 30, "the landing page showing the failure")
+        finally:
+            stop_process(proc)
+            logs = proc.stdout.read().decode() if proc.stdout else ""
+    assert "api_key&quot;:&quot;***" in page or '"api_key":"***' in page
+    assert key_pieces(page) == []
+    assert key_pieces(logs) == []

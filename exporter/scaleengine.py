@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -60,6 +61,9 @@ log = logging.getLogger("exporter.scaleengine")
 COMMAND = "usage.vse"
 
 INT64_MAX = 2**63 - 1
+# the largest count a float64 (a Prometheus sample) holds exactly, and all below it: a row with
+# a bigger number is not usable (its bytes would be rounded)
+MAX_EXACT = 2**53
 
 # Published error codes: (meaning, retryable).
 API_CODES: dict[str, tuple[str, bool]] = {
@@ -281,23 +285,42 @@ def _bad(message: str) -> ApiError:
     return ApiError(message, "bad_response", False)
 
 
+# a number written out in a string: digits, a fraction, an exponent (no sign, no spaces)
+_DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,6})?")
+
+
+def _integral(value: Decimal) -> int | None:
+    """``value`` as an int when it is a whole number in [0, 2**53]; None otherwise."""
+    if not value.is_finite() or value.is_signed() and value != 0 or value > MAX_EXACT:
+        return None
+    n = int(value)
+    return n if n == value else None
+
+
 def _number(value: object) -> int | None:
-    """A usable bigint: ASCII digits or a plain non-negative int within int64."""
+    """A usable count: a whole number from 0 to 2**53 (a float64 holds it exactly).
+
+    ASCII digits or a JSON integer; also written with a fraction of zeros or an exponent, in a
+    string or as a JSON number ("2000.0", 2000.0, "2e3"); not "2000.5", a sign or spaces."""
     t = type(value)
     if t is str:
-        if value.isdigit() and value.isascii() and len(value) <= 19:  # type: ignore[union-attr]
+        if value.isdigit() and value.isascii() and len(value) <= 16:  # type: ignore[union-attr]
             n = int(value)  # type: ignore[arg-type]
-            return n if n <= INT64_MAX else None
+            return n if n <= MAX_EXACT else None
+        if len(value) <= 40 and _DECIMAL_RE.fullmatch(value):  # type: ignore[arg-type]
+            return _integral(Decimal(value))  # type: ignore[arg-type]
         return None
     if t is int:
-        return value if 0 <= value <= INT64_MAX else None  # type: ignore[operator,return-value]
+        return value if 0 <= value <= MAX_EXACT else None  # type: ignore[operator,return-value]
+    if t is Decimal:  # a JSON number with a fraction or an exponent (see _loads)
+        return _integral(value)  # type: ignore[arg-type]
     return None
 
 
 def _handle_time(value: object) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):
         f = float(value)
     elif isinstance(value, str):
         m = _HANDLE_TIME_RE.match(value)
@@ -326,8 +349,14 @@ def _parse_int(text: str) -> int | _Huge:
     return int(text) if len(text) <= 40 else _HUGE
 
 
+def _parse_float(text: str) -> Decimal | _Huge:
+    # exact, so that 9007199254740993.0 is not read as 2**53; a long one is as unusable as a
+    # long integer (and Decimal would take time on it)
+    return Decimal(text) if len(text) <= 40 else _HUGE
+
+
 def _loads(body: bytes | bytearray | str) -> Any:
-    return json.loads(body, parse_int=_parse_int)
+    return json.loads(body, parse_int=_parse_int, parse_float=_parse_float)
 
 
 def _no_code(code: object) -> bool:
@@ -389,15 +418,15 @@ def parse_page(body: bytes | bytearray, scrub: Scrub | None = None) -> Page:
             url = row.get("video_url")
             b = row.get("bytes_total")
             r = row.get("requests_total")
-            # Fast path: the documented form, strings of at most 18 ASCII digits (< 2**63).
+            # Fast path: the documented form, strings of at most 15 ASCII digits (< 2**53).
             if (
                 type(b) is str
                 and type(r) is str
                 and type(url) is str
                 and b.isdigit()
                 and r.isdigit()
-                and len(b) < 19
-                and len(r) < 19
+                and len(b) < 16
+                and len(r) < 16
                 and b.isascii()
                 and r.isascii()
             ):
@@ -1045,6 +1074,9 @@ class ScaleEngineClient:
                 "pagination",
                 False,
             )
+        if result.skipped and not result.rows:
+            # not a day without usage: reading zeros here would look healthy
+            raise _bad(f"all {result.skipped} rows of the answer are unusable (app {app!r})")
         if result.skipped:
             log.warning("usage.vse app=%s: %d unusable rows skipped", app, result.skipped)
         return result

@@ -93,12 +93,79 @@ def _page(rows, count=None, **extra) -> bytes:
 def test_parse_plain_ints_and_limits():
     rows = [
         {"video_url": "a", "bytes_total": 5, "requests_total": 0},
-        {"video_url": "b", "bytes_total": str(2**63 - 1), "requests_total": "007"},
-        {"video_url": "c", "bytes_total": 2**63 - 1, "requests_total": 1},
+        {"video_url": "b", "bytes_total": "9007199254740992", "requests_total": "007"},
+        {"video_url": "c", "bytes_total": 9007199254740992, "requests_total": 1},
+        {"video_url": "d", "bytes_total": "999999999999999", "requests_total": "9007199254740992"},
     ]
     page = parse_page(_page(rows))
-    assert page.rows == [("a", 5, 0), ("b", 2**63 - 1, 7), ("c", 2**63 - 1, 1)]
+    assert page.rows == [
+        ("a", 5, 0),
+        ("b", 9007199254740992, 7),
+        ("c", 9007199254740992, 1),
+        ("d", 999999999999999, 9007199254740992),
+    ]
     assert page.skipped == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('"2000.0"', 2000),
+        ('"2000.00"', 2000),
+        ("2000.0", 2000),
+        ('"2e3"', 2000),
+        ('"2.5E3"', 2500),
+        ("2.5e3", 2500),
+        ('"2000e-3"', 2),
+        ('"9007199254740992.0"', 9007199254740992),
+        ("9007199254740992.000", 9007199254740992),
+        ('"0.0"', 0),
+    ],
+)
+def test_integral_numbers_written_as_decimals_are_accepted(raw, expected):
+    """A whole number written with a fraction of zeros or an exponent, in a string or as a
+    JSON number, is a usable count (bytes and requests alike)."""
+    body = (
+        '{"status":"success","count":1,"usage":[{"video_url":"v",'
+        f'"bytes_total":{raw},"requests_total":{raw}}}]}}'
+    ).encode()
+    page = parse_page(body)
+    assert page.rows == [("v", expected, expected)] and page.skipped == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '"9007199254740993"',  # 2**53 + 1: a float64 cannot hold it
+        "9007199254740993",
+        '"9007199254740993.0"',
+        "9007199254740993.0",  # read exactly, not rounded to 2**53 on the way
+        '"9007199254740993e0"',
+        '"2000.5"',
+        "2000.5",
+        '"2000."',
+        '".5"',
+        '"1e-3"',
+        '"1e400"',
+        "1e400",
+        '"-2000.0"',
+        "-2000.0",
+        '" 2000.0"',
+        '"2000.0 "',
+        '"0x10"',
+        '"NaN"',
+        "NaN",
+        "Infinity",
+    ],
+)
+def test_numbers_a_float64_cannot_hold_or_not_whole_are_skipped(raw):
+    rows = (
+        '{"video_url":"v","bytes_total":"1","requests_total":"1"},'
+        f'{{"video_url":"x","bytes_total":{raw},"requests_total":"1"}},'
+        f'{{"video_url":"y","bytes_total":"1","requests_total":{raw}}}'
+    )
+    page = parse_page(f'{{"status":"success","count":3,"usage":[{rows}]}}'.encode())
+    assert page.rows == [("v", 1, 1)] and page.skipped == 2
 
 
 @pytest.mark.parametrize(
@@ -108,7 +175,6 @@ def test_parse_plain_ints_and_limits():
         {"bytes_total": -1},
         {"bytes_total": "1.5"},
         {"bytes_total": 1.5},
-        {"bytes_total": 1.0},
         {"bytes_total": "12abc"},
         {"bytes_total": ""},
         {"bytes_total": " 12"},

@@ -480,3 +480,56 @@ def test_an_echoed_key_reaches_neither_log_nor_landing_page(tmp_path):
     assert "api_key&quot;:&quot;***" in page or '"api_key":"***' in page
     assert key_pieces(page) == []
     assert key_pieces(logs) == []
+
+
+# -- rows written as decimals; a poll whose every row is unusable (issue 15) -----------------
+
+
+def page_answer(rows: list[str], count: int | None = None) -> Answer:
+    """A usage.vse page of the given JSON rows (raw text), answered at once, kept alive."""
+    body = (
+        f'{{"status":"success","count":{len(rows) if count is None else count},'
+        f'"usage":[{",".join(rows)}]}}'
+    ).encode()
+
+    def answer(conn: socket.socket, stop: threading.Event) -> bool:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        return True
+
+    return answer
+
+
+def row(url: str, nbytes: str, nrequests: str = '"1"') -> str:
+    return f'{{"video_url":"{url}","bytes_total":{nbytes},"requests_total":{nrequests}}}'
+
+
+def test_once_reads_integral_decimals_as_bytes(tmp_path):
+    """ "2000.0", "2000.00", 2000.0 and "2e3": 8000 bytes, up 1, nothing skipped."""
+    rows = [row("v/a", '"2000.0"'), row("v/b", '"2000.00"'), row("v/c", "2000.0"),
+            row("v/d", '"2e3"')]  # fmt: skip
+    with StandIn([page_answer(rows)]) as api:
+        code, out, err, _ = run_once(tmp_path, api.url)
+    assert code == 0, err[-2000:]
+    assert value(out, "scaleengine_up", app="app") == 1
+    assert value(out, "scaleengine_vse_app_day_bytes", app="app") == 8000
+    assert value(out, "scaleengine_vse_day_bytes", app="app", video_url="v/a") == 2000
+    assert not value(out, "scaleengine_vse_skipped_rows_total", app="app")
+
+
+def test_once_a_poll_whose_every_row_is_unusable_is_a_failed_poll(tmp_path):
+    """Rows came, none usable ("2000.5", 2**53 + 1, "abc"): not a healthy zero but a failed
+    poll, outcome bad_response, up 0. One usable row among them keeps the poll good."""
+    bad = [row("v/a", '"2000.5"'), row("v/b", '"9007199254740993"'), row("v/c", '"abc"')]
+    with StandIn([page_answer(bad)]) as api:
+        code, out, err, _ = run_once(tmp_path, api.url)
+    assert code == 1, err[-2000:]
+    assert value(out, "scaleengine_up", app="app") == 0
+    assert value(out, "scaleengine_poll_errors_total", app="app", outcome="bad_response") == 1
+    assert value(out, "scaleengine_vse_app_day_bytes", app="app") is None
+    assert "all 3 rows of the answer are unusable" in err
+    with StandIn([page_answer([*bad, row("v/d", '"9007199254740992"')])]) as api:
+        code, out, err, _ = run_once(tmp_path, api.url)
+    assert code == 0, err[-2000:]
+    assert value(out, "scaleengine_up", app="app") == 1
+    assert value(out, "scaleengine_vse_app_day_bytes", app="app") == 9007199254740992
+    assert value(out, "scaleengine_vse_skipped_rows_total", app="app") == 3

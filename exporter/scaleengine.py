@@ -84,6 +84,13 @@ _MAX_SERVER_TEXT = 200
 # some PHP backends answer an empty result that way). Anything else without a code is api_other.
 _NO_USAGE_RE = re.compile(r"\s*no\s+(?:video\s+)?usage(?:\s+data)?\s+found\W*", re.IGNORECASE)
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_FETCH_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_LABEL_LENGTH = 1024  # bytes of UTF-8 (limits.max_label_length)
+LABEL_HASH_CHARS = 16  # hex digits of SHA-256 appended to a cut label
+# what one distinct video costs a fetch besides its URL's characters: its dict entries, tuple
+# and ints (measured: about 250 bytes on CPython 3.11)
+VIDEO_COST = 256
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _CHUNK = 64 * 1024
 _ERROR_BODY_MAX = 64 * 1024  # how much of a non-2xx answer is read to look for a JSON failure
 READS = 3  # full reads of a fetch before giving up on pages that keep moving
@@ -363,8 +370,35 @@ def _no_code(code: object) -> bool:
     return code is None or (isinstance(code, str) and not code.strip())
 
 
-def parse_page(body: bytes | bytearray, scrub: Scrub | None = None) -> Page:
+def cut_url(url: str, max_bytes: int) -> str:
+    """``url`` as the label it will have: the same object when its UTF-8 fits in ``max_bytes``
+    (a lone surrogate is left for the label step to replace); otherwise cut on a character
+    boundary with ``~`` and 16 hex digits of the SHA-256 of the whole URL appended, exactly as
+    ``poller.label_value`` cuts it (which then leaves it as it is)."""
+    if len(url) * 4 <= max_bytes or (url.isascii() and len(url) <= max_bytes):
+        return url
+    raw = url.encode("utf-8", "surrogatepass")
+    if len(raw) <= max_bytes:
+        return url
+    suffix = "~" + hashlib.sha256(raw).hexdigest()[:LABEL_HASH_CHARS]
+    clean = _SURROGATE.sub("\ufffd", url).encode()
+    return clean[: max(0, max_bytes - len(suffix))].decode("utf-8", "ignore") + suffix
+
+
+def _cut_urls(rows: list[tuple[str, int, int]], max_bytes: int) -> None:
+    """Every row's video_url cut to its label, in place: a page of long URLs is not held."""
+    shortest = max_bytes // 4  # no URL of this many characters or fewer can need a cut
+    for i, (url, b, r) in enumerate(rows):
+        if len(url) > shortest:
+            rows[i] = (cut_url(url, max_bytes), b, r)
+
+
+def parse_page(
+    body: bytes | bytearray, scrub: Scrub | None = None, max_label_length: int | None = None
+) -> Page:
     """Parse one usage.vse answer. Raises only ApiError; server text in it passes ``scrub``.
+
+    With ``max_label_length``, each video_url comes cut as :func:`cut_url` cuts it.
 
     Rows whose numbers are unusable are skipped and counted in ``skipped``; rows with good bytes
     but a null or missing ``requests_total`` are kept with 0 requests and counted in
@@ -450,6 +484,8 @@ def parse_page(body: bytes | bytearray, scrub: Scrub | None = None) -> Page:
         if not rows and not skipped:
             lead_bad = True
         skipped += 1
+    if max_label_length is not None:
+        _cut_urls(rows, max_label_length)
     return Page(
         rows,
         count,
@@ -817,6 +853,8 @@ class ScaleEngineClient:
         on_request: Callable[[str], None] | None = None,
         user_agent: str | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
+        max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -826,6 +864,12 @@ class ScaleEngineClient:
             raise ValueError("retries must not be negative")
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be at least 1")
+        if max_fetch_bytes < 1:
+            raise ValueError("max_fetch_bytes must be at least 1")
+        if max_label_length < 1:
+            raise ValueError("max_label_length must be at least 1")
+        self.max_fetch_bytes = int(max_fetch_bytes)
+        self.max_label_length = int(max_label_length)
         self.max_response_bytes = int(max_response_bytes)
         self.api_url = api_url
         self.cdn_id = int(cdn_id)
@@ -972,7 +1016,8 @@ class ScaleEngineClient:
                 and not resp.headers.get("Content-Encoding", "").strip()
             ):
                 raise _too_large(self.max_response_bytes)
-            return parse_page(_read_body(resp, self.max_response_bytes), scrub)
+            body = _read_body(resp, self.max_response_bytes)
+            return parse_page(body, scrub, self.max_label_length)
         # a non-2xx answer may still carry the API's JSON failure with its code
         reason = _server_text(resp.reason or "", 80, scrub)
         what = f"API answered HTTP {status} {reason}".rstrip()
@@ -1097,6 +1142,7 @@ class ScaleEngineClient:
         size: int | None = None  # the server's page size, when it caps below page_size
         previous: list[tuple[str, int, int]] | None = None
         pages = 0
+        held = 0  # what the distinct videos cost (see VIDEO_COST), against max_fetch_bytes
         while True:
             offset = position - 1 if overlap is not None else position
             page = self.fetch_page(app, urls, year, month, day, offset)
@@ -1153,11 +1199,20 @@ class ScaleEngineClient:
                 if old is None:
                     videos[url] = (b, r)
                     first_page[url] = pages
+                    held += len(url) + VIDEO_COST
                     continue
                 videos[url] = (old[0] + b, old[1] + r)
                 shape[url] = shape.get(url, 1) + 1
                 if first_page[url] != pages and len(duplicates) < 3:
                     duplicates.append(url)
+            if held > self.max_fetch_bytes:
+                raise ApiError(
+                    f"the fetch would hold more than scaleengine.max_fetch_bytes"
+                    f" ({self.max_fetch_bytes} bytes: {len(videos)} videos after {pages} pages"
+                    f" of {count} rows): refused (app {app!r})",
+                    "too_large",
+                    False,
+                )
             result.rows += len(rows)
             result.skipped += page.skipped
             result.incomplete += incomplete

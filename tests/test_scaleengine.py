@@ -854,3 +854,72 @@ def test_an_echoed_key_cut_inside_is_scrubbed_before_the_cut(key):
     for form in (key, escaped):
         pieces = {form[i : i + 6] for i in range(len(form) - 5)}
         assert not [p for p in pieces if p in message], message
+
+
+# -- what one fetch may hold (issue 15) --------------------------------------------------------
+
+
+LONG_URLS = [
+    "sestore/a/" + "x" * 5000 + ".mp4",
+    "sestore/a/" + "x" * 5000 + ".mkv",  # the same first 1024 bytes: still two labels
+    "sestore/a/" + "é" * 600,  # 1210 bytes of UTF-8 in 610 characters
+    "sestore/a/" + "€" * 400 + "\ud800" + "x" * 10,  # a lone surrogate in a long one
+    "sestore/a/" + "€" * 300 + "\udc00",  # 914 bytes: not cut (the label step fixes it)
+    "s" * 1024,  # exactly the limit: not cut
+    "s" * 1025,
+    "short.mp4",
+]
+
+
+@pytest.mark.parametrize("url", LONG_URLS, ids=range(len(LONG_URLS)))
+@pytest.mark.parametrize("limit", [1024, 64])
+def test_cut_url_is_the_label_cut(url, limit):
+    from exporter.poller import label_value
+    from exporter.scaleengine import cut_url
+
+    cut = cut_url(url, limit)
+    assert label_value(cut, limit) == label_value(url, limit)
+    if len(url.encode("utf-8", "surrogatepass")) <= limit:
+        assert cut is url
+
+
+def test_long_urls_are_cut_as_rows_are_read_and_publish_the_same_series(sim_clock):
+    """The rows of a fetch hold each video_url already cut to its label; folded into series,
+    the result is the same as folding the URLs as sent."""
+    from exporter.poller import fold_videos
+
+    urls = [u for u in LONG_URLS if u.isprintable()]  # no lone surrogate: PHP cannot send it
+    rows = [(url, 1000 + i, i) for i, url in enumerate(urls)]
+    full = {url: (b, r) for url, b, r in rows}
+    with Simulator(clock=sim_clock, static_rows={"long": rows}) as sim:
+        for limit in (1024, 64):
+            with make_client(sim, page_size=3, max_label_length=limit) as c:
+                got = c.fetch_usage("long", None, 2025, 1, 20).videos
+            assert max(len(u.encode("utf-8", "surrogatepass")) for u in got) <= limit
+            assert len(got) == len(full)
+            folded = fold_videos(got, 100, max_label_length=limit)
+            assert folded == fold_videos(full, 100, max_label_length=limit)
+
+
+@pytest.mark.parametrize(
+    ("limit", "pages"), [(1_068_000, None), (1_067_999, 4), (711_644, 3), (711_643, 2)]
+)
+def test_max_fetch_bytes_ends_the_fetch_as_too_large(sim_clock, limit, pages):
+    """3000 distinct 100-character URLs in pages of 1000 (each page after the first starts on
+    the previous one's last row: 1000, 1999, 2998 and 3000 videos after each of 4 pages); each
+    video counts 100 + 256 bytes, the whole fetch 1,068,000, 711,644 after 2 pages. At a
+    limit the fetch reaches it is read on; a byte under it, the page that crosses it fails the
+    fetch, outcome too_large, not retried, no page more requested."""
+    rows = [(f"sestore/v/{i:086d}.mp4", 1000 + i, 1) for i in range(3000)]
+    assert {len(u) for u, _, _ in rows} == {100}
+    seen: list[str] = []
+    with Simulator(clock=sim_clock, static_rows={"big": rows}) as sim:
+        with make_client(sim, page_size=1000, max_fetch_bytes=limit, on_request=seen.append) as c:
+            if pages is None:
+                assert len(c.fetch_usage("big", None, 2025, 1, 20).videos) == 3000
+                return
+            with pytest.raises(ApiError) as ei:
+                c.fetch_usage("big", None, 2025, 1, 20)
+    assert ei.value.outcome == "too_large" and not ei.value.retryable
+    assert "max_fetch_bytes" in ei.value.message
+    assert seen == ["success"] * pages

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,8 +41,8 @@ GOOD = json.dumps(
 Answer = Callable[[socket.socket, threading.Event], bool]  # True: keep the connection open
 
 
-def _read_request(conn: socket.socket) -> bytes | None:
-    """One request (head and Content-Length body); None when the client closed."""
+def _read_request(conn: socket.socket) -> tuple[bytes, bytes] | None:
+    """One request: (head, Content-Length body); None when the client closed."""
     data = b""
     while b"\r\n\r\n" not in data:
         piece = conn.recv(65536)
@@ -59,7 +60,7 @@ def _read_request(conn: socket.socket) -> bytes | None:
         if not piece:
             return None
         body += piece
-    return head
+    return head, body
 
 
 class StandIn:
@@ -76,6 +77,7 @@ class StandIn:
         self.tls = tls
         self.on_connect = on_connect  # runs before anything is read (a TLS handshake drip)
         self.requests: list[tuple[int, bytes]] = []  # (connection number, request head)
+        self.bodies: list[bytes] = []
         self.stop = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -104,12 +106,13 @@ class StandIn:
                 if self.tls is not None:
                     conn = self.tls.wrap_socket(conn, server_side=True)
                 while not self.stop.is_set():
-                    head = _read_request(conn)
-                    if head is None:
+                    request = _read_request(conn)
+                    if request is None:
                         return
                     with self._lock:
                         index = len(self.requests)
-                        self.requests.append((number, head))
+                        self.requests.append((number, request[0]))
+                        self.bodies.append(request[1])
                     answer = self.answers[min(index, len(self.answers) - 1)]
                     if not answer(conn, self.stop):
                         return
@@ -533,3 +536,101 @@ def test_once_a_poll_whose_every_row_is_unusable_is_a_failed_poll(tmp_path):
     assert value(out, "scaleengine_up", app="app") == 1
     assert value(out, "scaleengine_vse_app_day_bytes", app="app") == 9007199254740992
     assert value(out, "scaleengine_vse_skipped_rows_total", app="app") == 3
+
+
+# -- a poll's memory (issue 15 item 4) --------------------------------------------------------
+
+
+def hostile_pages(api: StandIn) -> Answer:
+    """Each request: 1000 rows, each a distinct 60 KB video_url, count 10**9 (a next page is
+    always owed), pages that follow the overlap rule (each starts on the last row before its
+    offset) so that nothing but the memory bound can end the fetch before max_pages."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> bool:
+        form = urllib.parse.parse_qs(api.bodies[-1].decode())
+        offset = json.loads(form["json"][0])["offset"]
+        rows = ",".join(
+            f'{{"video_url":"sestore/h/{"x" * 61_400}{n:012d}.mp4",'
+            '"bytes_total":"1000","requests_total":"1"}'
+            for n in range(offset, offset + 1000)
+        )
+        body = f'{{"status":"success","count":1000000000,"usage":[{rows}]}}'.encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        conn.sendall(body)
+        return True
+
+    return answer
+
+
+def test_once_a_hostile_api_cannot_grow_the_poll_past_max_fetch_bytes(tmp_path):
+    """Pages of 1000 distinct 60 KB URLs (61 MB each, under max_response_bytes) and count
+    10**9: with max_fetch_bytes 2MiB, URLs cut to their 1024-byte labels as rows are read (1000
+    videos cost 1,280,000 bytes), the fetch ends as too_large on the second page, not after
+    max_pages (1000 pages, 61 GB), and the polling process stays under 400 MB RSS. Unbounded,
+    every page would add 61 MB held (1.3 MB with the cut alone)."""
+    api = StandIn([])
+    api.answers = [hostile_pages(api)]
+    with api:
+        code, out, err, _, rss_mb = run_once_rss(tmp_path, api.url, max_fetch_bytes="2MiB")
+        requests = len(api.requests)
+    assert code == 1, err[-2000:]
+    assert value(out, "scaleengine_up", app="app") == 0
+    assert value(out, "scaleengine_poll_errors_total", app="app", outcome="too_large") == 1
+    assert value(out, "scaleengine_api_requests_total", app="app", outcome="success") == 2
+    assert requests == 2
+    assert "max_fetch_bytes" in err and "Traceback" not in err
+    assert rss_mb < 400, f"peak RSS {rss_mb:.0f} MB"
+    print(f"peak RSS of --once refusing a hostile fetch: {rss_mb:.0f} MB")
+
+
+def run_once_rss(tmp_path: Path, api_url: str, **scaleengine) -> tuple[int, str, str, float, float]:
+    """run_once, plus the peak RSS (MB) of that process (not of any other child)."""
+    config = {
+        "scaleengine": {"api_url": api_url, "cdn_id": 1, "api_key": KEY, "api_secret": SECRET,
+                        "timeout": "30s", **scaleengine},
+        "apps": ["app"],
+        "poll": {"late_data_window": "off", "month_interval": "off"},
+    }  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")}
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    started = time.monotonic()
+    with out.open("wb") as fo, err.open("wb") as fe:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--once", "--config", str(path)],
+            stdout=fo, stderr=fe, env=env, cwd=ROOT,
+        )  # fmt: skip
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() - started > 120:
+                proc.kill()
+                proc.wait()
+                pytest.fail(f"--once did not end within 120 s:\n{err.read_text()[-2000:]}")
+            time.sleep(0.05)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.monotonic() - started
+    return proc.returncode, out.read_text(), err.read_text(), seconds, usage.ru_maxrss / 1024
+
+
+@pytest.mark.parametrize(("size", "ok"), [("1MiB", True), ("1048575", False), ("1023KiB", False)])
+def test_max_fetch_bytes_below_1_mib_is_refused(tmp_path, size, ok):
+    config = {
+        "scaleengine": {"api_url": "https://api.scaleengine.net/stable/", "cdn_id": 1,
+                        "api_key": KEY, "api_secret": SECRET, "max_fetch_bytes": size},
+        "apps": ["app"],
+    }  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")},
+    )  # fmt: skip
+    assert proc.returncode == (0 if ok else 2), proc.stderr
+    if not ok:
+        assert "max_fetch_bytes" in proc.stderr and "Traceback" not in proc.stderr

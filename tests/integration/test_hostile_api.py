@@ -256,6 +256,19 @@ def test_1xx_answers_before_the_200_are_skipped():
         assert [n for n, _ in api.requests] == [1, 1]
 
 
+def test_101_switching_protocols_is_a_failed_request_not_skipped():
+    """We never ask for an upgrade: a 101 is the final answer, outcome http_status."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> bool:
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+        return prompt(conn, stop)
+
+    with StandIn([answer]) as api, client(api.url) as c:
+        with pytest.raises(ApiError) as ei:
+            fetch(c)
+    assert ei.value.outcome == "http_status" and "101" in ei.value.message
+
+
 # -- TLS, proxies, DNS, connect --------------------------------------------------------------
 
 # a TLS record header announcing a 16 KiB handshake record, then its body one byte at a time

@@ -582,22 +582,27 @@ class _Deadline:
         return max(0.0, self._when - time.monotonic())
 
     def track(self, sock: socket.socket) -> None:
-        """Shut ``sock`` down when the deadline passes (at once if it has already passed)."""
-        try:
-            fd = sock.fileno()
-            if fd < 0:
-                return
-            st = os.fstat(fd)
-            key = (st.st_dev, st.st_ino)
-            with self._lock:
-                if key in self._socks or self._done:
-                    return
-                dup = socket.socket(fileno=os.dup(fd))
-                self._socks[key] = dup
-                if self.expired:
-                    _kill(dup)
-        except OSError:
+        """Shut ``sock`` down when the deadline passes (at once if it has already passed).
+
+        A socket that cannot be tracked (no descriptor left to duplicate) raises OSError: the
+        request fails as a connection error rather than run without a deadline."""
+        fd = sock.fileno()
+        if fd < 0:
             return
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            if key in self._socks or self._done:
+                return
+            copy = os.dup(fd)
+            try:
+                dup = socket.socket(fileno=copy)
+            except OSError:
+                os.close(copy)
+                raise
+            self._socks[key] = dup
+            if self.expired:
+                _kill(dup)
         if self.expired:
             raise TimeoutError("the request deadline has passed")
 

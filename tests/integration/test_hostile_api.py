@@ -336,6 +336,49 @@ def test_a_proxy_that_stalls_the_tunnel_ends_at_the_timeout(monkeypatch, kind):
     assert len(heads) == 1 and heads[0].startswith(b"CONNECT api.scaleengine.net:443 ")
 
 
+def tunnel_to(port: int) -> Answer:
+    """A proxy that answers CONNECT and relays both ways to 127.0.0.1:``port``."""
+
+    def answer(conn: socket.socket, stop: threading.Event) -> bool:
+        upstream = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+        threading.Thread(target=pump, args=(upstream, conn), daemon=True).start()
+        pump(conn, upstream)
+        upstream.close()
+        return False
+
+    return answer
+
+
+def test_through_a_proxy_a_kept_alive_second_answer_dripped_ends_at_the_timeout(pki, monkeypatch):
+    """HTTPS_PROXY set: the first request through the tunnel is answered, the second on the
+    same kept-alive tunnel drips its body; it ends as timeout."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pki["ca"]))
+    sent, dripped = PHASES["body_chunked"]
+    with StandIn([prompt, dripping(dripped, sent=sent)], tls=tls_context(pki)) as api:
+        with StandIn([tunnel_to(api.port)]) as proxy:
+            no_proxy_env(monkeypatch, f"http://127.0.0.1:{proxy.port}")
+            with client(f"https://localhost:{api.port}/api") as c:
+                assert fetch(c).videos == {"v/1.mp4": (10, 1)}
+                assert timed_out(c) < 15
+            heads = [head for _, head in proxy.requests]
+        assert [n for n, _ in api.requests] == [1, 1]  # one tunnel, two requests
+    assert len(heads) == 1 and heads[0].startswith(f"CONNECT localhost:{api.port} ".encode())
+
+
 def test_a_name_that_never_resolves_ends_at_the_timeout(monkeypatch):
     """A resolver that never answers (a stand-in for getaddrinfo: the system's cannot be made
     to hang from a test) does not hold the request past the deadline."""

@@ -226,6 +226,9 @@ class ScaleEngineConfig(BaseModel):
     timeout: Duration = 10.0
     # a bigger answer (counted after decompression) is refused: outcome too_large
     max_response_bytes: Size = Field(default=64 * 1024 * 1024, ge=1024)
+    # what one fetch (all pages of one app and period) may hold: each distinct video counts
+    # its video_url (cut to limits.max_label_length) plus 256 bytes; past it: too_large
+    max_fetch_bytes: Size = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
 
     @field_validator("api_url")
     @classmethod

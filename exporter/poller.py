@@ -144,6 +144,8 @@ def client_for(
         max_pages=config.poll.max_pages,
         retries=config.poll.retries,
         max_response_bytes=se.max_response_bytes,
+        max_fetch_bytes=se.max_fetch_bytes,
+        max_label_length=config.limits.max_label_length,
         clock=clock,
         on_request=on_request,
     )

@@ -12,11 +12,13 @@ import email.utils
 import hashlib
 import heapq
 import hmac
+import http.client
 import ipaddress
 import itertools
 import json
 import logging
 import math
+import os
 import re
 import socket
 import threading
@@ -25,6 +27,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -34,6 +37,9 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.poolmanager import ProxyManager
+from urllib3.util.connection import allowed_gai_family
 
 from exporter import __version__
 from exporter.phpjson import php_json_encode
@@ -55,6 +61,9 @@ log = logging.getLogger("exporter.scaleengine")
 COMMAND = "usage.vse"
 
 INT64_MAX = 2**63 - 1
+# the largest count a float64 (a Prometheus sample) holds exactly, and all below it: a row with
+# a bigger number is not usable (its bytes would be rounded)
+MAX_EXACT = 2**53
 
 # Published error codes: (meaning, retryable).
 API_CODES: dict[str, tuple[str, bool]] = {
@@ -75,6 +84,13 @@ _MAX_SERVER_TEXT = 200
 # some PHP backends answer an empty result that way). Anything else without a code is api_other.
 _NO_USAGE_RE = re.compile(r"\s*no\s+(?:video\s+)?usage(?:\s+data)?\s+found\W*", re.IGNORECASE)
 DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_FETCH_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_LABEL_LENGTH = 1024  # bytes of UTF-8 (limits.max_label_length)
+LABEL_HASH_CHARS = 16  # hex digits of SHA-256 appended to a cut label
+# what one distinct video costs a fetch besides its URL's characters: its dict entries, tuple
+# and ints (measured: about 250 bytes on CPython 3.11)
+VIDEO_COST = 256
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _CHUNK = 64 * 1024
 _ERROR_BODY_MAX = 64 * 1024  # how much of a non-2xx answer is read to look for a JSON failure
 READS = 3  # full reads of a fetch before giving up on pages that keep moving
@@ -191,10 +207,18 @@ def build_request(
     return request
 
 
-def _server_text(value: object, limit: int = _MAX_SERVER_TEXT) -> str:
-    """Text from the server, made safe to log: printable, one line, at most ``limit`` chars."""
+Scrub = Callable[[str], str]
+
+
+def _server_text(value: object, limit: int = _MAX_SERVER_TEXT, scrub: Scrub | None = None) -> str:
+    """Text from the server, made safe to log: printable, one line, at most ``limit`` chars.
+
+    ``scrub`` (the client's: our secrets and signature replaced by ``***``) runs on the whole
+    text first: cut first, a secret straddling the cut would leave its first characters."""
     if not isinstance(value, str):
         return ""
+    if scrub is not None:
+        value = scrub(value)
     text = "".join(
         c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else " " for c in value[: limit * 2]
     )
@@ -234,7 +258,9 @@ def warn_if_cleartext(api_url: str) -> bool:
     return True
 
 
-def api_failure(code: object, server_message: object, now: float | None = None) -> ApiError:
+def api_failure(
+    code: object, server_message: object, now: float | None = None, scrub: Scrub | None = None
+) -> ApiError:
     """The ApiError for a ``"status": "failure"`` answer."""
     if isinstance(code, int) and not isinstance(code, bool) and 0 <= code <= 9999:
         code_s: str | None = f"{code:04d}"
@@ -246,7 +272,7 @@ def api_failure(code: object, server_message: object, now: float | None = None) 
     busy = code_s == "1000"
     if busy:
         retryable = False  # "try again in a few minutes": the poller backs off instead
-    text = _server_text(server_message)
+    text = _server_text(server_message, scrub=scrub)
     msg = f"API error {code_s or '(no code)'}: {meaning}"
     if code_s == "0002":
         t = time.time() if now is None else now
@@ -266,23 +292,42 @@ def _bad(message: str) -> ApiError:
     return ApiError(message, "bad_response", False)
 
 
+# a number written out in a string: digits, a fraction, an exponent (no sign, no spaces)
+_DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]{1,6})?")
+
+
+def _integral(value: Decimal) -> int | None:
+    """``value`` as an int when it is a whole number in [0, 2**53]; None otherwise."""
+    if not value.is_finite() or value.is_signed() and value != 0 or value > MAX_EXACT:
+        return None
+    n = int(value)
+    return n if n == value else None
+
+
 def _number(value: object) -> int | None:
-    """A usable bigint: ASCII digits or a plain non-negative int within int64."""
+    """A usable count: a whole number from 0 to 2**53 (a float64 holds it exactly).
+
+    ASCII digits or a JSON integer; also written with a fraction of zeros or an exponent, in a
+    string or as a JSON number ("2000.0", 2000.0, "2e3"); not "2000.5", a sign or spaces."""
     t = type(value)
     if t is str:
-        if value.isdigit() and value.isascii() and len(value) <= 19:  # type: ignore[union-attr]
+        if value.isdigit() and value.isascii() and len(value) <= 16:  # type: ignore[union-attr]
             n = int(value)  # type: ignore[arg-type]
-            return n if n <= INT64_MAX else None
+            return n if n <= MAX_EXACT else None
+        if len(value) <= 40 and _DECIMAL_RE.fullmatch(value):  # type: ignore[arg-type]
+            return _integral(Decimal(value))  # type: ignore[arg-type]
         return None
     if t is int:
-        return value if 0 <= value <= INT64_MAX else None  # type: ignore[operator,return-value]
+        return value if 0 <= value <= MAX_EXACT else None  # type: ignore[operator,return-value]
+    if t is Decimal:  # a JSON number with a fraction or an exponent (see _loads)
+        return _integral(value)  # type: ignore[arg-type]
     return None
 
 
 def _handle_time(value: object) -> float | None:
     if isinstance(value, bool):
         return None
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):
         f = float(value)
     elif isinstance(value, str):
         m = _HANDLE_TIME_RE.match(value)
@@ -311,16 +356,49 @@ def _parse_int(text: str) -> int | _Huge:
     return int(text) if len(text) <= 40 else _HUGE
 
 
+def _parse_float(text: str) -> Decimal | _Huge:
+    # exact, so that 9007199254740993.0 is not read as 2**53; a long one is as unusable as a
+    # long integer (and Decimal would take time on it)
+    return Decimal(text) if len(text) <= 40 else _HUGE
+
+
 def _loads(body: bytes | bytearray | str) -> Any:
-    return json.loads(body, parse_int=_parse_int)
+    return json.loads(body, parse_int=_parse_int, parse_float=_parse_float)
 
 
 def _no_code(code: object) -> bool:
     return code is None or (isinstance(code, str) and not code.strip())
 
 
-def parse_page(body: bytes | bytearray) -> Page:
-    """Parse one usage.vse answer. Raises only ApiError.
+def cut_url(url: str, max_bytes: int) -> str:
+    """``url`` as the label it will have: the same object when its UTF-8 fits in ``max_bytes``
+    (a lone surrogate is left for the label step to replace); otherwise cut on a character
+    boundary with ``~`` and 16 hex digits of the SHA-256 of the whole URL appended, exactly as
+    ``poller.label_value`` cuts it (which then leaves it as it is)."""
+    if len(url) * 4 <= max_bytes or (url.isascii() and len(url) <= max_bytes):
+        return url
+    raw = url.encode("utf-8", "surrogatepass")
+    if len(raw) <= max_bytes:
+        return url
+    suffix = "~" + hashlib.sha256(raw).hexdigest()[:LABEL_HASH_CHARS]
+    clean = _SURROGATE.sub("\ufffd", url).encode()
+    return clean[: max(0, max_bytes - len(suffix))].decode("utf-8", "ignore") + suffix
+
+
+def _cut_urls(rows: list[tuple[str, int, int]], max_bytes: int) -> None:
+    """Every row's video_url cut to its label, in place: a page of long URLs is not held."""
+    shortest = max_bytes // 4  # no URL of this many characters or fewer can need a cut
+    for i, (url, b, r) in enumerate(rows):
+        if len(url) > shortest:
+            rows[i] = (cut_url(url, max_bytes), b, r)
+
+
+def parse_page(
+    body: bytes | bytearray, scrub: Scrub | None = None, max_label_length: int | None = None
+) -> Page:
+    """Parse one usage.vse answer. Raises only ApiError; server text in it passes ``scrub``.
+
+    With ``max_label_length``, each video_url comes cut as :func:`cut_url` cuts it.
 
     Rows whose numbers are unusable are skipped and counted in ``skipped``; rows with good bytes
     but a null or missing ``requests_total`` are kept with 0 requests and counted in
@@ -343,11 +421,13 @@ def parse_page(body: bytes | bytearray) -> Page:
             and isinstance(message, str)
             and _NO_USAGE_RE.fullmatch(message)
         ):
-            return Page([], 0, 0, _handle_time(obj.get("handle_time")), _server_text(message))
-        raise api_failure(obj.get("code"), message)
+            return Page(
+                [], 0, 0, _handle_time(obj.get("handle_time")), _server_text(message, scrub=scrub)
+            )
+        raise api_failure(obj.get("code"), message, scrub=scrub)
     if status != "success":
         if isinstance(status, str):
-            raise _bad(f"unknown status {_server_text(status)!r}")
+            raise _bad(f"unknown status {_server_text(status, scrub=scrub)!r}")
         raise _bad("answer has no status")
     count = obj.get("count")
     usage = obj.get("usage")
@@ -372,15 +452,15 @@ def parse_page(body: bytes | bytearray) -> Page:
             url = row.get("video_url")
             b = row.get("bytes_total")
             r = row.get("requests_total")
-            # Fast path: the documented form, strings of at most 18 ASCII digits (< 2**63).
+            # Fast path: the documented form, strings of at most 15 ASCII digits (< 2**53).
             if (
                 type(b) is str
                 and type(r) is str
                 and type(url) is str
                 and b.isdigit()
                 and r.isdigit()
-                and len(b) < 19
-                and len(r) < 19
+                and len(b) < 16
+                and len(r) < 16
                 and b.isascii()
                 and r.isascii()
             ):
@@ -404,12 +484,14 @@ def parse_page(body: bytes | bytearray) -> Page:
         if not rows and not skipped:
             lead_bad = True
         skipped += 1
+    if max_label_length is not None:
+        _cut_urls(rows, max_label_length)
     return Page(
         rows,
         count,
         skipped,
         _handle_time(obj.get("handle_time")),
-        _server_text(obj.get("message")),
+        _server_text(obj.get("message"), scrub=scrub),
         incomplete,
         rows[0][0] if rows and not lead_bad else None,
         rows[-1][0] if rows and tail_ok else None,
@@ -420,9 +502,15 @@ def parse_page(body: bytes | bytearray) -> Page:
 # -- a deadline for a whole request --------------------------------------------------------
 #
 # urllib3's timeouts bound each socket operation, so an answer dripping one byte a second never
-# times out. A _Deadline bounds the whole request instead: a timer that, when it fires, shuts the
-# request's socket down, so whatever read is blocked (status line, headers or body) returns at
-# once. The connection classes below register themselves with the deadline of the thread that
+# times out. A _Deadline bounds the whole request instead: a timer that, when it fires, shuts
+# down every socket the request opened or reused, so whatever is blocked on them (DNS aside:
+# see _resolve) returns at once: connect, a proxy's CONNECT answer, the TLS handshake, the
+# status line, headers or body, however the answer is framed. The deadline holds a duplicate
+# of each socket's file descriptor, taken when the socket is created (before it connects) or
+# when a kept-alive connection is reused: shutdown acts on the socket, not on one descriptor,
+# so it reaches the socket even after TLS wrapping detached the original object or http.client
+# dropped its own reference (an answer that ends with the connection keeps only a file object).
+# The connection classes below register their sockets with the deadline of the thread that
 # uses them (requests runs a request on the calling thread).
 
 _current = threading.local()
@@ -470,72 +558,187 @@ class _Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.expired = False
+        self._when = 0.0
         self._done = False
         self._lock = threading.Lock()
-        self._conns: list[HTTPConnection] = []
+        self._socks: dict[tuple[int, int], socket.socket] = {}  # (dev, inode) -> a dup
 
     def __enter__(self) -> _Deadline:
         _current.deadline = self
-        _watchdog.add(self, time.monotonic() + self.seconds)
+        self._when = time.monotonic() + self.seconds
+        _watchdog.add(self, self._when)
         return self
 
     def __exit__(self, *exc: object) -> None:
         _current.deadline = None
         with self._lock:
             self._done = True
-            self._conns.clear()
+            socks = list(self._socks.values())
+            self._socks.clear()
+        for dup in socks:
+            dup.close()
 
-    def attach(self, conn: HTTPConnection) -> None:
+    def remaining(self) -> float:
+        return max(0.0, self._when - time.monotonic())
+
+    def track(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down when the deadline passes (at once if it has already passed).
+
+        A socket that cannot be tracked (no descriptor left to duplicate) raises OSError: the
+        request fails as a connection error rather than run without a deadline."""
+        fd = sock.fileno()
+        if fd < 0:
+            return
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
         with self._lock:
-            self._conns.append(conn)
+            if key in self._socks or self._done:
+                return
+            copy = os.dup(fd)
+            try:
+                dup = socket.socket(fileno=copy)
+            except OSError:
+                os.close(copy)
+                raise
+            self._socks[key] = dup
             if self.expired:
-                _kill(conn)
+                _kill(dup)
+        if self.expired:
+            raise TimeoutError("the request deadline has passed")
 
     def expire(self) -> None:
         with self._lock:
             if self._done:
                 return
             self.expired = True
-            for conn in self._conns:
-                _kill(conn)
+            for dup in self._socks.values():
+                _kill(dup)
 
 
-def _kill(conn: HTTPConnection) -> None:
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return
+def _kill(sock: socket.socket) -> None:
     try:
-        # socket.socket's own shutdown, also for an SSLSocket (whose override would drop its
-        # SSL object under the reading thread): the blocked read sees EOF or an error
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        # the blocked connect, read or write on any descriptor of this socket sees EOF or an
+        # error at once
+        sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
 
 
-def _attach(conn: HTTPConnection) -> None:
-    deadline = getattr(_current, "deadline", None)
-    if deadline is not None:
-        deadline.attach(conn)
+def _deadline() -> _Deadline | None:
+    return getattr(_current, "deadline", None)
 
 
-class _DeadlineHTTPConnection(HTTPConnection):
+def _track(sock: socket.socket | None) -> None:
+    deadline = _deadline()
+    if deadline is not None and sock is not None:
+        deadline.track(sock)
+
+
+def _resolve(host: str, port: int, family: int, deadline: _Deadline) -> list[Any]:
+    """getaddrinfo, given up at the deadline: it cannot be interrupted, so a name is resolved
+    on a helper thread (which ends when the resolver gives up) and the request stops waiting
+    for it when the deadline passes. An IP literal needs no lookup."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+    box: list[Any] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, family, socket.SOCK_STREAM))
+        except Exception as exc:  # handed to the waiting request
+            box.append(exc)
+        done.set()
+
+    threading.Thread(target=lookup, name="resolve", daemon=True).start()
+    if not done.wait(deadline.remaining()):
+        raise TimeoutError("name resolution took longer than the request deadline")
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return box[0]
+
+
+def _create_connection(conn: HTTPConnection, deadline: _Deadline) -> socket.socket:
+    """urllib3's create_connection, with each socket tracked by ``deadline`` before it
+    connects and every wait bounded by what is left of it."""
+    host = conn._dns_host.strip("[]")  # type: ignore[attr-defined]
+    err: OSError | None = None
+    for af, socktype, proto, _, address in _resolve(
+        host, conn.port, allowed_gai_family(), deadline
+    ):
+        sock = socket.socket(af, socktype, proto)
+        try:
+            deadline.track(sock)
+            for option in conn.socket_options or ():
+                sock.setsockopt(*option)
+            timeout = conn.timeout if isinstance(conn.timeout, int | float) else None
+            left = max(deadline.remaining(), 0.001)
+            sock.settimeout(left if timeout is None else min(timeout, left))
+            if conn.source_address:
+                sock.bind(conn.source_address)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            err = exc
+            sock.close()
+            if deadline.expired:
+                raise TimeoutError("the request deadline has passed") from None
+    raise err if err is not None else OSError("getaddrinfo returns an empty list")
+
+
+class _Informational(http.client.HTTPResponse):
+    """Skips every 1xx answer before the final one (http.client skips only 100), 101 aside:
+    a protocol switch nobody asked for is the final answer, and fails as http_status. A flood
+    of them ends at the request's deadline like any other drip."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # type: ignore[arg-type]
+
+
+class _DeadlineConnectionMixin:
+    """For both connection classes: sockets tracked from creation, and on every reuse."""
+
+    response_class = _Informational
+
+    def _new_conn(self) -> socket.socket:
+        deadline = _deadline()
+        if deadline is None:
+            return super()._new_conn()  # type: ignore[misc]
+        conn: Any = self
+        try:
+            return _create_connection(conn, deadline)
+        except socket.gaierror as exc:
+            raise NameResolutionError(conn.host, conn, exc) from exc
+        except TimeoutError as exc:
+            raise ConnectTimeoutError(
+                conn, f"Connection to {conn.host} timed out (request deadline)"
+            ) from exc
+        except OSError as exc:
+            raise NewConnectionError(conn, f"Failed to establish a new connection: {exc}") from exc
+
     def connect(self) -> None:
-        super().connect()
-        _attach(self)
+        super().connect()  # type: ignore[misc]
+        _track(self.sock)  # type: ignore[attr-defined]
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _attach(self)  # a kept-alive connection is not connected again
-        super().request(*args, **kwargs)
+        _track(self.sock)  # type: ignore[attr-defined]  # a kept-alive connection
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _DeadlineHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        _attach(self)
+class _DeadlineHTTPConnection(_DeadlineConnectionMixin, HTTPConnection):
+    pass
 
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _attach(self)
-        super().request(*args, **kwargs)
+
+class _DeadlineHTTPSConnection(_DeadlineConnectionMixin, HTTPSConnection):
+    pass
 
 
 class _DeadlineHTTPPool(HTTPConnectionPool):
@@ -546,13 +749,20 @@ class _DeadlineHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _DeadlineHTTPSConnection
 
 
+_POOLS = {"http": _DeadlineHTTPPool, "https": _DeadlineHTTPSPool}
+
+
 class _DeadlineAdapter(HTTPAdapter):
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _DeadlineHTTPPool,
-            "https": _DeadlineHTTPSPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # an HTTP(S) proxy's own pools (CONNECT tunnel included) are under the deadline too
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is ProxyManager:
+            manager.pool_classes_by_scheme = dict(_POOLS)
+        return manager
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
@@ -648,6 +858,8 @@ class ScaleEngineClient:
         on_request: Callable[[str], None] | None = None,
         user_agent: str | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
+        max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -657,11 +869,26 @@ class ScaleEngineClient:
             raise ValueError("retries must not be negative")
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be at least 1")
+        if max_fetch_bytes < 1:
+            raise ValueError("max_fetch_bytes must be at least 1")
+        if max_label_length < 1:
+            raise ValueError("max_label_length must be at least 1")
+        self.max_fetch_bytes = int(max_fetch_bytes)
+        self.max_label_length = int(max_label_length)
         self.max_response_bytes = int(max_response_bytes)
         self.api_url = api_url
         self.cdn_id = int(cdn_id)
         self._api_key = api_key
         self._api_secret = api_secret
+        # as sent, and as a server echoing our JSON request shows them (PHP escapes "/" etc.)
+        self._secrets = tuple(
+            dict.fromkeys(
+                form
+                for secret in (api_secret, api_key)
+                if secret and len(secret) >= 4
+                for form in (secret, php_json_encode(secret)[1:-1])
+            )
+        )
         self.timeout = float(timeout)
         self.page_size = int(page_size)
         self.max_pages = int(max_pages)
@@ -695,8 +922,8 @@ class ScaleEngineClient:
     # -- one HTTP request ------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        for secret in (self._api_secret, self._api_key):
-            if secret and len(secret) >= 4 and secret in text:
+        for secret in self._secrets:
+            if secret in text:
                 text = text.replace(secret, "***")
         return text
 
@@ -716,12 +943,17 @@ class ScaleEngineClient:
         )  # fmt: skip
         signature = sign(request, self._api_secret)
         body = php_json_encode({**request, "signature": signature})
+        escaped = php_json_encode(signature)[1:-1]  # base64's "/" is "\\/" in an echoed request
+
+        def scrub(text: str) -> str:
+            return self._scrub(text).replace(signature, "***").replace(escaped, "***")
+
         try:
-            page = self._exchange(body)
+            page = self._exchange(body, scrub)
         except ApiError as err:
             if err.outcome == "api_0002":
                 err = api_failure(err.code, "", self.clock())
-            message = self._scrub(err.message).replace(signature, "***")
+            message = scrub(err.message)
             if message != err.message:
                 err = ApiError(
                     message, err.outcome, err.retryable, err.code, err.busy, err.retry_after
@@ -744,7 +976,7 @@ class ScaleEngineClient:
             True,
         )
 
-    def _exchange(self, body: str) -> Page:
+    def _exchange(self, body: str, scrub: Scrub) -> Page:
         """One POST, bounded as a whole by ``timeout`` and in size by ``max_response_bytes``."""
         with _Deadline(self.timeout) as deadline:
             resp = None
@@ -756,7 +988,7 @@ class ScaleEngineClient:
                     allow_redirects=False,
                     stream=True,
                 )
-                return self._answer(resp)
+                return self._answer(resp, scrub)
             except requests.Timeout:
                 raise self._timed_out() from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
@@ -779,7 +1011,7 @@ class ScaleEngineClient:
                 if resp is not None:
                     resp.close()
 
-    def _answer(self, resp: requests.Response) -> Page:
+    def _answer(self, resp: requests.Response, scrub: Scrub) -> Page:
         status = resp.status_code
         if 200 <= status < 300:
             length = resp.headers.get("Content-Length", "")
@@ -789,9 +1021,10 @@ class ScaleEngineClient:
                 and not resp.headers.get("Content-Encoding", "").strip()
             ):
                 raise _too_large(self.max_response_bytes)
-            return parse_page(_read_body(resp, self.max_response_bytes))
+            body = _read_body(resp, self.max_response_bytes)
+            return parse_page(body, scrub, self.max_label_length)
         # a non-2xx answer may still carry the API's JSON failure with its code
-        reason = _server_text(resp.reason or "", 80)
+        reason = _server_text(resp.reason or "", 80, scrub)
         what = f"API answered HTTP {status} {reason}".rstrip()
         retry_after = None
         if status in (429, 503):
@@ -805,7 +1038,7 @@ class ScaleEngineClient:
         except (ValueError, RecursionError, TypeError):
             obj = None
         if type(obj) is dict and obj.get("status") == "failure" and not _no_code(obj.get("code")):
-            err = api_failure(obj.get("code"), obj.get("message"))
+            err = api_failure(obj.get("code"), obj.get("message"), scrub=scrub)
             return_err = ApiError(
                 f"{what}: {err.message}", err.outcome, err.retryable, err.code, err.busy
             )
@@ -891,6 +1124,9 @@ class ScaleEngineClient:
                 "pagination",
                 False,
             )
+        if result.skipped and not result.rows:
+            # not a day without usage: reading zeros here would look healthy
+            raise _bad(f"all {result.skipped} rows of the answer are unusable (app {app!r})")
         if result.skipped:
             log.warning("usage.vse app=%s: %d unusable rows skipped", app, result.skipped)
         return result
@@ -911,6 +1147,7 @@ class ScaleEngineClient:
         size: int | None = None  # the server's page size, when it caps below page_size
         previous: list[tuple[str, int, int]] | None = None
         pages = 0
+        held = 0  # what the distinct videos cost (see VIDEO_COST), against max_fetch_bytes
         while True:
             offset = position - 1 if overlap is not None else position
             page = self.fetch_page(app, urls, year, month, day, offset)
@@ -967,11 +1204,20 @@ class ScaleEngineClient:
                 if old is None:
                     videos[url] = (b, r)
                     first_page[url] = pages
+                    held += len(url) + VIDEO_COST
                     continue
                 videos[url] = (old[0] + b, old[1] + r)
                 shape[url] = shape.get(url, 1) + 1
                 if first_page[url] != pages and len(duplicates) < 3:
                     duplicates.append(url)
+            if held > self.max_fetch_bytes:
+                raise ApiError(
+                    f"the fetch would hold more than scaleengine.max_fetch_bytes"
+                    f" ({self.max_fetch_bytes} bytes: {len(videos)} videos after {pages} pages"
+                    f" of {count} rows): refused (app {app!r})",
+                    "too_large",
+                    False,
+                )
             result.rows += len(rows)
             result.skipped += page.skipped
             result.incomplete += incomplete

@@ -93,12 +93,79 @@ def _page(rows, count=None, **extra) -> bytes:
 def test_parse_plain_ints_and_limits():
     rows = [
         {"video_url": "a", "bytes_total": 5, "requests_total": 0},
-        {"video_url": "b", "bytes_total": str(2**63 - 1), "requests_total": "007"},
-        {"video_url": "c", "bytes_total": 2**63 - 1, "requests_total": 1},
+        {"video_url": "b", "bytes_total": "9007199254740992", "requests_total": "007"},
+        {"video_url": "c", "bytes_total": 9007199254740992, "requests_total": 1},
+        {"video_url": "d", "bytes_total": "999999999999999", "requests_total": "9007199254740992"},
     ]
     page = parse_page(_page(rows))
-    assert page.rows == [("a", 5, 0), ("b", 2**63 - 1, 7), ("c", 2**63 - 1, 1)]
+    assert page.rows == [
+        ("a", 5, 0),
+        ("b", 9007199254740992, 7),
+        ("c", 9007199254740992, 1),
+        ("d", 999999999999999, 9007199254740992),
+    ]
     assert page.skipped == 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ('"2000.0"', 2000),
+        ('"2000.00"', 2000),
+        ("2000.0", 2000),
+        ('"2e3"', 2000),
+        ('"2.5E3"', 2500),
+        ("2.5e3", 2500),
+        ('"2000e-3"', 2),
+        ('"9007199254740992.0"', 9007199254740992),
+        ("9007199254740992.000", 9007199254740992),
+        ('"0.0"', 0),
+    ],
+)
+def test_integral_numbers_written_as_decimals_are_accepted(raw, expected):
+    """A whole number written with a fraction of zeros or an exponent, in a string or as a
+    JSON number, is a usable count (bytes and requests alike)."""
+    body = (
+        '{"status":"success","count":1,"usage":[{"video_url":"v",'
+        f'"bytes_total":{raw},"requests_total":{raw}}}]}}'
+    ).encode()
+    page = parse_page(body)
+    assert page.rows == [("v", expected, expected)] and page.skipped == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '"9007199254740993"',  # 2**53 + 1: a float64 cannot hold it
+        "9007199254740993",
+        '"9007199254740993.0"',
+        "9007199254740993.0",  # read exactly, not rounded to 2**53 on the way
+        '"9007199254740993e0"',
+        '"2000.5"',
+        "2000.5",
+        '"2000."',
+        '".5"',
+        '"1e-3"',
+        '"1e400"',
+        "1e400",
+        '"-2000.0"',
+        "-2000.0",
+        '" 2000.0"',
+        '"2000.0 "',
+        '"0x10"',
+        '"NaN"',
+        "NaN",
+        "Infinity",
+    ],
+)
+def test_numbers_a_float64_cannot_hold_or_not_whole_are_skipped(raw):
+    rows = (
+        '{"video_url":"v","bytes_total":"1","requests_total":"1"},'
+        f'{{"video_url":"x","bytes_total":{raw},"requests_total":"1"}},'
+        f'{{"video_url":"y","bytes_total":"1","requests_total":{raw}}}'
+    )
+    page = parse_page(f'{{"status":"success","count":3,"usage":[{rows}]}}'.encode())
+    assert page.rows == [("v", 1, 1)] and page.skipped == 2
 
 
 @pytest.mark.parametrize(
@@ -108,7 +175,6 @@ def test_parse_plain_ints_and_limits():
         {"bytes_total": -1},
         {"bytes_total": "1.5"},
         {"bytes_total": 1.5},
-        {"bytes_total": 1.0},
         {"bytes_total": "12abc"},
         {"bytes_total": ""},
         {"bytes_total": " 12"},
@@ -768,3 +834,92 @@ def test_retry_log_lines_name_the_app(simulator, caplog):
             c.fetch_usage("live-events", None, day.year, day.month, day.day)
     retries = [r for r in caplog.records if "retrying" in r.getMessage()]
     assert retries and all(getattr(r, "app", None) == "live-events" for r in retries)
+
+
+@pytest.mark.parametrize("key", ["k3y" + "0123456789abcdef" * 8, "k3y/" + "0123456789abcdef" * 8])
+def test_an_echoed_key_cut_inside_is_scrubbed_before_the_cut(key):
+    """The server's message quotes the request and is cut at 200 characters inside the key:
+    scrubbed first, no part of the key is left (cut first, its first characters were). A key
+    holding "/" is echoed as PHP escapes it ("\\/"), and scrubbed in that form too."""
+    with Simulator() as sim:
+        sim.echo_requests = True  # the wrong key: 0001, quoting the request
+        client = ScaleEngineClient(sim.url, sim.cdn_id, key, sim.api_secret, retries=0)
+        with client, pytest.raises(ApiError) as ei:
+            client.fetch_usage("demo-origin", None, 2025, 1, 1)
+    message = ei.value.message
+    assert ei.value.outcome == "api_0001"
+    assert '"api_key":"***' in message and "got signature ***;" in message
+    assert message.endswith("...')")  # the cut did happen
+    escaped = key.replace("/", "\\/")
+    for form in (key, escaped):
+        pieces = {form[i : i + 6] for i in range(len(form) - 5)}
+        assert not [p for p in pieces if p in message], message
+
+
+# -- what one fetch may hold (issue 15) --------------------------------------------------------
+
+
+LONG_URLS = [
+    "sestore/a/" + "x" * 5000 + ".mp4",
+    "sestore/a/" + "x" * 5000 + ".mkv",  # the same first 1024 bytes: still two labels
+    "sestore/a/" + "é" * 600,  # 1210 bytes of UTF-8 in 610 characters
+    "sestore/a/" + "€" * 400 + "\ud800" + "x" * 10,  # a lone surrogate in a long one
+    "sestore/a/" + "€" * 300 + "\udc00",  # 914 bytes: not cut (the label step fixes it)
+    "s" * 1024,  # exactly the limit: not cut
+    "s" * 1025,
+    "short.mp4",
+]
+
+
+@pytest.mark.parametrize("url", LONG_URLS, ids=range(len(LONG_URLS)))
+@pytest.mark.parametrize("limit", [1024, 64])
+def test_cut_url_is_the_label_cut(url, limit):
+    from exporter.poller import label_value
+    from exporter.scaleengine import cut_url
+
+    cut = cut_url(url, limit)
+    assert label_value(cut, limit) == label_value(url, limit)
+    if len(url.encode("utf-8", "surrogatepass")) <= limit:
+        assert cut is url
+
+
+def test_long_urls_are_cut_as_rows_are_read_and_publish_the_same_series(sim_clock):
+    """The rows of a fetch hold each video_url already cut to its label; folded into series,
+    the result is the same as folding the URLs as sent."""
+    from exporter.poller import fold_videos
+
+    urls = [u for u in LONG_URLS if u.isprintable()]  # no lone surrogate: PHP cannot send it
+    rows = [(url, 1000 + i, i) for i, url in enumerate(urls)]
+    full = {url: (b, r) for url, b, r in rows}
+    with Simulator(clock=sim_clock, static_rows={"long": rows}) as sim:
+        for limit in (1024, 64):
+            with make_client(sim, page_size=3, max_label_length=limit) as c:
+                got = c.fetch_usage("long", None, 2025, 1, 20).videos
+            assert max(len(u.encode("utf-8", "surrogatepass")) for u in got) <= limit
+            assert len(got) == len(full)
+            folded = fold_videos(got, 100, max_label_length=limit)
+            assert folded == fold_videos(full, 100, max_label_length=limit)
+
+
+@pytest.mark.parametrize(
+    ("limit", "pages"), [(1_068_000, None), (1_067_999, 4), (711_644, 3), (711_643, 2)]
+)
+def test_max_fetch_bytes_ends_the_fetch_as_too_large(sim_clock, limit, pages):
+    """3000 distinct 100-character URLs in pages of 1000 (each page after the first starts on
+    the previous one's last row: 1000, 1999, 2998 and 3000 videos after each of 4 pages); each
+    video counts 100 + 256 bytes, the whole fetch 1,068,000, 711,644 after 2 pages. At a
+    limit the fetch reaches it is read on; a byte under it, the page that crosses it fails the
+    fetch, outcome too_large, not retried, no page more requested."""
+    rows = [(f"sestore/v/{i:086d}.mp4", 1000 + i, 1) for i in range(3000)]
+    assert {len(u) for u, _, _ in rows} == {100}
+    seen: list[str] = []
+    with Simulator(clock=sim_clock, static_rows={"big": rows}) as sim:
+        with make_client(sim, page_size=1000, max_fetch_bytes=limit, on_request=seen.append) as c:
+            if pages is None:
+                assert len(c.fetch_usage("big", None, 2025, 1, 20).videos) == 3000
+                return
+            with pytest.raises(ApiError) as ei:
+                c.fetch_usage("big", None, 2025, 1, 20)
+    assert ei.value.outcome == "too_large" and not ei.value.retryable
+    assert "max_fetch_bytes" in ei.value.message
+    assert seen == ["success"] * pages

@@ -212,3 +212,213 @@ def test_busy_api_is_asked_again_after_retry_after_or_the_doubling_backoff_cappe
     assert 3.6 <= g[2] < 6.5, f"doubled to 4s: gaps {g}"
     assert 3.6 <= g[3] < 6.5 and 3.6 <= g[4] < 6.5, f"capped at 4s, not 8/16: gaps {g}"
     assert value(s, "scaleengine_up", app="doubling") == 0
+
+
+# -- yesterday is polled for late_data_window after LOCAL midnight ----------------------------
+
+
+def _fixed_zone(hours: int) -> str:
+    """The IANA name of the fixed offset UTC+hours (Etc/GMT signs are inverted)."""
+    hours = (hours + 12) % 24 - 12 if not -12 <= hours <= 14 else hours
+    return "Etc/UTC" if hours == 0 else f"Etc/GMT{-hours:+d}"
+
+
+def _days_asked(sim: Simulator, app: str) -> set[date]:
+    return {
+        date(e["year"], e["month"], e["day"])
+        for e in list(sim.request_log)
+        if e.get("app") == app and e.get("day") is not None
+    }
+
+
+def test_yesterday_is_polled_for_the_late_window_after_local_midnight_not_utc(tmp_path):
+    """Two ``--once`` runs on the real clock in zones picked so that local midnight and UTC
+    midnight are hours apart, whatever the time of day:
+
+    * a zone where it is 00:mm now, with a window of mm + 30 minutes: inside the window, so
+      yesterday (local) is asked too and its total exported;
+    * a zone where it is 02:mm now, with a window of 1 h 30 + mm: past the window, so only
+      today is asked.
+
+    A window counted from UTC midnight gets the first wrong from 01:00 UTC on and the second
+    wrong before 02:00 UTC."""
+    now = datetime.now(UTC)
+    minutes = now.minute
+    cases = [
+        # (local hour now, window in minutes, yesterday asked)
+        (0, minutes + 30, True),
+        (2, 90 + minutes, False),
+    ]
+    with Simulator(apps={"vod": 4}) as sim:
+        for hour, window, inside in cases:
+            zone = _fixed_zone(hour - now.hour)
+            local = datetime.now(ZoneInfo(zone))
+            assert local.hour == hour or local.minute == 0, (zone, local)
+            sim.clear_log()
+            cfg = write_config(
+                tmp_path / f"c{hour}.yaml",
+                sim,
+                poll={"timezone": zone, "late_data_window": f"{window}m"},
+            )
+            proc = run_once(cfg)
+            assert proc.returncode == 0, proc.stderr
+            today = datetime.now(ZoneInfo(zone)).date()
+            yesterday = today - timedelta(days=1)
+            asked = _days_asked(sim, "vod")
+            previous = value(
+                samples(proc.stdout), "scaleengine_vse_app_previous_day_bytes", app="vod"
+            )
+            if inside:
+                assert asked == {today, yesterday}, f"{zone} at {local:%H:%M}: asked {asked}"
+                assert previous is not None and previous > 0
+            else:
+                assert asked == {today}, f"{zone} at {local:%H:%M}, window {window}m: {asked}"
+                assert previous is None
+
+
+# -- the poll worker holds the state file's lock ------------------------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_an_orphaned_poll_worker_keeps_a_second_exporter_out(tmp_path):
+    """SIGKILL the serving process only: while its poll worker lives (held stopped here, so
+    that it cannot exit before the second exporter tries), the lock is still held and a
+    second exporter on the same state file exits 2. Let the worker go on: it notices its
+    parent is gone, saves the state and exits, and the file is free again."""
+    state = tmp_path / "state.json"
+    with Simulator(apps={"news": 4}) as sim:
+        cfg = write_config(tmp_path / "c.yaml", sim, state={"path": str(state)})
+        proc, url = start_daemon(cfg)
+        worker = None
+        try:
+            wait_for(lambda: value(scrape(url), "scaleengine_up", app="news") == 1, 30, "a poll")
+            (worker,) = _children(proc.pid)
+            os.kill(worker, signal.SIGSTOP)
+            proc.kill()
+            proc.wait(10)
+            second = run_once(cfg)
+            assert second.returncode == 2, (
+                f"a second exporter ran beside the orphan: {second.stderr}"
+            )
+            assert str(state) in second.stderr and "Traceback" not in second.stderr
+            os.kill(worker, signal.SIGCONT)
+            wait_for(lambda: not _alive(worker), 20, "the orphaned worker to exit")
+            worker = None
+        finally:
+            if worker is not None and _alive(worker):
+                os.kill(worker, signal.SIGKILL)
+            stop(proc)
+        third = run_once(cfg)
+        assert third.returncode == 0, third.stderr
+        assert "state loaded" in third.stderr  # the orphan saved it on its way out
+
+
+# -- reload and the lifecycle API ----------------------------------------------------------------
+
+
+def _set_rows(sim: Simulator, app: str, rows: list) -> None:
+    sim.static_rows[app] = rows
+    sim._page_cache.clear()  # the simulator caches static pages
+
+
+def test_reload_of_api_and_poll_settings_keeps_the_counters(tmp_path):
+    """A SIGHUP that changes scaleengine.timeout, poll.retries and poll.page_size (every app
+    gets a new client) keeps the counters of the apps that stay: after the reload they read
+    what they read before, and go on from there by exactly the growth the API shows."""
+    rows = {"news": [("news/a.mp4", 1000, 1)], "sport": [("sport/b.mp4", 500, 1)]}
+    with Simulator(apps={"news": 1, "sport": 1}, static_rows=rows) as sim:
+        path = tmp_path / "c.yaml"
+        cfg = write_config(path, sim)
+        proc, url = start_daemon(cfg)
+        try:
+            wait_for(lambda: value(scrape(url), "scaleengine_up", app="sport") == 1, 30, "polls")
+            _set_rows(sim, "news", [("news/a.mp4", 3000, 4)])
+            wait_for(
+                lambda: value(scrape(url), "scaleengine_vse_bytes_total", app="news") == 2000,
+                30,
+                "news counter at 2000",
+            )
+            before = scrape(url)
+            assert value(before, "scaleengine_vse_requests_total", app="news") == 3
+            assert value(before, "scaleengine_vse_bytes_total", app="sport") == 0
+            ts = "scaleengine_exporter_config_last_reload_success_timestamp_seconds"
+            data = yaml.safe_load(path.read_text())
+            data["scaleengine"]["timeout"] = "3s"
+            data["poll"].update(retries=2, page_size=7)
+            path.write_text(yaml.safe_dump(data))
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: value(scrape(url), ts) > value(before, ts), 30, "the reload")
+            requests_before = len(sim.request_log)
+            wait_for(lambda: len(sim.request_log) >= requests_before + 4, 30, "polls after it")
+            after = scrape(url)
+            for name in ("scaleengine_vse_bytes_total", "scaleengine_vse_requests_total"):
+                for app in ("news", "sport"):
+                    assert value(after, name, app=app) == value(before, name, app=app), (
+                        f"{name}{{app={app}}} was {value(before, name, app=app)} before the"
+                        f" reload, {value(after, name, app=app)} after"
+                    )
+            assert sim.request_log[-1]["limit"] == 7  # the new page size is in use
+            _set_rows(sim, "news", [("news/a.mp4", 3500, 6)])
+            _set_rows(sim, "sport", [("sport/b.mp4", 800, 3)])
+            wait_for(
+                lambda: value(scrape(url), "scaleengine_vse_bytes_total", app="sport") == 300,
+                30,
+                "sport's growth counted",
+            )
+            s = scrape(url)
+            assert value(s, "scaleengine_vse_bytes_total", app="news") == 2500
+            assert value(s, "scaleengine_vse_requests_total", app="news") == 5
+            assert value(s, "scaleengine_vse_requests_total", app="sport") == 2
+        finally:
+            err = stop(proc)
+    assert "Traceback" not in err and "config reloaded" in err, err
+
+
+def _post(url: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory) -> Iterator[tuple[str, Path, Simulator]]:
+    """One daemon started as a user would, WITHOUT --web.enable-lifecycle: (url, config,
+    simulator)."""
+    tmp = tmp_path_factory.mktemp("daemon")
+    with Simulator(apps={"news": 3}) as sim:
+        cfg = write_config(tmp / "c.yaml", sim)
+        proc, url = start_daemon(cfg)
+        try:
+            wait_for(lambda: value(scrape(url), "scaleengine_up", app="news") == 1, 30, "a poll")
+            yield url, Path(cfg), sim
+        finally:
+            err = stop(proc)
+    assert "Traceback" not in err, err
+
+
+def test_post_reload_is_403_without_the_lifecycle_flag(daemon):
+    url, cfg, sim = daemon
+    data = yaml.safe_load(cfg.read_text())
+    sim.apps["sport"] = 2
+    data["apps"] = ["news", "sport"]
+    cfg.write_text(yaml.safe_dump(data))
+    status, body = _post(url + "/-/reload")
+    assert status == 403, (status, body)
+    assert body == b"Lifecycle API is not enabled.\n"
+    time.sleep(2)  # two poll intervals: a reload that happened anyway would poll sport
+    assert value(scrape(url), "scaleengine_up", app="sport") is None
+    assert not [e for e in list(sim.request_log) if e.get("app") == "sport"]

@@ -422,3 +422,177 @@ def test_post_reload_is_403_without_the_lifecycle_flag(daemon):
     time.sleep(2)  # two poll intervals: a reload that happened anyway would poll sport
     assert value(scrape(url), "scaleengine_up", app="sport") is None
     assert not [e for e in list(sim.request_log) if e.get("app") == "sport"]
+
+
+# -- limits promised in the README, with literal numbers just under and just over ---------------
+
+
+def _exchange(url: str, raw: bytes, wait: float = 3.0) -> bytes:
+    """Send ``raw`` on a new connection; what comes back within ``wait`` s or until close."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=wait) as s:
+        s.sendall(raw)
+        got = b""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and b"\r\n\r\n" not in got:
+            try:
+                chunk = s.recv(65536)
+            except (TimeoutError, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def _head(size: int) -> bytes:
+    """A GET /-/healthy head of exactly ``size`` bytes, blank line included."""
+    start, end = b"GET /-/healthy HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"\r\n\r\n"
+    head = start + b"p" * (size - len(start) - len(end)) + end
+    assert len(head) == size
+    return head
+
+
+def test_a_request_head_of_16_kib_is_answered_one_byte_more_is_431(daemon):
+    url = daemon[0]
+    got = _exchange(url, _head(16384))
+    assert got.startswith(b"HTTP/1.1 200 "), got[:100]
+    got = _exchange(url, _head(16385))
+    assert got.startswith(b"HTTP/1.1 431 "), got[:100]
+    # the same heads arriving in pieces (h11's own limit on an incomplete head)
+    for size, status in ((16384, b"200"), (16385, b"431")):
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            head = _head(size)
+            for i in range(0, len(head), 4000):
+                s.sendall(head[i : i + 4000])
+                time.sleep(0.05)
+            got = s.recv(1000)
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), (size, got[:100])
+
+
+def test_a_request_body_of_64_kib_is_read_one_byte_more_is_413(daemon):
+    url = daemon[0]
+    for size, status in ((65536, b"405"), (65537, b"413")):
+        head = f"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+        got = _exchange(url, head.encode() + b"b" * size)
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), (size, got[:100])
+    # chunked: the body's size, not the chunks', counts
+    for size, status in ((65536, b"405"), (65537, b"413")):
+        head = b"POST /metrics HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunks = b"4000\r\n" + b"c" * 16384 + b"\r\n"  # 16 KiB each
+        rest = size - 4 * 16384
+        body = chunks * 4 + (f"{rest:x}\r\n".encode() + b"c" * rest + b"\r\n" if rest else b"")
+        got = _exchange(url, head + body + b"0\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 " + status + b" "), (size, got[:100])
+
+
+def test_a_state_file_of_64_mib_is_read_one_byte_more_is_a_fresh_start(tmp_path):
+    """A real state file padded with white space (valid JSON) to exactly 64 MiB is loaded; one
+    byte more and it is not read: one warning, a fresh start."""
+    state = tmp_path / "state.json"
+    with Simulator(apps={"news": 3}) as sim:
+        cfg = write_config(tmp_path / "c.yaml", sim, state={"path": str(state)})
+        first = run_once(cfg)
+        assert first.returncode == 0, first.stderr
+        saved = state.read_bytes().rstrip()
+        assert json.loads(saved)["apps"]["news"]
+        for size, loaded in ((67108864, True), (67108865, False)):
+            state.write_bytes(saved + b" " * (size - len(saved)))
+            assert state.stat().st_size == size
+            proc = run_once(cfg)
+            assert proc.returncode == 0, proc.stderr
+            warnings = [line for line in proc.stderr.splitlines() if "starting fresh" in line]
+            if loaded:
+                assert "state loaded" in proc.stderr and not warnings, (size, proc.stderr)
+            else:
+                assert "state loaded" not in proc.stderr, (size, proc.stderr)
+                assert len(warnings) == 1 and "larger than" in warnings[0], proc.stderr
+
+
+@pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])
+def test_an_answer_of_64_mib_is_read_one_byte_more_is_too_large(tmp_path, gzip):
+    """scaleengine.max_response_bytes' default: an answer of exactly 64 MiB (valid JSON padded
+    with white space) is read; one byte more is refused, outcome too_large. Plain, the
+    Content-Length decides; gzipped, the size after decompression."""
+    with ShapedSimulator(apps={"exact": 2, "over": 2}) as sim:
+        sim.gzip_answers = gzip
+        sim.size_for.update(exact=67108864, over=67108865)
+        cfg = write_config(
+            tmp_path / "c.yaml", sim, poll={"concurrency": 1}, scaleengine={"timeout": "60s"}
+        )
+        proc = run_once(cfg)
+    s = samples(proc.stdout)
+    assert value(s, "scaleengine_up", app="exact") == 1, proc.stderr
+    assert value(s, "scaleengine_vse_app_day_bytes", app="exact") > 0
+    assert value(s, "scaleengine_up", app="over") == 0
+    assert value(s, "scaleengine_api_requests_total", app="over", outcome="too_large") == 1
+    assert proc.returncode == 1
+
+
+def test_a_video_url_of_1024_bytes_is_kept_one_byte_more_is_cut(tmp_path):
+    """limits.max_label_length's default: a 1024-byte URL is its own label; a 1025-byte one is
+    cut to at most 1024 bytes ending in ~ and 16 hex digits. Below 64 the setting is refused."""
+    exact = "sestore/vod/" + "e" * (1024 - 12)
+    over = "sestore/vod/" + "o" * (1025 - 12)
+    assert (len(exact.encode()), len(over.encode())) == (1024, 1025)
+    rows = {"vod": [(exact, 300, 3), (over, 200, 2)]}
+    with Simulator(apps={"vod": 1}, static_rows=rows) as sim:
+        proc = run_once(write_config(tmp_path / "c.yaml", sim))
+        assert proc.returncode == 0, proc.stderr
+        labels = {
+            dict(k[1])["video_url"]: v
+            for k, v in samples(proc.stdout).items()
+            if k[0] == "scaleengine_vse_day_bytes"
+        }
+        assert exact in labels, f"the 1024-byte URL was changed: {[u[-20:] for u in labels]}"
+        assert labels.pop(exact) == 300
+        ((cut, nbytes),) = labels.items()
+        assert nbytes == 200 and len(cut.encode()) <= 1024 and cut != over
+        assert cut.startswith("sestore/vod/ooo") and cut[-17] == "~", cut[-20:]
+        int(cut[-16:], 16)
+        for length, code in ((63, 2), (64, 0)):
+            cfg = write_config(tmp_path / "l.yaml", sim, limits={"max_label_length": length})
+            check = subprocess.run(
+                [sys.executable, "-m", "exporter", "--check-config", "--config", cfg],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=_env(),
+                cwd=ROOT,
+            )
+            assert check.returncode == code, (length, check.stderr)
+            if code:
+                assert "max_label_length" in check.stderr
+
+
+def test_server_text_of_200_characters_is_kept_one_more_is_cut(tmp_path):
+    """An API failure message reaches the log cut to 200 characters: 200 whole, 201 cut."""
+    with Simulator(apps={"a200": 1, "a201": 1}) as sim:
+        messages = {"a200": "x" * 197 + "END", "a201": "x" * 198 + "END"}
+        assert [len(m) for m in messages.values()] == [200, 201]
+        for app in messages:
+            sim.set_fault(app, "failure_0005")
+        current = threading.local()
+
+        def failure(code: str, detail: str) -> bytes:
+            message = messages[current.app]
+            return php_json_encode({"status": "failure", "code": code, "message": message}).encode()
+
+        answer = sim._answer
+
+        def traced(text: str):
+            current.app = json.loads(text)["app"]
+            return answer(text)
+
+        sim._failure = failure
+        sim._answer = traced
+        proc = run_once(write_config(tmp_path / "c.yaml", sim))
+    assert proc.returncode == 1
+    lines = {
+        app: [line for line in proc.stderr.splitlines() if f"app={app} " in line]
+        for app in messages
+    }
+    assert any("x" * 197 + "END'" in line for line in lines["a200"]), lines["a200"]
+    assert not any("END" in line for line in lines["a201"]), lines["a201"]
+    assert any("x" * 198 + "EN..." in line for line in lines["a201"]), lines["a201"]

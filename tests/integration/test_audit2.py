@@ -535,16 +535,26 @@ def test_a_video_url_of_1024_bytes_is_kept_one_byte_more_is_cut(tmp_path):
     cut to at most 1024 bytes ending in ~ and 16 hex digits. Below 64 the setting is refused."""
     exact = "sestore/vod/" + "e" * (1024 - 12)
     over = "sestore/vod/" + "o" * (1025 - 12)
-    assert (len(exact.encode()), len(over.encode())) == (1024, 1025)
-    rows = {"vod": [(exact, 300, 3), (over, 200, 2)]}
-    with Simulator(apps={"vod": 1}, static_rows=rows) as sim:
+    # bytes, not characters: "é" is two bytes of UTF-8
+    exact_utf8 = "sestore/utf/" + "é" * 506
+    over_utf8 = "sestore/utf/x" + "é" * 506
+    assert [len(u.encode()) for u in (exact, over, exact_utf8, over_utf8)] == [1024, 1025] * 2
+    rows = {
+        "vod": [(exact, 300, 3), (over, 200, 2)],
+        "utf": [(exact_utf8, 30, 1), (over_utf8, 20, 1)],
+    }
+    with Simulator(apps={"vod": 1, "utf": 1}, static_rows=rows) as sim:
         proc = run_once(write_config(tmp_path / "c.yaml", sim))
         assert proc.returncode == 0, proc.stderr
-        labels = {
-            dict(k[1])["video_url"]: v
-            for k, v in samples(proc.stdout).items()
-            if k[0] == "scaleengine_vse_day_bytes"
-        }
+        labels = {}
+        utf = {}
+        for k, v in samples(proc.stdout).items():
+            if k[0] == "scaleengine_vse_day_bytes":
+                (labels if dict(k[1])["app"] == "vod" else utf)[dict(k[1])["video_url"]] = v
+        assert exact_utf8 in utf, "the 1024-byte UTF-8 URL was changed"
+        assert utf.pop(exact_utf8) == 30
+        ((cut_utf8, nbytes),) = utf.items()
+        assert nbytes == 20 and len(cut_utf8.encode()) <= 1024 and cut_utf8[-17] == "~"
         assert exact in labels, f"the 1024-byte URL was changed: {[u[-20:] for u in labels]}"
         assert labels.pop(exact) == 300
         ((cut, nbytes),) = labels.items()
@@ -596,3 +606,69 @@ def test_server_text_of_200_characters_is_kept_one_more_is_cut(tmp_path):
     assert any("x" * 197 + "END'" in line for line in lines["a200"]), lines["a200"]
     assert not any("END" in line for line in lines["a201"]), lines["a201"]
     assert any("x" * 198 + "EN..." in line for line in lines["a201"]), lines["a201"]
+
+
+def test_1000_videos_are_kept_one_more_folds_into_other(tmp_path):
+    """limits.max_videos_per_app's default: an app with 1000 videos gets 1000 series and no
+    __other__; with 1001, the top 1000 by bytes and the smallest in __other__."""
+    rows = {
+        "exact": [(f"v/{i:04d}.mp4", 5000 - i, 1) for i in range(1000)],
+        "over": [(f"v/{i:04d}.mp4", 5000 - i, 1) for i in range(1001)],
+    }
+    with Simulator(apps={"exact": 1, "over": 1}, static_rows=rows) as sim:
+        proc = run_once(write_config(tmp_path / "c.yaml", sim))
+    assert proc.returncode == 0, proc.stderr
+    series: dict[str, dict[str, float]] = {"exact": {}, "over": {}}
+    for (name, labels), v in samples(proc.stdout).items():
+        if name == "scaleengine_vse_day_bytes":
+            series[dict(labels)["app"]][dict(labels)["video_url"]] = v
+    assert len(series["exact"]) == 1000 and "__other__" not in series["exact"]
+    assert len(series["over"]) == 1001 and series["over"]["__other__"] == 5000 - 1000
+    assert "v/1000.mp4" not in series["over"]
+
+
+def _status(url: str) -> int:
+    try:
+        return http_get(url, timeout=5)[0]
+    except OSError:
+        return 0
+
+
+def _reloaded_at(url: str) -> float:
+    try:
+        status, _, body = http_get(url, timeout=5)
+    except OSError:
+        return 0.0
+    name = "scaleengine_exporter_config_last_reload_success_timestamp_seconds"
+    return (value(samples(body), name) or 0.0) if status == 200 else 0.0
+
+
+def test_telemetry_path_follows_a_reload_and_the_flag_wins_over_the_file(tmp_path):
+    """A reload moves the metrics to the file's new web.telemetry_path; with
+    --web.telemetry-path the flag's path stays, before and after a reload."""
+    with Simulator(apps={"news": 2}) as sim:
+        for flag in (None, "/flagged"):
+            path = tmp_path / f"c{bool(flag)}.yaml"
+            cfg = write_config(path, sim, web={"telemetry_path": "/file-one"})
+            proc, url = start_daemon(cfg, *(["--web.telemetry-path", flag] if flag else []))
+            try:
+                served = flag or "/file-one"
+                started = wait_for(lambda: _reloaded_at(url + served), 30, f"metrics on {served}")  # noqa: B023
+                assert _status(url + "/metrics") == 404
+                if flag:
+                    assert _status(url + "/file-one") == 404
+                data = yaml.safe_load(path.read_text())
+                data["web"]["telemetry_path"] = "/file-two"
+                path.write_text(yaml.safe_dump(data))
+                proc.send_signal(signal.SIGHUP)
+                now_served = flag or "/file-two"
+                wait_for(
+                    lambda: _reloaded_at(url + now_served) > started,  # noqa: B023
+                    30,
+                    f"the reload, seen on {now_served}",
+                )
+                for gone in {"/file-one", "/file-two"} - {now_served}:
+                    assert _status(url + gone) == 404, (flag, gone)
+            finally:
+                err = stop(proc)
+            assert "Traceback" not in err and "config reloaded" in err, err

@@ -357,10 +357,24 @@ def test_reload_of_api_and_poll_settings_keeps_the_counters(tmp_path):
             data["scaleengine"]["timeout"] = "3s"
             data["poll"].update(retries=2, page_size=7)
             path.write_text(yaml.safe_dump(data))
+            # watched every 20 ms through the reload: the counter is there and unchanged
+            seen: list[float | None] = []
+            done = threading.Event()
+
+            def watch() -> None:
+                while not done.is_set():
+                    seen.append(value(scrape(url), "scaleengine_vse_bytes_total", app="news"))
+                    time.sleep(0.02)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
             proc.send_signal(signal.SIGHUP)
             wait_for(lambda: value(scrape(url), ts) > value(before, ts), 30, "the reload")
             requests_before = len(sim.request_log)
             wait_for(lambda: len(sim.request_log) >= requests_before + 4, 30, "polls after it")
+            done.set()
+            watcher.join(10)
+            assert len(seen) >= 20 and set(seen) == {2000}, sorted(set(seen), key=str)
             after = scrape(url)
             for name in ("scaleengine_vse_bytes_total", "scaleengine_vse_requests_total"):
                 for app in ("news", "sport"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -686,3 +687,26 @@ def test_telemetry_path_follows_a_reload_and_the_flag_wins_over_the_file(tmp_pat
             finally:
                 err = stop(proc)
             assert "Traceback" not in err and "config reloaded" in err, err
+
+
+def test_a_head_dripped_slowly_is_cut_5_seconds_after_its_first_byte(daemon):
+    """README: a request head must arrive whole within 5 s of its first byte. A header line
+    every half second is cut at 5 s (neither earlier nor at a later deadline: 4.5-10 s)."""
+    host, port = daemon[0].removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        started = time.monotonic()
+        s.sendall(b"GET /metrics HTTP/1.1\r\n")
+        cut = None
+        for i in range(300):  # 30 s of drip if nobody cuts it
+            # readable: the server answered or closed (a line every 0.5 s, checked every 0.1 s)
+            if select.select([s], [], [], 0.1)[0]:
+                cut = time.monotonic() - started
+                break
+            if i % 5 == 4:
+                try:
+                    s.sendall(b"X-Drip-%d: y\r\n" % i)
+                except OSError:
+                    cut = time.monotonic() - started
+                    break
+    assert cut is not None, "the server never cut the dripping head"
+    assert 4.5 <= cut < 10, f"cut after {cut:.1f} s"

@@ -364,7 +364,9 @@ def test_reload_of_api_and_poll_settings_keeps_the_counters(tmp_path):
 
             def watch() -> None:
                 while not done.is_set():
-                    seen.append(value(scrape(url), "scaleengine_vse_bytes_total", app="news"))
+                    s = scrape(url)
+                    if s is not None:  # a scrape that failed says nothing
+                        seen.append(value(s, "scaleengine_vse_bytes_total", app="news"))
                     time.sleep(0.02)
 
             watcher = threading.Thread(target=watch, daemon=True)
@@ -386,14 +388,19 @@ def test_reload_of_api_and_poll_settings_keeps_the_counters(tmp_path):
             assert sim.request_log[-1]["limit"] == 7  # the new page size is in use
             _set_rows(sim, "news", [("news/a.mp4", 3500, 6)])
             _set_rows(sim, "sport", [("sport/b.mp4", 800, 3)])
-            wait_for(
-                lambda: value(scrape(url), "scaleengine_vse_bytes_total", app="sport") == 300,
-                30,
-                "sport's growth counted",
-            )
-            s = scrape(url)
+
+            def grown() -> dict | None:
+                s = scrape(url)
+                both = (
+                    value(s, "scaleengine_vse_app_day_bytes", app="news") == 3500
+                    and value(s, "scaleengine_vse_app_day_bytes", app="sport") == 800
+                )
+                return s if both else None
+
+            s = wait_for(grown, 30, "both apps' growth polled")
             assert value(s, "scaleengine_vse_bytes_total", app="news") == 2500
             assert value(s, "scaleengine_vse_requests_total", app="news") == 5
+            assert value(s, "scaleengine_vse_bytes_total", app="sport") == 300
             assert value(s, "scaleengine_vse_requests_total", app="sport") == 2
         finally:
             err = stop(proc)

@@ -717,3 +717,23 @@ def test_a_head_dripped_slowly_is_cut_5_seconds_after_its_first_byte(daemon):
                     break
     assert cut is not None, "the server never cut the dripping head"
     assert 4.5 <= cut < 10, f"cut after {cut:.1f} s"
+
+
+def test_month_interval_off_makes_no_month_request_and_no_month_series(tmp_path):
+    """README: the month series only after the first month fetch, never with
+    ``poll.month_interval: off``; with it on, --once fetches the month once and exports it."""
+    with Simulator(apps={"vod": 3}) as sim:
+        for setting, month in (("off", False), ("1h", True)):
+            sim.clear_log()
+            proc = run_once(
+                write_config(tmp_path / "c.yaml", sim, poll={"month_interval": setting})
+            )
+            assert proc.returncode == 0, proc.stderr
+            s = samples(proc.stdout)
+            fetched = [e for e in list(sim.request_log) if e.get("day") is None]
+            shown = value(s, "scaleengine_vse_app_month_bytes", app="vod")
+            if month:
+                assert len(fetched) == 1 and shown is not None and shown > 0, (fetched, shown)
+            else:
+                assert fetched == [] and shown is None, (setting, fetched, shown)
+                assert not [k for k in s if k[0].startswith("scaleengine_vse_app_month")]

@@ -9,7 +9,6 @@ import stat
 import pytest
 
 from exporter.state import (
-    MAX_STATE_BYTES,
     AppCounters,
     StateFile,
     StateLockedError,
@@ -127,7 +126,7 @@ def test_fifo_device_and_folder_are_a_fresh_start_without_blocking(tmp_path, cap
 def test_state_over_the_size_cap_is_not_read(tmp_path, caplog):
     path = tmp_path / "state.json"
     with open(path, "wb") as fh:  # sparse: 64 MiB + 1 byte without writing them
-        fh.truncate(MAX_STATE_BYTES + 1)
+        fh.truncate(67108865)  # the README's number, not the code's constant
     assert "larger than" in _one_warning(caplog, StateFile(str(path)))
     small = StateFile(str(path), max_bytes=10)
     path.write_bytes(b'{"version":1}')

@@ -321,27 +321,50 @@ def test_second_exporter_on_one_state_file_exits_2(tmp_path, sim):
 
 
 def test_failing_saves_are_counted(tmp_path, sim):
+    """Once saves fail, scaleengine_state_last_save_timestamp_seconds stays EXACTLY at the last
+    good save: watched every 20 ms, one value from the first failure on, no later than the
+    moment the folder went away."""
     folder = tmp_path / "state"
     folder.mkdir()
     proc, url = start_daemon(write_config(tmp_path, sim, state={"path": str(folder / "s.json")}))
+    names = (
+        "scaleengine_state_save_failures_total",
+        "scaleengine_state_last_save_timestamp_seconds",
+    )
+    seen: list[tuple[float | None, float | None]] = []  # (failures, last save) per scrape
+    done = threading.Event()
+
+    def scraper() -> None:
+        while not done.is_set():
+            s = scrape(url)
+            if s is not None:
+                seen.append(tuple(value(s, n) for n in names))
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=scraper, daemon=True)
     try:
-        s = wait_for(
-            lambda: value(scrape(url), "scaleengine_state_last_save_timestamp_seconds"),
-            30,
-            "a first save",
-        )
-        assert value(scrape(url), "scaleengine_state_save_failures_total") == 0
-        shutil.rmtree(folder)  # the folder is gone: every save fails from now on
-        wait_for(
-            lambda: (value(scrape(url), "scaleengine_state_save_failures_total") or 0) >= 2,
-            30,
-            "failed saves counted",
-        )
+        first = wait_for(lambda: value(scrape(url), names[1]), 30, "a first save")
+        assert value(scrape(url), names[0]) == 0
+        thread.start()
+        wait_for(lambda: len(seen) >= 5 and seen[-1][1] > first, 30, "a second save")
+        # the folder goes away at once: a save either ended before or fails from now on
+        shutil.move(folder, tmp_path / "gone")  # a rename: one step
+        gone_at = time.time()
+        wait_for(lambda: seen and (seen[-1][0] or 0) >= 3, 30, "three failed saves counted")
+        done.set()
+        thread.join(10)
         after = scrape(url)
-        assert value(after, "scaleengine_state_last_save_timestamp_seconds") >= s
         assert value(after, "scaleengine_up", app="news") == 1  # polling goes on
     finally:
+        done.set()
         err = stop(proc)
+    failing = [ts for failures, ts in seen if failures]
+    assert len(failing) >= 20, f"only {len(failing)} scrapes while saves failed"
+    assert len(set(failing)) == 1, f"the last save time moved while saves failed: {failing}"
+    last_good = failing[0]
+    assert last_good is not None and first < last_good <= gone_at + 0.5
+    assert last_good == max(ts for _, ts in seen)  # the latest save seen is the last good one
+    assert value(after, names[1]) == last_good
     assert b"could not save state" in err and b"Traceback" not in err
 
 

@@ -271,6 +271,27 @@ class Poller:
             )
         return {app.name: AppCounters(origin_days=set(fresh_origin)) for app in self.config.apps}
 
+    def continue_counters(self, totals: dict[str, tuple[int | None, int | None]]) -> None:
+        """Go on from the counters a previous poll worker served (a restart after it died):
+        an app whose loaded counters are lower (no state file, or a save that failed) takes
+        the served values with fresh day baselines, so its counters never go down and no
+        growth is counted twice (the growth until its next poll is not counted)."""
+        today, _, _ = day_bounds(self.clock(), self.tz)
+        fresh_origin = {today.isoformat(), (today - timedelta(days=1)).isoformat()}
+        for name, (served_b, served_r) in totals.items():
+            st = self._apps.get(name)
+            if st is None or served_b is None or served_r is None:
+                continue
+            c = st.counters
+            if c.bytes_total >= served_b and c.requests_total >= served_r:
+                continue
+            st.counters = AppCounters(
+                max(c.bytes_total, served_b),
+                max(c.requests_total, served_r),
+                origin_days=set(fresh_origin),
+            )
+            self.store.publish(name, None, self._status(st, up=False, duration=None))
+
     # -- one poll ---------------------------------------------------------------------------
     def poll_app(self, name: str) -> bool:
         """Poll one app now (today, late yesterday, month when due); True if all succeeded."""

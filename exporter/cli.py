@@ -288,10 +288,12 @@ def bound_address(server: Any) -> tuple[str, str]:
 def supervise(worker: PollWorker, stop: threading.Event) -> None:
     """Restart the poll worker whenever it ends before ``stop``: after 1 s, doubling while it
     keeps ending, up to 60 s; a worker that ran for 60 s or more starts the back-off over.
-    One log line each time, no traceback; the serving process and its last snapshot stay up."""
+    One log line each time, no traceback; the serving process and its last snapshot stay up
+    (shown down once the worker has been silent too long: ``PollWorker.check_overdue``)."""
     delay = RESTART_FIRST
     while True:
-        worker.exited.wait()
+        while not worker.exited.wait(1.0):
+            worker.check_overdue()
         if stop.is_set():
             return
         if time.monotonic() - worker.started_at >= RESTART_MAX:
@@ -301,8 +303,11 @@ def supervise(worker: PollWorker, stop: threading.Event) -> None:
             "the poll worker process ended unexpectedly, restarting it",
             extra={"cause": cause, "restart_in": f"{delay:g}s"},
         )
-        if stop.wait(delay):
-            return
+        until = time.monotonic() + delay
+        while (left := until - time.monotonic()) > 0:
+            if stop.wait(min(left, 1.0)):
+                return
+            worker.check_overdue()
         worker.restart()
         delay = min(delay * 2, RESTART_MAX)
 

@@ -244,6 +244,8 @@ class PollWorker:
         self._reload_done = threading.Event()
         self._log_args = ("info", "logfmt")
         self.started_at = 0.0  # time.monotonic() of the last start
+        self.last_update = time.monotonic()  # of the last update received (or of the start)
+        self._shown_overdue = False
 
     def start(self, log_level: str = "info", log_format: str = "logfmt") -> None:
         """Start ``python -m exporter.worker`` on one end of a socket pair."""
@@ -283,7 +285,7 @@ class PollWorker:
             stdin=subprocess.DEVNULL,
             env=env,
         )
-        self.started_at = time.monotonic()
+        self.started_at = self.last_update = time.monotonic()
         theirs.close()
         conn = Connection(ours.detach())
         self._conn = conn
@@ -297,6 +299,27 @@ class PollWorker:
     def _live_pid(self) -> int | None:
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
+
+    def check_overdue(self) -> None:
+        """No update from the worker for 2 x poll.interval + poll.timeout (it hangs, or keeps
+        dying): every app is shown down (``overdue``) until the next update; its last data
+        stays until then. A worker that polls ships after every poll, so a healthy one never
+        gets here."""
+        poll = self.config.poll
+        limit = 2 * poll.interval + poll.timeout
+        late = time.monotonic() - self.last_update
+        if late <= limit or self._shown_overdue:
+            return
+        self._shown_overdue = True
+        view = self.store.view()
+        error = f"overdue: nothing from the poll worker for {late:.0f}s"
+        for app, status in view.status.items():
+            down = dataclasses.replace(status, up=False, last_error=error)
+            self.store.publish(app, view.usage.get(app), down)
+        log.error(
+            "the poll worker sent nothing in time, every app is shown down",
+            extra={"seconds": round(late), "limit": round(limit)},
+        )
 
     def reap(self) -> str:
         """Wait for the ended worker process (killing it if it still runs); how it ended."""
@@ -337,6 +360,8 @@ class PollWorker:
                     self.exposition.set_stored((files[0], files[1], crc))
                 self.store.mirror(usage, status, requests, poll_errors, state_saves)
                 self.ready = self.ready or ready  # a reload's new apps do not unready it
+                self.last_update = time.monotonic()
+                self._shown_overdue = False
         except (EOFError, OSError):
             pass
         conn.close()

@@ -477,6 +477,35 @@ def test_daemon_restarts_its_poll_worker_when_it_dies(tmp_path, sim):
     assert "restart_in=1s" in lines[0]
 
 
+def test_a_hung_poll_worker_shows_every_app_down_not_fresh(tmp_path, sim):
+    """The worker stopped (SIGSTOP: as hung as a process gets) sends nothing: once that has
+    lasted 2 x poll.interval + poll.timeout (2 x 1 s + 10 s here), the serving process
+    shows every app down, keeps the last data, and is up again once the worker goes on."""
+    cfg = write_config(tmp_path, sim)
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as fh:
+        proc, url = _start_logged(["--config", cfg], fh, env={"SCALEENGINE_API_KEY": KEY})
+    up = ("scaleengine_up", (("app", "news"),))
+    data = ("scaleengine_vse_app_day_bytes", (("app", "news"),))
+    try:
+        wait_for(lambda: (_scrape(url) or {}).get(up) == 1, 30, "news up")
+        pid = wait_for(lambda: _worker_pid(proc.pid), 10, "the poll worker process")
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            seen = wait_for(lambda: (s := _scrape(url)) and s.get(up) == 0 and s, 40, "down")
+            assert time.monotonic() - stopped > 8  # not at once: after the limit (12 s)
+            assert seen.get(data) is not None  # the last data is still served
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: (_scrape(url) or {}).get(up) == 1, 30, "news up again")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    text = log.read_text()
+    assert "the poll worker sent nothing in time" in text and "Traceback" not in text
+
+
 def _gone(pid: int) -> bool:
     """The process ended (a zombie its parent has not reaped yet counts)."""
     try:

@@ -173,6 +173,10 @@ HEAD = "scaleengine: {cdn_id: 1, api_key: k, api_secret: s}\napps: [a]\n"
             HEAD + "poll: {timezone: Mars/X}",
             "poll.timezone",
         ),
+        (
+            HEAD + "poll: {interval: 5m, timeout: 5m1s}",
+            "poll.timeout: must be at most poll.interval",
+        ),
         ("scaleengine: {cdn_id: x, api_key: k, api_secret: s}\napps: [a]", "scaleengine.cdn_id"),
         (HEAD + "  bad: [", "line"),
         ("scaleengine: {cdn_id: 1, api_key: k}\napps: [a]", "api_secret"),

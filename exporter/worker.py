@@ -396,7 +396,8 @@ class PollWorker:
                     self._conn.send("stop")
         except OSError:
             pass
-        self.stopped.wait(timeout)
+        if not self.exited.is_set():  # a worker that already ended sends nothing more
+            self.stopped.wait(timeout)
         try:
             self._process.wait(0.5)
         except subprocess.TimeoutExpired:

@@ -364,6 +364,11 @@ class PollWorker:
                 self._shown_overdue = False
         except (EOFError, OSError):
             pass
+        except Exception as err:  # noqa: BLE001 - e.g. descriptors cut off by the worker's death
+            log.warning(
+                "the connection to the poll worker broke",
+                extra={"err": f"{type(err).__name__}: {str(err)[:200]}"},
+            )
         conn.close()
         if conn is self._conn:
             self.exited.set()

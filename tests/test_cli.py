@@ -424,11 +424,14 @@ def _scrape(url: str) -> dict | None:
     return samples(body) if status == 200 else None
 
 
-def test_daemon_restarts_its_poll_worker_when_it_dies(tmp_path, sim):
+@pytest.mark.parametrize("state", [False, True], ids=["no-state-file", "state-file"])
+def test_daemon_restarts_its_poll_worker_when_it_dies(tmp_path, sim, state):
     """kill -9 of the poll worker: one log line (no traceback), a new worker after the 1 s
-    back-off, metrics keep flowing, and no counter ever goes down, without a state file."""
+    back-off, metrics keep flowing, and no counter ever goes down, with a state file (the
+    new worker loads it) and without (it goes on from the values served)."""
     sim.fault_delay = 0.1
-    cfg = write_config(tmp_path, sim)
+    extra = f"state:\n  path: {tmp_path / 'state.json'}\n" if state else ""
+    cfg = write_config(tmp_path, sim, extra=extra)
     log = tmp_path / "daemon.log"
     with open(log, "w") as fh:
         proc, url = _start_logged(["--config", cfg], fh, env={"SCALEENGINE_API_KEY": KEY})
@@ -479,6 +482,7 @@ def test_daemon_restarts_its_poll_worker_when_it_dies(tmp_path, sim):
     assert len(lines) == 1, lines
     assert "level=error" in lines[0] and "cause=" in lines[0] and "SIGKILL" in lines[0]
     assert "restart_in=1s" in lines[0]
+    assert text.count('msg="state loaded"') == (1 if state else 0)  # by the new worker
 
 
 def test_a_hung_poll_worker_shows_every_app_down_not_fresh(tmp_path, sim):

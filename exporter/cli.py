@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,9 @@ log = logging.getLogger("exporter")
 DEFAULT_CONFIG = "config.yaml"
 DEFAULT_LISTEN = ":8491"
 SHUTDOWN_SECONDS = 5.0
+# a poll worker that ends is restarted after RESTART_FIRST seconds, doubling up to RESTART_MAX
+RESTART_FIRST = 1.0
+RESTART_MAX = 60.0
 
 # budgets and poll settings of the demo: short intervals so data shows within seconds
 DEMO_BUDGETS = {
@@ -319,6 +323,33 @@ def bound_address(server: Any) -> tuple[str, str]:
     return f"{shown}:{port}", scope
 
 
+def supervise(worker: PollWorker, stop: threading.Event) -> None:
+    """Restart the poll worker whenever it ends before ``stop``: after 1 s, doubling while it
+    keeps ending, up to 60 s; a worker that ran for 60 s or more starts the back-off over.
+    One log line each time, no traceback; the serving process and its last snapshot stay up
+    (shown down once the worker has been silent too long: ``PollWorker.check_overdue``)."""
+    delay = RESTART_FIRST
+    while True:
+        while not worker.exited.wait(1.0):
+            worker.check_overdue()
+        if stop.is_set():
+            return
+        if time.monotonic() - worker.started_at >= RESTART_MAX:
+            delay = RESTART_FIRST
+        cause = worker.reap()
+        log.error(
+            "the poll worker process ended unexpectedly, restarting it",
+            extra={"cause": cause, "restart_in": f"{delay:g}s"},
+        )
+        until = time.monotonic() + delay
+        while (left := until - time.monotonic()) > 0:
+            if stop.wait(min(left, 1.0)):
+                return
+            worker.check_overdue()
+        worker.restart()
+        delay = min(delay * 2, RESTART_MAX)
+
+
 def serve_forever(
     config: Config,
     web_config: WebConfig | None,
@@ -402,9 +433,7 @@ def serve_forever(
         ConfigWatcher(
             lambda: _watched_files(config_path, watched.config), auto_reload, reloader
         ).start()
-    threading.Thread(
-        target=lambda: (worker.exited.wait(), stop.set()), name="watch", daemon=True
-    ).start()
+    threading.Thread(target=supervise, args=(worker, stop), name="supervise", daemon=True).start()
     # a signal the kernel hands to another thread only runs its Python handler when the main
     # thread next runs bytecode: wake up every second rather than block for an hour
     while not stop.wait(1.0):
@@ -412,9 +441,6 @@ def serve_forever(
     code = 0
     if received:
         log.info("shutting down", extra={"signal": signal.Signals(received[0]).name})
-    else:
-        log.error("the poll worker process ended unexpectedly; exiting")
-        code = 1
     done = threading.Event()
 
     def finish() -> None:

@@ -290,6 +290,11 @@ class AppConfig(BaseModel):
         return value
 
 
+# poll.timeout when unset: this share of poll.interval (at least 10 s), so that with one slow
+# app taking all of it, every other app is still polled within 2 intervals (jitter included)
+DEFAULT_POLL_TIMEOUT_SHARE = 0.8
+
+
 class PollConfig(BaseModel):
     """When and how hard to poll."""
 
@@ -313,6 +318,11 @@ class PollConfig(BaseModel):
     # long, doubling while the API stays busy, up to busy_backoff_max
     busy_backoff: Duration = 120.0
     busy_backoff_max: Duration = 900.0
+    # the longest one poll of an app may take, every fetch, page and retry included (outcome
+    # poll_timeout past it). -1.0 is the "unset" sentinel: 80 % of interval, at least 10 s.
+    timeout: Annotated[
+        float, BeforeValidator(lambda v: -1.0 if v is None else parse_duration(v))
+    ] = -1.0
 
     @field_validator("interval")
     @classmethod
@@ -351,6 +361,19 @@ class PollConfig(BaseModel):
             self.__dict__["stale_after"] = 3 * self.interval
         elif self.stale_after < self.interval:
             raise ValueError("@stale_after: must be at least poll.interval")
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_timeout(self) -> PollConfig:
+        if self.timeout < 0:
+            self.__dict__["timeout"] = max(DEFAULT_POLL_TIMEOUT_SHARE * self.interval, 10.0)
+        elif self.timeout == 0:
+            raise ValueError("@timeout: must be greater than 0")
+        elif self.timeout > self.interval:
+            raise ValueError(
+                f"@timeout: must be at most poll.interval ({self.interval:g}s): a poll may not"
+                " outlast its interval"
+            )
         return self
 
     @property

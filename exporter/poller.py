@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor as FuturesPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from zoneinfo import ZoneInfo
@@ -28,7 +28,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from .config import AppConfig, Config, LimitsConfig
-from .scaleengine import ApiError, ScaleEngineClient, UsageResult, warn_if_cleartext
+from .scaleengine import (
+    POLL_TIMEOUT,
+    ApiError,
+    ScaleEngineClient,
+    UsageResult,
+    warn_if_cleartext,
+)
 from .state import AppCounters, StateFile
 from .store import OTHER, AppStatus, AppUsage, Store
 
@@ -41,6 +47,8 @@ ClientFactory = Callable[[str], ScaleEngineClient]
 DEFAULT_MAX_LABEL_LENGTH = 1024  # bytes of UTF-8 (limits.max_label_length)
 LABEL_HASH_CHARS = 16  # hex digits of SHA-256 appended to a cut label
 INTERNAL_OUTCOME = "internal"  # poll error outcome of an unexpected exception inside a poll
+OVERDUE_OUTCOME = "overdue"  # poll error outcome of an app whose polls stopped ending on time
+WATCH_EVERY = 1.0  # seconds between two looks for overdue apps
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -192,6 +200,11 @@ class _AppState:
     busy_until: float = 0.0
     busy_delay: float = 0.0
     busy_error: ApiError | None = None
+    # time.monotonic() of the last poll's end (or of the app's start); the overdue watch and
+    # a poll's publish take publish_lock, so a late "overdue" never hides a newer poll
+    last_end: float = field(default_factory=time.monotonic)
+    overdue: bool = False
+    publish_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def day_bounds(now: float, tz: ZoneInfo) -> tuple[date, float, float]:
@@ -220,6 +233,8 @@ class Poller:
         self._save_lock = threading.Lock()
         self._flight_lock = threading.Lock()
         self._in_flight = 0
+        self._watch_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
         if client_factory is None:
             warn_if_cleartext(config.scaleengine.api_url)
         factory = client_factory or self._default_client
@@ -276,6 +291,27 @@ class Poller:
             )
         return {app.name: AppCounters(origin_days=set(fresh_origin)) for app in self.config.apps}
 
+    def continue_counters(self, totals: dict[str, tuple[int | None, int | None]]) -> None:
+        """Go on from the counters a previous poll worker served (a restart after it died):
+        an app whose loaded counters are lower (no state file, or a save that failed) takes
+        the served values with fresh day baselines, so its counters never go down and no
+        growth is counted twice (the growth until its next poll is not counted)."""
+        today, _, _ = day_bounds(self.clock(), self.tz)
+        fresh_origin = {today.isoformat(), (today - timedelta(days=1)).isoformat()}
+        for name, (served_b, served_r) in totals.items():
+            st = self._apps.get(name)
+            if st is None or served_b is None or served_r is None:
+                continue
+            c = st.counters
+            if c.bytes_total >= served_b and c.requests_total >= served_r:
+                continue
+            st.counters = AppCounters(
+                max(c.bytes_total, served_b),
+                max(c.requests_total, served_r),
+                origin_days=set(fresh_origin),
+            )
+            self.store.publish(name, None, self._status(st, up=False, duration=None))
+
     # -- one poll ---------------------------------------------------------------------------
     def poll_app(self, name: str) -> bool:
         """Poll one app now (today, late yesterday, month when due); True if all succeeded."""
@@ -316,14 +352,23 @@ class Poller:
             self._status(st, up=False, duration=None),
             last_error=f"{INTERNAL_OUTCOME}: {error}",
         )
-        self.store.publish(name, st.usage, status)
+        self._publish_poll(name, st, status)
+
+    def _publish_poll(self, name: str, st: _AppState, status: AppStatus) -> None:
+        """A poll's end: its usage and status, and the app is on time again."""
+        with st.publish_lock:
+            st.last_end = time.monotonic()
+            st.overdue = False
+            self.store.publish(name, st.usage, status)
 
     @property
     def in_flight(self) -> int:
         """Polls running right now (a renderer waits for 0 to render a cycle once)."""
         return self._in_flight
 
-    def _fetch(self, st: _AppState, year: int, month: int, day: int | None) -> UsageResult:
+    def _fetch(
+        self, st: _AppState, year: int, month: int, day: int | None, deadline: float
+    ) -> UsageResult:
         now = self.clock()
         if now < st.busy_until and st.busy_error is not None:
             # backing off: no request; the error says so and is not counted again
@@ -339,7 +384,9 @@ class Poller:
             skipped.backing_off = True
             raise skipped
         try:
-            result = st.client.fetch_usage(st.config.name, st.config.urls, year, month, day)
+            result = st.client.fetch_usage(
+                st.config.name, st.config.urls, year, month, day, deadline=deadline
+            )
         except ApiError as err:
             if err.busy:
                 self._back_off(st, err, now)
@@ -372,17 +419,19 @@ class Poller:
         today_iso = today.isoformat()
         errors: list[ApiError] = []
         poll = self.config.poll
+        # the whole poll (every fetch, page and retry) ends by then: outcome poll_timeout
+        deadline = time.monotonic() + poll.timeout
 
         day_result: UsageResult | None = None
         try:
-            day_result = self._fetch(st, today.year, today.month, today.day)
+            day_result = self._fetch(st, today.year, today.month, today.day, deadline)
         except ApiError as err:
             errors.append(err)
 
         if poll.late_data_window > 0 and now - midnight < poll.late_data_window:
             yesterday = today - timedelta(days=1)
             try:
-                res = self._fetch(st, yesterday.year, yesterday.month, yesterday.day)
+                res = self._fetch(st, yesterday.year, yesterday.month, yesterday.day, deadline)
                 y_bytes, y_requests = _totals(res)
                 st.counters.observe(yesterday.isoformat(), y_bytes, y_requests)
                 st.previous_day = (yesterday.isoformat(), y_bytes)
@@ -398,7 +447,7 @@ class Poller:
                 or now - st.month.fetched_at >= poll.month_interval
             ):
                 try:
-                    res = self._fetch(st, today.year, today.month, None)
+                    res = self._fetch(st, today.year, today.month, None, deadline)
                     m_bytes, m_requests = _totals(res)
                     st.month = _Month(
                         today_iso,
@@ -429,16 +478,22 @@ class Poller:
             st.last_success = now
         st.polled = True
         duration = time.perf_counter() - started
+        timed_out = False
         for err in errors:
             if err.backing_off:
                 continue  # no request made: counted when the API said it was busy
+            if err.outcome == POLL_TIMEOUT:
+                if timed_out:
+                    continue  # a poll runs out of time once, however many fetches it cut
+                timed_out = True
+                err.args = (f"{err} (poll.timeout {poll.timeout:g}s)",)
             self.store.count_poll_error(name, err.outcome)
             log.warning(
                 "poll failed",
                 extra={"app": name, "outcome": err.outcome, "err": str(err)},
             )
         status = self._status(st, up=not errors, duration=duration, errors=errors)
-        self.store.publish(name, st.usage, status)
+        self._publish_poll(name, st, status)
         log.debug(
             "polled",
             extra={"app": name, "ok": not errors, "seconds": round(duration, 3)},
@@ -569,10 +624,54 @@ class Poller:
                 next_run_time=now,
             )
         self._scheduler.start()
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch, name="overdue", daemon=True)
+            self._watcher.start()
         log.info(
             "polling started",
             extra={"apps": len(self._apps), "interval": poll.interval, "workers": workers},
         )
+
+    def _watch(self) -> None:
+        """Apps whose polls stopped ending on time (every pool thread held, a poll stuck where
+        no deadline reaches) must not look fresh: a thread of its own, outside the pool."""
+        while not self._watch_stop.wait(WATCH_EVERY):
+            for name, st in list(self._apps.items()):
+                try:
+                    self._check_overdue(name, st)
+                except Exception:  # noqa: BLE001 - a bug here must not end the watch
+                    log.exception("checking for overdue polls failed")
+
+    def _check_overdue(self, name: str, st: _AppState) -> None:
+        """No poll of the app has ended for 2 x poll.interval + poll.timeout: it is down
+        (``overdue``, counted once), and its usage goes once it is older than stale_after."""
+        poll = self.config.poll
+        limit = 2 * poll.interval + poll.timeout
+        with st.publish_lock:
+            late = time.monotonic() - st.last_end
+            if late <= limit:
+                return
+            view = self.store.view()
+            usage = view.usage.get(name)
+            stale = usage is not None and (
+                st.last_success is None or self.clock() - st.last_success > poll.stale_after
+            )
+            if st.overdue and not stale:
+                return
+            if not st.overdue:
+                st.overdue = True
+                self.store.count_poll_error(name, OVERDUE_OUTCOME)
+                log.warning(
+                    "poll overdue: no poll of the app ended in time",
+                    extra={"app": name, "seconds": round(late), "limit": round(limit)},
+                )
+            status = dataclasses.replace(
+                view.status.get(name) or AppStatus(app=name),
+                up=False,
+                last_error=f"{OVERDUE_OUTCOME}: no poll ended for {late:.0f}s"
+                f" (2 x poll.interval + poll.timeout = {limit:g}s)",
+            )
+            self.store.publish(name, None if stale else usage, status)
 
     # -- reload -----------------------------------------------------------------------------
     def reconfigure(self, config: Config) -> None:
@@ -664,6 +763,7 @@ class Poller:
 
     def shutdown(self) -> None:
         """Stop the scheduler without waiting for running polls, then save the state."""
+        self._watch_stop.set()
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         self.save_state()

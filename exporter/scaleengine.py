@@ -765,6 +765,29 @@ class _DeadlineAdapter(HTTPAdapter):
         return manager
 
 
+POLL_TIMEOUT = "poll_timeout"  # the outcome of a fetch its poll's deadline ended
+
+
+def _poll_timeout() -> ApiError:
+    return ApiError(
+        "the poll took longer than poll.timeout (all its fetches, pages and retries)",
+        POLL_TIMEOUT,
+        False,
+    )
+
+
+def _time_left(limit: float) -> float:
+    """``limit`` cut to the time left before this thread's fetch deadline (see fetch_usage);
+    ApiError(POLL_TIMEOUT) when there is none left."""
+    deadline = getattr(_current, "poll_deadline", None)
+    if deadline is None:
+        return limit
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise _poll_timeout()
+    return min(limit, left)
+
+
 def _retry_after(value: str | None, now: float) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if unusable."""
     if not value:
@@ -948,8 +971,9 @@ class ScaleEngineClient:
         def scrub(text: str) -> str:
             return self._scrub(text).replace(signature, "***").replace(escaped, "***")
 
+        limit = _time_left(self.timeout)
         try:
-            page = self._exchange(body, scrub)
+            page = self._exchange(body, scrub, limit)
         except ApiError as err:
             if err.outcome == "api_0002":
                 err = api_failure(err.code, "", self.clock())
@@ -968,7 +992,9 @@ class ScaleEngineClient:
         )  # fmt: skip
         return page
 
-    def _timed_out(self) -> ApiError:
+    def _timed_out(self, cut: bool = False) -> ApiError:
+        if cut:  # by the poll's deadline, not by scaleengine.timeout
+            return _poll_timeout()
         return ApiError(
             f"API request took longer than scaleengine.timeout ({self.timeout:g}s, the whole"
             " request: connect, headers and body)",
@@ -976,27 +1002,31 @@ class ScaleEngineClient:
             True,
         )
 
-    def _exchange(self, body: str, scrub: Scrub) -> Page:
-        """One POST, bounded as a whole by ``timeout`` and in size by ``max_response_bytes``."""
-        with _Deadline(self.timeout) as deadline:
+    def _exchange(self, body: str, scrub: Scrub, limit: float | None = None) -> Page:
+        """One POST, bounded as a whole by ``timeout`` (or the shorter ``limit``: the time left
+        of the poll, ApiError(POLL_TIMEOUT) when that cuts it) and in size by
+        ``max_response_bytes``."""
+        seconds = self.timeout if limit is None else min(limit, self.timeout)
+        cut = seconds < self.timeout
+        with _Deadline(seconds) as deadline:
             resp = None
             try:
                 resp = self.session.post(
                     self.api_url,
                     data={"json": body},
-                    timeout=(self.timeout, self.timeout),
+                    timeout=(seconds, seconds),
                     allow_redirects=False,
                     stream=True,
                 )
                 return self._answer(resp, scrub)
             except requests.Timeout:
-                raise self._timed_out() from None
+                raise self._timed_out(cut) from None
             except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
                 if deadline.expired:
-                    raise self._timed_out() from None
+                    raise self._timed_out(cut) from None
                 reason = exc.args[0] if exc.args else exc
                 if "timed out" in str(reason).lower():
-                    raise self._timed_out() from None
+                    raise self._timed_out(cut) from None
                 raise ApiError(
                     f"cannot talk to the API: {type(exc).__name__}:"
                     f" {_server_text(str(reason), 300)}",
@@ -1005,7 +1035,7 @@ class ScaleEngineClient:
                 ) from None
             except ApiError:
                 if deadline.expired:
-                    raise self._timed_out() from None
+                    raise self._timed_out(cut) from None
                 raise
             finally:
                 if resp is not None:
@@ -1059,11 +1089,12 @@ class ScaleEngineClient:
         self, app: str, urls: list[str] | None, year: int, month: int, day: int | None, offset: int
     ) -> Page:
         """One page, with retries of transient errors (capped exponential backoff, jitter)."""
+        backoff = tenacity.wait_random_exponential(
+            multiplier=self.backoff_base, max=self.backoff_max
+        )
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retries + 1),
-            wait=tenacity.wait_random_exponential(
-                multiplier=self.backoff_base, max=self.backoff_max
-            ),
+            wait=lambda state: min(backoff(state), _time_left(backoff.max)),
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, ApiError) and e.retryable),
             reraise=True,
             before_sleep=self._before_sleep,
@@ -1085,6 +1116,25 @@ class ScaleEngineClient:
     # -- a whole fetch -----------------------------------------------------------------
 
     def fetch_usage(
+        self,
+        app: str,
+        urls: list[str] | None,
+        year: int,
+        month: int,
+        day: int | None,
+        deadline: float | None = None,
+    ) -> UsageResult:
+        """:meth:`_fetch_usage`, ended by ``deadline`` (a ``time.monotonic()`` value; the
+        poller's poll.timeout) when given: no request starts after it, each request's time limit
+        is cut to the time left, a retry does not sleep past it; ApiError(POLL_TIMEOUT) then."""
+        outer = getattr(_current, "poll_deadline", None)
+        _current.poll_deadline = deadline
+        try:
+            return self._fetch_usage(app, urls, year, month, day)
+        finally:
+            _current.poll_deadline = outer
+
+    def _fetch_usage(
         self, app: str, urls: list[str] | None, year: int, month: int, day: int | None
     ) -> UsageResult:
         """All rows of one app for a day (or a month when day is None), paginated.

@@ -250,6 +250,8 @@ class Simulator:
         self.drip_interval = 1.0
         self.gzip_answers = False  # gzip answers when the client accepts it (as nginx may)
         self.retry_after = 120
+        # app -> seconds each of its good answers waits before it goes out (a slow, valid API)
+        self.page_delay: dict[str, float] = {}
         self._shift_step: dict[str, int] = {}
         # bounded: the demo runs for days
         self.request_log: deque[dict[str, Any]] = deque(maxlen=100_000)
@@ -748,6 +750,9 @@ class Simulator:
         body = self._page(req, mode, started)
         entry.update(outcome="success", code=None)
         self._log(entry)
+        delay = self.page_delay.get(app) if isinstance(app, str) else None
+        if delay:  # a slow but valid API: each page of this app after ``delay`` seconds
+            self._stopping.wait(delay)
         return 200, "application/json", body, mode
 
     @staticmethod

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 DEBOUNCE = 0.05
 WORKER_NICENESS = 10
 MAX_RENDER_DELAY = 2.0  # the longest a finished poll waits for the others before rendering
+# a restarted worker ships its first update once every app has been polled, or after this long
+RESTART_SHIP_WAIT = 30.0
 
 
 def _load_malloc_trim() -> Any:
@@ -74,8 +76,15 @@ def _to_file(data: object) -> Any:
     return fh
 
 
-def _worker_main(config: Config, conn: Connection, log_level: str, log_format: str) -> None:
-    """Entry point of the worker process."""
+def _worker_main(
+    config: Config,
+    conn: Connection,
+    log_level: str,
+    log_format: str,
+    seed: dict[str, Any] | None = None,
+) -> None:
+    """Entry point of the worker process. ``seed``: what the serving process last showed,
+    when this worker replaces one that died (see :meth:`PollWorker.restart`)."""
     # imported here: the serving process never polls, so it does not load requests/APScheduler
     from .poller import Poller
     from .state import StateFile
@@ -85,8 +94,13 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     formatter = setup_logging(log_level, log_format, config.secret_values())
     store = Store([a.name for a in config.apps])
+    if seed is not None:
+        # a restart: the request and error counters go on from what was served
+        store.mirror({}, {}, seed["requests"], seed["poll_errors"], seed["state_saves"])
     state = StateFile(config.state.path) if config.state.path else None
     poller = Poller(config, store, state_file=state)
+    if seed is not None:
+        poller.continue_counters(seed["totals"])
     expo = Exposition(store, config.poll.timezone, budgets_of(config), process_metrics=False)
     send_lock = threading.Lock()
 
@@ -113,6 +127,12 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
 
     def shipper() -> None:
         version = -1
+        if seed is not None:
+            # a restart: the serving process keeps the last snapshot until this worker has
+            # polled every app once (or RESTART_SHIP_WAIT has passed)
+            until = time.monotonic() + RESTART_SHIP_WAIT
+            while not poller.ready and time.monotonic() < until and not stop.is_set():
+                stop.wait(DEBOUNCE)
         while not stop.is_set():
             new = store.wait_for_change(version, timeout=1.0)
             if new == version:
@@ -163,8 +183,9 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
             pass  # the serving process is gone
         stop.set()
 
-    ship(expo.stored_parts())
-    expo.set_stored(EMPTY)
+    if seed is None:
+        ship(expo.stored_parts())
+        expo.set_stored(EMPTY)
     threading.Thread(target=shipper, name="ship", daemon=True).start()
     threading.Thread(target=listener, name="listen", daemon=True).start()
     poller.start()
@@ -175,6 +196,32 @@ def _worker_main(config: Config, conn: Connection, log_level: str, log_format: s
             conn.send(("stopped",))
     except OSError:
         pass
+
+
+class _WorkerCpu(WorkerCollector):
+    """The worker's metrics; its CPU counter goes on across worker restarts (the CPU time of
+    the workers that ended is added), so it never goes down."""
+
+    def __init__(self, pid: Any) -> None:
+        super().__init__(pid)
+        self._last: tuple[int | None, float] = (None, 0.0)  # (pid, its last CPU seconds)
+        self._ended = 0.0  # CPU seconds of the workers that ended
+        self._cpu_lock = threading.Lock()
+
+    def collect(self) -> Any:
+        pid = self._pid()
+        families = list(super().collect())
+        with self._cpu_lock:
+            last_pid, last_cpu = self._last
+            if last_pid is not None and pid != last_pid:
+                self._ended += last_cpu
+                self._last = (None, 0.0)
+            for family in families:
+                if family.name == "scaleengine_worker_cpu_seconds":
+                    cpu = family.samples[0].value
+                    self._last = (pid, cpu)
+                    family.samples[0] = family.samples[0]._replace(value=cpu + self._ended)
+        return families
 
 
 class PollWorker:
@@ -195,33 +242,108 @@ class PollWorker:
         self._send_lock = threading.Lock()
         self._reloaded: tuple[bool, str] | None = None
         self._reload_done = threading.Event()
+        self._log_args = ("info", "logfmt")
+        self.started_at = 0.0  # time.monotonic() of the last start
+        self.last_update = time.monotonic()  # of the last update received (or of the start)
+        self._shown_overdue = False
 
     def start(self, log_level: str = "info", log_format: str = "logfmt") -> None:
         """Start ``python -m exporter.worker`` on one end of a socket pair."""
+        self._log_args = (log_level, log_format)
+        collector = _WorkerCpu(self._live_pid)
+        self.exposition.process_registry.register(collector)  # type: ignore[arg-type]
+        self._spawn(None)
+
+    def restart(self) -> None:
+        """Start a new worker process after the last one ended (the caller waited its back-off).
+
+        The new worker goes on from what this side shows: the state file is loaded again, no
+        counter is lower than the one served (a counter that would be is taken over with a
+        fresh day baseline: growth until its next poll is not counted, nothing twice), and the
+        request and error counters continue. The last snapshot stays up meanwhile.
+        """
+        self.reap()
+        view = self.store.view()
+        seed = {
+            "totals": {a: (s.bytes_total, s.requests_total) for a, s in view.status.items()},
+            "requests": dict(view.requests),
+            "poll_errors": dict(view.poll_errors),
+            "state_saves": view.state_saves,
+        }
+        self._spawn(seed)
+
+    def _spawn(self, seed: dict[str, Any] | None) -> None:
         ours, theirs = socket.socketpair()
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+        self.exited.clear()
+        self.stopped.clear()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "exporter.worker", str(theirs.fileno())],
             pass_fds=[theirs.fileno(), *self.keep_fds],
             stdin=subprocess.DEVNULL,
             env=env,
         )
+        self.started_at = self.last_update = time.monotonic()
         theirs.close()
-        process = self._process
-        self.exposition.process_registry.register(
-            WorkerCollector(lambda: process.pid if process.poll() is None else None)  # type: ignore[arg-type]
-        )
-        self._conn = Connection(ours.detach())
-        self._conn.send((self.config, log_level, log_format))
-        threading.Thread(target=self._receive, name="receive", daemon=True).start()
+        conn = Connection(ours.detach())
+        self._conn = conn
+        threading.Thread(target=self._receive, args=(conn,), name="receive", daemon=True).start()
+        try:
+            with self._send_lock:
+                conn.send((self.config, *self._log_args, seed))
+        except OSError:
+            pass  # it died before it got its config: the receiver sees EOF and says so
 
-    def _receive(self) -> None:
-        assert self._conn is not None
+    def _live_pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None and process.poll() is None else None
+
+    def check_overdue(self) -> None:
+        """No update from the worker for 2 x poll.interval + poll.timeout (it hangs, or keeps
+        dying): every app is shown down (``overdue``) until the next update; its last data
+        stays until then. A worker that polls ships after every poll, so a healthy one never
+        gets here."""
+        poll = self.config.poll
+        limit = 2 * poll.interval + poll.timeout
+        late = time.monotonic() - self.last_update
+        if late <= limit or self._shown_overdue:
+            return
+        self._shown_overdue = True
+        view = self.store.view()
+        error = f"overdue: nothing from the poll worker for {late:.0f}s"
+        for app, status in view.status.items():
+            down = dataclasses.replace(status, up=False, last_error=error)
+            self.store.publish(app, view.usage.get(app), down)
+        log.error(
+            "the poll worker sent nothing in time, every app is shown down",
+            extra={"seconds": round(late), "limit": round(limit)},
+        )
+
+    def reap(self) -> str:
+        """Wait for the ended worker process (killing it if it still runs); how it ended."""
+        process = self._process
+        if process is None:
+            return "not started"
+        if process.poll() is None:
+            try:
+                process.wait(1.0)
+            except subprocess.TimeoutExpired:
+                process.kill()  # its connection is gone: it can do nothing useful
+                process.wait()
+        code = process.returncode
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def _receive(self, conn: Connection) -> None:
         try:
             while True:
-                message = self._conn.recv()
+                message = conn.recv()
                 if message[0] == "stopped":
                     self.stopped.set()
                     break
@@ -233,22 +355,34 @@ class PollWorker:
                 if crc is not None:
                     files = []
                     for _ in range(2):
-                        fd = recv_handle(self._conn)
+                        fd = recv_handle(conn)
                         files.append(StoredFile(fd, os.fstat(fd).st_size))
                     self.exposition.set_stored((files[0], files[1], crc))
                 self.store.mirror(usage, status, requests, poll_errors, state_saves)
                 self.ready = self.ready or ready  # a reload's new apps do not unready it
+                self.last_update = time.monotonic()
+                self._shown_overdue = False
         except (EOFError, OSError):
             pass
-        self.exited.set()
+        except Exception as err:  # noqa: BLE001 - e.g. descriptors cut off by the worker's death
+            log.warning(
+                "the connection to the poll worker broke",
+                extra={"err": f"{type(err).__name__}: {str(err)[:200]}"},
+            )
+        conn.close()
+        if conn is self._conn:
+            self.exited.set()
 
     def reload(self, config: Config, timeout: float = 10.0) -> None:
         """Hand a reloaded config to the worker process; raises if it does not take it."""
         if self._conn is None or self.exited.is_set():
             raise RuntimeError("the poll worker is not running")
         self._reload_done.clear()
-        with self._send_lock:
-            self._conn.send(("reload", config))
+        try:
+            with self._send_lock:
+                self._conn.send(("reload", config))
+        except OSError:
+            raise RuntimeError("the poll worker is not running") from None
         if not self._reload_done.wait(timeout):
             raise RuntimeError(f"the poll worker did not confirm within {timeout:g}s")
         assert self._reloaded is not None
@@ -267,7 +401,8 @@ class PollWorker:
                     self._conn.send("stop")
         except OSError:
             pass
-        self.stopped.wait(timeout)
+        if not self.exited.is_set():  # a worker that already ended sends nothing more
+            self.stopped.wait(timeout)
         try:
             self._process.wait(0.5)
         except subprocess.TimeoutExpired:
@@ -285,8 +420,11 @@ def _child() -> None:  # pragma: no cover - runs in the worker process
         os.nice(WORKER_NICENESS)
     except OSError:
         pass
-    config, log_level, log_format = conn.recv()
-    _worker_main(config, conn, log_level, log_format)
+    try:
+        config, log_level, log_format, seed = conn.recv()
+    except (EOFError, OSError):  # the serving process ended before it sent the config
+        os._exit(0)
+    _worker_main(config, conn, log_level, log_format, seed)
     logging.shutdown()
     # a poll still waiting on the network holds a pool thread; the state is saved already
     os._exit(0)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -171,6 +172,10 @@ HEAD = "scaleengine: {cdn_id: 1, api_key: k, api_secret: s}\napps: [a]\n"
         (
             HEAD + "poll: {timezone: Mars/X}",
             "poll.timezone",
+        ),
+        (
+            HEAD + "poll: {interval: 5m, timeout: 5m1s}",
+            "poll.timeout: must be at most poll.interval",
         ),
         ("scaleengine: {cdn_id: x, api_key: k, api_secret: s}\napps: [a]", "scaleengine.cdn_id"),
         (HEAD + "  bad: [", "line"),
@@ -372,30 +377,187 @@ def test_daemon_serves_over_tls_with_basic_auth(tmp_path):
         proc.wait(10)
 
 
-def test_daemon_exits_1_when_its_poll_worker_dies():
-    proc, url = start_daemon(["--demo"])
+def _worker_pid(daemon_pid: int) -> int | None:
+    """The pid of the daemon's poll worker process, or None while it has none."""
+    pids = []
+    try:  # children are listed by the thread that started them (a restart is not the main one)
+        for task in os.listdir(f"/proc/{daemon_pid}/task"):
+            with open(f"/proc/{daemon_pid}/task/{task}/children") as f:
+                pids += [int(p) for p in f.read().split()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"exporter.worker" in f.read():
+                    return pid
+        except OSError:
+            pass
+    return None
+
+
+def _start_logged(args: list[str], log, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """The daemon with its log in the file ``log`` (a pipe nobody reads could fill up)."""
+    port = free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")}
+    full_env.update(env or {})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", *args, "--web.listen-address", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=log, text=True, env=full_env, cwd=ROOT,
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}"
+
+
+COUNTERS = (
+    "scaleengine_vse_bytes_total",
+    "scaleengine_vse_requests_total",
+    "scaleengine_api_requests_total",
+    "scaleengine_worker_cpu_seconds_total",
+)
+
+
+def _scrape(url: str) -> dict | None:
     try:
-        wait_for(lambda: _up(url), 15, "the exporter to answer")
+        status, _, body = http_get(url + "/metrics", timeout=2)
+    except OSError:
+        return None
+    return samples(body) if status == 200 else None
 
-        def worker_pid():
-            try:
-                with open(f"/proc/{proc.pid}/task/{proc.pid}/children") as f:
-                    pids = [int(p) for p in f.read().split()]
-            except OSError:
-                return None
-            for pid in pids:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"exporter.worker" in f.read():
-                        return pid
-            return None
 
-        pid = wait_for(worker_pid, 10, "the poll worker process")
-        os.kill(pid, signal.SIGKILL)
-        assert proc.wait(10) == 1  # a supervisor restarts it rather than it serving stale data
-        assert "poll worker" in proc.stderr.read()
+@pytest.mark.parametrize("state", [False, True], ids=["no-state-file", "state-file"])
+def test_daemon_restarts_its_poll_worker_when_it_dies(tmp_path, sim, state):
+    """kill -9 of the poll worker: one log line (no traceback), a new worker after the 1 s
+    back-off, metrics keep flowing, and no counter ever goes down, with a state file (the
+    new worker loads it) and without (it goes on from the values served)."""
+    sim.fault_delay = 0.1
+    extra = f"state:\n  path: {tmp_path / 'state.json'}\n" if state else ""
+    cfg = write_config(tmp_path, sim, extra=extra)
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as fh:
+        proc, url = _start_logged(["--config", cfg], fh, env={"SCALEENGINE_API_KEY": KEY})
+    seen: dict = {}
+    went_down: list = []
+    stop = threading.Event()
+
+    def watch() -> None:  # scrape all along: every counter's every value is checked
+        while not stop.is_set():
+            s = _scrape(url) or {}
+            for key, value in s.items():
+                if key[0] in COUNTERS:
+                    if value < seen.get(key, 0) and len(went_down) < 5:
+                        went_down.append((key, seen[key], value))
+                    seen[key] = max(value, seen.get(key, 0))
+            time.sleep(0.02)
+
+    news = ("scaleengine_last_success_timestamp_seconds", (("app", "news"),))
+    bytes_news = ("scaleengine_vse_bytes_total", (("app", "news"),))
+    watcher = threading.Thread(target=watch, daemon=True)
+    try:
+        watcher.start()
+        # counting: a second poll of the day has added growth to the counters
+        wait_for(lambda: seen.get(bytes_news, 0) > 0, 30, "bytes counted for news")
+        first = wait_for(lambda: _worker_pid(proc.pid), 10, "the poll worker process")
+        time.sleep(0.5)
+        os.kill(first, signal.SIGKILL)
+        killed_at = time.time()
+        second = wait_for(
+            lambda: (p := _worker_pid(proc.pid)) not in (None, first) and p, 20, "a new worker"
+        )
+        # metrics keep flowing: polls of the new worker reach /metrics
+        wait_for(lambda: (_scrape(url) or {}).get(news, 0) > killed_at + 1.5, 20, "a poll after it")
+        before = seen[bytes_news]
+        wait_for(lambda: seen.get(bytes_news, 0) > before, 20, "the counter growing again")
+        assert proc.poll() is None, "the daemon ended with its worker"
+        assert _worker_pid(proc.pid) == second
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        stop.set()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(10)
+    watcher.join(5)
+    assert not went_down, f"counters went down: {went_down}"
+    assert code == 0
+    text = log.read_text()
+    assert "Traceback" not in text
+    lines = [line for line in text.splitlines() if "poll worker process ended" in line]
+    assert len(lines) == 1, lines
+    assert "level=error" in lines[0] and "cause=" in lines[0] and "SIGKILL" in lines[0]
+    assert "restart_in=1s" in lines[0]
+    assert text.count('msg="state loaded"') == (1 if state else 0)  # by the new worker
+
+
+def test_a_hung_poll_worker_shows_every_app_down_not_fresh(tmp_path, sim):
+    """The worker stopped (SIGSTOP: as hung as a process gets) sends nothing: once that has
+    lasted 2 x poll.interval + poll.timeout (2 x 1 s + 10 s here), the serving process
+    shows every app down, keeps the last data, and is up again once the worker goes on."""
+    cfg = write_config(tmp_path, sim)
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as fh:
+        proc, url = _start_logged(["--config", cfg], fh, env={"SCALEENGINE_API_KEY": KEY})
+    up = ("scaleengine_up", (("app", "news"),))
+    data = ("scaleengine_vse_app_day_bytes", (("app", "news"),))
+    try:
+        wait_for(lambda: (_scrape(url) or {}).get(up) == 1, 30, "news up")
+        pid = wait_for(lambda: _worker_pid(proc.pid), 10, "the poll worker process")
+        os.kill(pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            seen = wait_for(lambda: (s := _scrape(url)) and s.get(up) == 0 and s, 40, "down")
+            assert time.monotonic() - stopped > 8  # not at once: after the limit (12 s)
+            assert seen.get(data) is not None  # the last data is still served
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        wait_for(lambda: (_scrape(url) or {}).get(up) == 1, 30, "news up again")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    text = log.read_text()
+    assert "the poll worker sent nothing in time" in text and "Traceback" not in text
+
+
+def _gone(pid: int) -> bool:
+    """The process ended (a zombie its parent has not reaped yet counts)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except OSError:
+        return True
+
+
+def test_daemon_restarts_a_worker_killed_at_its_very_start(tmp_path):
+    """The worker killed before the daemon could send it its config (issue 19: a
+    BrokenPipeError traceback): the daemon logs its line and restarts it, every time."""
+    for attempt in range(5):
+        log = tmp_path / f"daemon-{attempt}.log"
+        with open(log, "w") as fh:
+            proc, url = _start_logged(["--demo"], fh)
+        try:
+            deadline = time.monotonic() + 20
+            first = None
+            while first is None and time.monotonic() < deadline:
+                first = _worker_pid(proc.pid)  # no sleep: the earliest moment
+            assert first is not None, "no poll worker started"
+            # the daemon held still (most times before it sent the config) while its worker
+            # is killed and gone
+            os.kill(proc.pid, signal.SIGSTOP)
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda pid=first: _gone(pid), 10, "the killed worker to end")
+            os.kill(proc.pid, signal.SIGCONT)
+            wait_for(
+                lambda url=url: (s := _scrape(url))
+                and s.get(("scaleengine_up", (("app", "vod-library"),))) == 1,
+                30,
+                "data from the restarted worker",
+            )
+            assert proc.poll() is None
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(10)
+        text = log.read_text()
+        assert "Traceback" not in text, text
+        assert "Broken pipe" not in text, text
+        assert text.count("poll worker process ended unexpectedly") == 1, text
+        assert code == 0
 
 
 def test_messages_demo_help_and_listen_address():

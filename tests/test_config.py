@@ -596,3 +596,31 @@ def test_check_config_on_a_fifo_ends_with_exit_2(tmp_path):
     )
     assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- poll.timeout
+
+
+@pytest.mark.parametrize(
+    "interval,expected",
+    [("5m", 240.0), ("1m", 48.0), ("13s", 10.4), ("12s", 10.0), ("1s", 10.0), ("1h", 2880.0)],
+)
+def test_poll_timeout_defaults_to_80_percent_of_the_interval_at_least_10s(interval, expected):
+    config = parse_config(base(poll={"interval": interval}), warn_fast_poll=False)
+    assert config.poll.timeout == pytest.approx(expected)
+
+
+def test_poll_timeout_up_to_the_interval_and_above_zero():
+    assert parse_config(base(poll={"interval": "5m", "timeout": "5m"})).poll.timeout == 300.0
+    assert parse_config(base(poll={"timeout": "1ms"})).poll.timeout == 0.001
+    assert parse_config(base(poll={"timeout": None})).poll.timeout == 240.0
+    for value, why in [
+        ("5m1s", "must be at most poll.interval (300s)"),
+        ("0s", "must be greater than 0"),
+        ("soon", "invalid duration"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            parse_config(base(poll={"interval": "5m", "timeout": value}), source="c.yaml")
+        assert str(err.value).startswith("c.yaml: poll.timeout: "), str(err.value)
+        assert why in str(err.value)
+        assert err.value.field == "poll.timeout"

@@ -313,3 +313,35 @@ def test_app_missing_from_the_state_file_starts_from_a_baseline(sim, tmp_path):
     grown = sim.reported("beta", date(2026, 3, 10))[0] - before
     assert store2.view().status["beta"].bytes_total == grown
     poller2.shutdown()
+
+
+# -- the poll deadline (poll.timeout) ---------------------------------------------------------
+
+
+def test_a_retry_never_sleeps_past_the_poll_deadline(sim):
+    """An API failing transiently and a retry back-off of minutes: the poll still ends at its
+    poll.timeout (1 s), outcome poll_timeout counted once, not after the back-off."""
+    import time
+
+    from exporter.scaleengine import ScaleEngineClient
+
+    def slow_retrying(app: str) -> ScaleEngineClient:
+        return ScaleEngineClient(
+            sim.url, sim.cdn_id, sim.api_key, sim.api_secret, timeout=1.0, retries=5,
+            backoff_base=500.0, backoff_max=1000.0, clock=sim.clock.now,
+            on_request=lambda outcome: store.count_request(app, outcome),
+        )  # fmt: skip
+
+    data = sim_config(sim, poll={"interval": "1m", "timeout": "1s", "month_interval": "off"})
+    config = parse_config(data, env={})
+    store = Store([a.name for a in config.apps])
+    poller = Poller(config, store, clock=sim.clock.now, client_factory=slow_retrying)
+    sim.set_fault("beta", "http_503")
+    started = time.monotonic()
+    assert not poller.poll_app("beta")
+    assert time.monotonic() - started < 20  # a sleep of up to 1000 s was cut
+    view = store.view()
+    assert view.poll_errors == {("beta", "poll_timeout"): 1}
+    assert view.requests[("beta", "http_status")] >= 1
+    assert view.status["beta"].last_error.startswith("poll_timeout: ")
+    assert "poll.timeout 1s" in view.status["beta"].last_error

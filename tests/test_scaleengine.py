@@ -928,3 +928,35 @@ def test_max_fetch_bytes_ends_the_fetch_as_too_large(sim_clock, limit, pages):
     assert ei.value.outcome == "too_large" and not ei.value.retryable
     assert "max_fetch_bytes" in ei.value.message
     assert seen == ["success"] * pages
+
+
+def test_an_http_reason_phrase_of_80_characters_is_kept_one_more_is_cut():
+    """README: HTTP reason phrases are cut to 80 characters (API messages to 200)."""
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    reasons = iter(["R" * 77 + "END", "R" * 78 + "END"])  # 80 and 81 characters
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                reason = next(reasons)
+                conn.sendall(f"HTTP/1.1 502 {reason}\r\nContent-Length: 0\r\n\r\n".encode())
+
+    threading.Thread(target=serve, daemon=True).start()
+    messages = []
+    try:
+        for _ in range(2):
+            client = ScaleEngineClient(
+                f"http://127.0.0.1:{port}/stable/", 1, "k" * 20, "s" * 40, timeout=5, retries=0
+            )
+            with client, pytest.raises(ApiError) as ei:
+                client.fetch_usage("app", None, 2026, 1, 1)
+            messages.append(str(ei.value))
+    finally:
+        listener.close()
+    assert "R" * 77 + "END" in messages[0] and "..." not in messages[0], messages[0]
+    assert "END" not in messages[1] and "R" * 78 + "EN..." in messages[1], messages[1]

@@ -473,7 +473,7 @@ class Poller:
             )
             st.usage = None
         if st.counters.pending and not errors:
-            errors += self._confirm_pending(st)
+            errors += self._confirm_pending(st, deadline)
         if not errors:
             st.last_success = now
         st.polled = True
@@ -500,7 +500,7 @@ class Poller:
         )
         return not errors
 
-    def _confirm_pending(self, st: _AppState) -> list[ApiError]:
+    def _confirm_pending(self, st: _AppState, deadline: float) -> list[ApiError]:
         """Read each day a loaded state had counted until two reads confirm it (the first poll
         after a restart), so the restored counters are exported without waiting a poll."""
         errors: list[ApiError] = []
@@ -508,7 +508,7 @@ class Poller:
             d = date.fromisoformat(day)
             while day in st.counters.pending:
                 try:
-                    res = self._fetch(st, d.year, d.month, d.day)
+                    res = self._fetch(st, d.year, d.month, d.day, deadline)
                 except ApiError as err:
                     errors.append(err)
                     return errors

@@ -136,7 +136,7 @@ def check_range(start: date, end: date | None, today: date) -> date:
 
 def day_usage(result: UsageResult, app: AppConfig, config: Config) -> DayUsage:
     """A fetched day folded like the daemon folds it (cap and __other__), exact totals."""
-    videos = fold_with_limits(result.videos, config.limits)
+    videos = fold_with_limits(result.videos, config.limits, result.folded)
     total_b = total_r = 0
     for nbytes, nrequests in result.videos.values():
         total_b += nbytes

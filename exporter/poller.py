@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from concurrent.futures import ThreadPoolExecutor as FuturesPool
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -82,13 +82,19 @@ def fold_videos(
     exclude: re.Pattern[str] | None = None,
     *,
     max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
+    folded: Container[str] | None = None,
 ) -> tuple[tuple[str, int, int], ...]:
     """Top ``max_videos`` videos by bytes; the rest and the filtered ones summed in __other__.
 
-    The filters see the URL as the API sent it; what is kept is labelled by
-    :func:`label_value` (valid UTF-8, at most ``max_label_length`` bytes), rows whose labels
-    coincide summed, so the totals stay exact.
+    The filters see the URL as the API sent it: ``folded``, when given, is their verdict
+    already made by the client on each URL as sent (``UsageResult.folded``: the keys of
+    ``videos`` may be cut labels by then), and ``include``/``exclude`` are not applied again.
+    What is kept is labelled by :func:`label_value` (valid UTF-8, at most
+    ``max_label_length`` bytes), rows whose labels coincide summed, so the totals stay exact.
     """
+    if folded is not None:
+        include = exclude = None
+    judged = folded if folded is not None else ()
     other_b = other_r = 0
     folded = False
     kept: list[tuple[str, int, int]] = []
@@ -96,6 +102,7 @@ def fold_videos(
     for url, (nbytes, nrequests) in videos.items():
         if (
             url == OTHER
+            or url in judged
             or (include is not None and not include.search(url))
             or (exclude is not None and exclude.search(url))
         ):
@@ -154,21 +161,27 @@ def client_for(
         max_response_bytes=se.max_response_bytes,
         max_fetch_bytes=se.max_fetch_bytes,
         max_label_length=config.limits.max_label_length,
+        include=config.limits.include,
+        exclude=config.limits.exclude,
         clock=clock,
         on_request=on_request,
     )
 
 
 def fold_with_limits(
-    videos: dict[str, tuple[int, int]], limits: LimitsConfig
+    videos: dict[str, tuple[int, int]],
+    limits: LimitsConfig,
+    folded: Container[str] | None = None,
 ) -> tuple[tuple[str, int, int], ...]:
-    """fold_videos with the config's limits: the daemon and backfill fold alike."""
+    """fold_videos with the config's limits: the daemon and backfill fold alike. ``folded``:
+    the client's verdict (``UsageResult.folded``) when it was built with these limits."""
     return fold_videos(
         videos,
         limits.max_videos_per_app,
         limits.include,
         limits.exclude,
         max_label_length=limits.max_label_length,
+        folded=folded,
     )
 
 
@@ -524,7 +537,7 @@ class Poller:
         day_bytes: int,
         day_requests: int,
     ) -> AppUsage:
-        videos = fold_with_limits(result.videos, self.config.limits)
+        videos = fold_with_limits(result.videos, self.config.limits, result.folded)
         month_bytes = month_requests = None
         m = st.month
         if m is not None and m.day == today.isoformat():
@@ -679,18 +692,17 @@ class Poller:
 
         Added apps start with fresh counters (today only sets their baseline, as at a fresh
         start) and are polled at once; removed apps stop and their series leave the store;
-        unchanged apps keep their counters, baselines and last data. New API or poll settings
-        give every app a new client; a new interval, jitter or concurrency reschedules.
+        unchanged apps keep their counters, baselines and last data. New API or poll settings,
+        or a new label length or include/exclude (the client cuts and judges URLs as it reads
+        them), give every app a new client; a new interval, jitter or concurrency reschedules.
         """
         old = self.config
         self.config = config
         self.tz = config.poll.tz
         new_names = [a.name for a in config.apps]
-        client_settings = config.scaleengine != old.scaleengine or (
-            config.poll.page_size,
-            config.poll.max_pages,
-            config.poll.retries,
-        ) != (old.poll.page_size, old.poll.max_pages, old.poll.retries)
+        client_settings = config.scaleengine != old.scaleengine or _client_limits(
+            config
+        ) != _client_limits(old)
         today, _, _ = day_bounds(self.clock(), self.tz)
         fresh_origin = {today.isoformat(), (today - timedelta(days=1)).isoformat()}
         apps: dict[str, _AppState] = {}
@@ -769,6 +781,15 @@ class Poller:
         self.save_state()
         for st in self._apps.values():
             st.client.close()
+
+
+def _client_limits(config: Config) -> tuple[object, ...]:
+    """What client_for takes from poll and limits: a change gives every app a new client."""
+    poll, limits = config.poll, config.limits
+    return (
+        poll.page_size, poll.max_pages, poll.retries,
+        limits.max_label_length, limits.include, limits.exclude,
+    )  # fmt: skip
 
 
 def _totals(result: UsageResult) -> tuple[int, int]:

@@ -141,6 +141,9 @@ class Page(NamedTuple):
     lead: str | None = None
     tail: str | None = None
     lead_incomplete: bool = False  # the first row is one of the incomplete ones
+    # video_url (as in rows) of the rows that limits.include/exclude fold away, judged on the
+    # URL as sent before it was cut
+    folded: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -154,6 +157,9 @@ class UsageResult:
     count: int = 0
     incomplete: int = 0
     reads: int = 0  # full reads made (more than 1 when the pages moved while being read)
+    # the videos limits.include/exclude fold away, judged on each URL as sent (the keys of
+    # videos are cut); None when the client was given no filters
+    folded: set[str] | None = None
 
 
 def sign(request: dict, secret: str) -> str:
@@ -393,12 +399,40 @@ def _cut_urls(rows: list[tuple[str, int, int]], max_bytes: int) -> None:
             rows[i] = (cut_url(url, max_bytes), b, r)
 
 
+def _judge_and_cut(
+    rows: list[tuple[str, int, int]],
+    include: re.Pattern[str] | None,
+    exclude: re.Pattern[str] | None,
+    max_bytes: int | None,
+) -> frozenset[str]:
+    """The video_urls of the rows that ``include``/``exclude`` fold away, each judged on the
+    URL as sent, then (with ``max_bytes``) cut in place as :func:`_cut_urls` cuts them."""
+    folded = set()
+    shortest = -1 if max_bytes is None else max_bytes // 4  # as in _cut_urls
+    for i, (url, b, r) in enumerate(rows):
+        out = (include is not None and include.search(url) is None) or (
+            exclude is not None and exclude.search(url) is not None
+        )
+        if max_bytes is not None and len(url) > shortest:
+            url = cut_url(url, max_bytes)
+            rows[i] = (url, b, r)
+        if out:
+            folded.add(url)
+    return frozenset(folded)
+
+
 def parse_page(
-    body: bytes | bytearray, scrub: Scrub | None = None, max_label_length: int | None = None
+    body: bytes | bytearray,
+    scrub: Scrub | None = None,
+    max_label_length: int | None = None,
+    include: re.Pattern[str] | None = None,
+    exclude: re.Pattern[str] | None = None,
 ) -> Page:
     """Parse one usage.vse answer. Raises only ApiError; server text in it passes ``scrub``.
 
-    With ``max_label_length``, each video_url comes cut as :func:`cut_url` cuts it.
+    With ``max_label_length``, each video_url comes cut as :func:`cut_url` cuts it. With
+    ``include``/``exclude``, the rows they fold away are named in ``folded``, judged on the
+    URL as sent (before the cut).
 
     Rows whose numbers are unusable are skipped and counted in ``skipped``; rows with good bytes
     but a null or missing ``requests_total`` are kept with 0 requests and counted in
@@ -484,7 +518,10 @@ def parse_page(
         if not rows and not skipped:
             lead_bad = True
         skipped += 1
-    if max_label_length is not None:
+    folded: frozenset[str] = frozenset()
+    if include is not None or exclude is not None:
+        folded = _judge_and_cut(rows, include, exclude, max_label_length)
+    elif max_label_length is not None:
         _cut_urls(rows, max_label_length)
     return Page(
         rows,
@@ -496,6 +533,7 @@ def parse_page(
         rows[0][0] if rows and not lead_bad else None,
         rows[-1][0] if rows and tail_ok else None,
         lead_incomplete,
+        folded,
     )
 
 
@@ -883,6 +921,8 @@ class ScaleEngineClient:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         max_fetch_bytes: int = DEFAULT_MAX_FETCH_BYTES,
         max_label_length: int = DEFAULT_MAX_LABEL_LENGTH,
+        include: re.Pattern[str] | None = None,
+        exclude: re.Pattern[str] | None = None,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -898,6 +938,9 @@ class ScaleEngineClient:
             raise ValueError("max_label_length must be at least 1")
         self.max_fetch_bytes = int(max_fetch_bytes)
         self.max_label_length = int(max_label_length)
+        # limits.include/exclude: judged on each URL as sent, before the cut (UsageResult.folded)
+        self.include = include
+        self.exclude = exclude
         self.max_response_bytes = int(max_response_bytes)
         self.api_url = api_url
         self.cdn_id = int(cdn_id)
@@ -1052,7 +1095,7 @@ class ScaleEngineClient:
             ):
                 raise _too_large(self.max_response_bytes)
             body = _read_body(resp, self.max_response_bytes)
-            return parse_page(body, scrub, self.max_label_length)
+            return parse_page(body, scrub, self.max_label_length, self.include, self.exclude)
         # a non-2xx answer may still carry the API's JSON failure with its code
         reason = _server_text(resp.reason or "", 80, scrub)
         what = f"API answered HTTP {status} {reason}".rstrip()
@@ -1186,8 +1229,10 @@ class ScaleEngineClient:
     ) -> tuple[UsageResult, str, str, dict[str, int]]:
         """One full read: (result, why it moved or "", repeated URLs across pages or "",
         rows per URL). Raises ApiError(pagination) for inconsistencies a re-read cannot fix."""
-        result = UsageResult()
+        filtering = self.include is not None or self.exclude is not None
+        result = UsageResult(folded=set() if filtering else None)
         videos = result.videos
+        folded = result.folded
         shape: dict[str, int] = {}  # rows per url, for the urls with more than one row
         first_page: dict[str, int] = {}  # url -> index of the page it was first seen on
         duplicates: list[str] = []
@@ -1249,6 +1294,8 @@ class ScaleEngineClient:
                     "",
                     shape,
                 )
+            if folded is not None:
+                folded.update(page.folded)
             for url, b, r in rows:
                 old = videos.get(url)
                 if old is None:

@@ -7,6 +7,7 @@ output are in tests/integration/test_backfill_prometheus.py.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import signal
@@ -586,6 +587,48 @@ def test_folds_like_the_daemon_label_cap_included(sim):
     assert "short.mp4" in labels and long_url not in labels
     assert all(len(label.encode()) <= 64 for label in labels)
     assert usage.videos == fold_videos(result.videos, 10, max_label_length=64)
+
+
+LONG_MP4 = "sestore/vod/" + "x" * 4984 + ".mp4"  # 5000 bytes
+FILTER_ROWS = [(LONG_MP4, 700, 7), ("sestore/vod/short.mp4", 100, 1), ("vod_stream01", 50, 5)]
+
+
+@pytest.mark.parametrize(
+    ("limits", "want"),
+    [
+        ({"exclude": r"\.mp4$"}, {"vod_stream01": 50, "__other__": 800}),
+        (
+            {"include": "x{4984}\\.mp4$"},
+            {"sestore/vod/" + "x" * 71 + "~" + hashlib.sha256(LONG_MP4.encode()).hexdigest()[:16]:
+             700, "__other__": 150},
+        ),
+    ],
+)  # fmt: skip
+def test_include_exclude_see_a_long_url_as_sent_as_in_the_daemon(tmp_path, limits, want):
+    """backfill filters on each URL as sent too: with max_label_length 100, exclude '\\.mp4$'
+    folds a 5000-byte .mp4 URL into __other__, and an include matching only its tail keeps
+    it under its cut label (its first 83 bytes, "~" and 16 hex digits of its SHA-256)."""
+    day = previous_month(this_month_start())
+    with Simulator(apps={"vod": 3}, tz=TZ, static_rows={"vod": FILTER_ROWS}) as fsim:
+        data = config_data(fsim)
+        data["limits"] = {"max_label_length": 100, **limits}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        path.chmod(0o600)
+        out = tmp_path / "h.om"
+        proc = run_cli("--config", str(path), "--from", day.isoformat(), "--to",
+                       day.isoformat(), "--output", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = parse(out.read_text())
+    ts = day_timestamp(day, ZoneInfo(TZ))
+    shown = {
+        dict(labels)["video_url"]: v
+        for (name, labels, t), v in got.items()
+        if name == "scaleengine_vse_day_bytes" and t == ts
+    }
+    assert shown == want
+    assert got[("scaleengine_vse_app_day_bytes", (("app", "vod"),), ts)] == 850
+    assert got[("scaleengine_vse_app_day_videos", (("app", "vod"),), ts)] == 3
 
 
 def test_answer_size_cap_applies_as_in_the_daemon(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -175,6 +176,49 @@ def scrape_ok(url: str) -> dict:
         return scrape(url)
     except OSError:
         return {}
+
+
+def test_a_reload_of_include_and_max_label_length_judges_long_urls_as_sent(tmp_path, sim):
+    """The client cuts and judges each URL as it reads it: a reload that sets
+    max_label_length 100 and an include matching only the tail of a 5000-byte URL gives every
+    app a new client, so that URL is kept under the label of its whole text (its first 83
+    bytes, "~" and 16 hex digits of its SHA-256) and the rest folds into __other__."""
+    long_url = "news/" + "x" * 4986 + "/tail.mp4"
+    assert len(long_url) == 5000
+    set_rows(sim, "news", [(long_url, 1000, 1), ("news/short.mp4", 200, 1)])
+    cfg = tmp_path / "config.yaml"
+    write(cfg, sim, "  - news\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")}
+    log_path = tmp_path / "stderr.log"
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--config", str(cfg),
+             "--web.listen-address", f"127.0.0.1:{port}"],
+            stdout=subprocess.DEVNULL, stderr=log_file, env=env, cwd=ROOT,
+        )  # fmt: skip
+
+    def videos() -> dict[str, float]:
+        return {
+            dict(k[1])["video_url"]: v
+            for k, v in scrape_ok(url).items()
+            if k[0] == "scaleengine_vse_day_bytes"
+        }
+
+    try:
+        first = wait_for(lambda: len(videos()) == 2 and videos(), 30, "news polled")
+        assert first["news/short.mp4"] == 200
+        label = long_url[:83] + "~" + hashlib.sha256(long_url.encode()).hexdigest()[:16]
+        write(cfg, sim, "  - news\n", "limits:\n  max_label_length: 100\n"
+              "  include: '/tail\\.mp4$'\n")  # fmt: skip
+        proc.send_signal(signal.SIGHUP)
+        want = {label: 1000, "__other__": 200}
+        wait_for(lambda: videos() == want, 30, f"{want} after the reload")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert "Traceback" not in log_path.read_text()
 
 
 def test_settings_that_need_a_restart_keep_their_values_and_are_logged(tmp_path, caplog):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import time
 from datetime import date
@@ -904,6 +905,35 @@ def test_long_urls_are_cut_as_rows_are_read_and_publish_the_same_series(sim_cloc
             assert len(got) == len(full)
             folded = fold_videos(got, 100, max_label_length=limit)
             assert folded == fold_videos(full, 100, max_label_length=limit)
+
+
+@pytest.mark.parametrize(
+    ("include", "exclude"),
+    [(None, r"\.mp4$"), (r"\.mkv$|x$|^short", None), (r"^sestore/", r"€|\.mp4$"), (None, r"^s+$")],
+)
+def test_include_exclude_are_judged_on_the_url_as_sent_before_the_cut(sim_clock, include, exclude):
+    """Filters given to the client judge each row's URL as sent, before it is cut: folded with
+    that verdict, a fetch publishes the very series that folding the URLs as sent with the
+    regexes gives, short URLs, a real video named __other__ and exact totals included."""
+    from exporter.poller import fold_videos
+
+    urls = [u for u in LONG_URLS if u.isprintable()] + ["__other__", "short.mkv"]
+    rows = [(url, 1000 + i, i) for i, url in enumerate(urls)]
+    full = {url: (b, r) for url, b, r in rows}
+    inc = None if include is None else re.compile(include)
+    exc = None if exclude is None else re.compile(exclude)
+    with Simulator(clock=sim_clock, static_rows={"long": rows}) as sim:
+        for limit in (1024, 64):
+            kw = {"page_size": 3, "max_label_length": limit, "include": inc, "exclude": exc}
+            with make_client(sim, **kw) as c:
+                result = c.fetch_usage("long", None, 2025, 1, 20)
+            for cap in (3, 100):  # the top-videos cap, and none
+                want = fold_videos(full, cap, inc, exc, max_label_length=limit)
+                assert len(want) > 1
+                got = fold_videos(result.videos, cap, max_label_length=limit, folded=result.folded)
+                assert got == want
+            # the regexes applied again to the cut labels would not give it
+            assert fold_videos(result.videos, 100, inc, exc, max_label_length=limit) != want
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ docs/mutation-testing.md for the table and how to re-run the check).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -212,6 +213,56 @@ def test_include_and_exclude_fold_filtered_videos_into_other(tmp_path, make_sim)
         assert other is not None, f"{app}: no __other__"
         total = value(s, "scaleengine_vse_app_day_bytes", app=app)
         assert other == total - sum(shown.values()) and other > 0
+
+
+def _cut_label(url: str) -> str:
+    """The label of ``url`` with limits.max_label_length 100: itself up to 100 bytes, else its
+    first 83 bytes, "~" and 16 hex digits of its SHA-256 (100 bytes in all)."""
+    raw = url.encode()
+    if len(raw) <= 100:
+        return url
+    return raw[:83].decode() + "~" + hashlib.sha256(raw).hexdigest()[:16]
+
+
+def _long_url_day(make_sim, tmp_path: Path, url: str, **limits: str) -> dict[str, float]:
+    """``--once`` over a day of a URL of any length (700 bytes, 7 requests), a short .mp4, a
+    stream and a real video named __other__, with max_label_length 100: the day_bytes
+    series by video_url; the app's totals are checked exact."""
+    rows = [(url, 700, 7), ("sestore/vod/short.mp4", 100, 1), ("vod_stream01", 50, 5),
+            ("__other__", 20, 2)]  # fmt: skip
+    sim = make_sim({"vod": 4}, static_rows={"vod": rows})
+    cfg = write_config(tmp_path / "c.yaml", sim, limits={"max_label_length": 100, **limits})
+    proc = once(cfg)
+    assert proc.returncode == 0, proc.stderr
+    s = samples(proc.stdout)
+    assert value(s, "scaleengine_vse_app_day_bytes", app="vod") == 870
+    assert value(s, "scaleengine_vse_app_day_requests", app="vod") == 15
+    assert value(s, "scaleengine_vse_app_day_videos", app="vod") == 4
+    return {
+        dict(k[1])["video_url"]: v
+        for k, v in s.items()
+        if k[0] == "scaleengine_vse_day_bytes" and dict(k[1])["app"] == "vod"
+    }
+
+
+@pytest.mark.parametrize("size", [100, 101, 5000])
+def test_exclude_sees_a_long_url_as_sent_not_its_cut_label(tmp_path, make_sim, size):
+    """exclude '\\.mp4$' folds a .mp4 URL of 100 bytes (kept as it is), 101 or 5000 bytes (cut
+    to its label as the page is read) into __other__, as the short one: none is exported."""
+    url = "sestore/vod/" + "x" * (size - 16) + ".mp4"
+    assert len(url.encode()) == size
+    shown = _long_url_day(make_sim, tmp_path, url, exclude=r"\.mp4$")
+    assert shown == {"vod_stream01": 50, "__other__": 820}
+
+
+@pytest.mark.parametrize("size", [100, 101, 5000])
+def test_include_sees_a_long_url_as_sent_and_keeps_it_under_its_label(tmp_path, make_sim, size):
+    """include matching only the tail of a URL of 100, 101 or 5000 bytes keeps that video,
+    exported under its label (cut past 100 bytes); everything else folds into __other__."""
+    url = "sestore/vod/" + "x" * (size - 26) + "/deep-tail.mp4"
+    assert len(url.encode()) == size
+    shown = _long_url_day(make_sim, tmp_path, url, include=r"/deep-tail\.mp4$")
+    assert shown == {_cut_label(url): 700, "__other__": 170}
 
 
 # -- app names with " and \ ------------------------------------------------------------------

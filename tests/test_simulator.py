@@ -482,6 +482,35 @@ def test_standalone_stops_on_signal_even_with_sigint_ignored(signum):
         requests.post(url, data={"json": "{}"}, timeout=5)
 
 
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the modules of exporter.simulator it imports (relative imports)."""
+    import ast
+    from pathlib import Path
+
+    import exporter.simulator
+
+    out = {}
+    for path in Path(exporter.simulator.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        out[path.stem] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                out[path.stem].update(names)
+    return out
+
+
+def test_demo_path_does_not_import_the_fault_machinery_and_no_circle():
+    imports = _package_imports()
+    for demo in ("data", "checks", "answers", "server"):
+        assert not imports[demo] & {"faults", "hostile", "core", "cli"}, (demo, imports[demo])
+    done: set[str] = set()
+    while len(done) < len(imports):  # peel off modules whose imports are all done
+        ready = {m for m, deps in imports.items() if m not in done and deps <= done}
+        assert ready, f"import circle among {sorted(set(imports) - done)}"
+        done |= ready
+
+
 # -- issue 8: hostile and odd answers ---------------------------------------------------------
 
 

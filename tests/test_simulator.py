@@ -459,6 +459,25 @@ def test_standalone_busy_port_is_one_line_and_exit_code_2():
     )
 
 
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--port", "65536"], "argument --port: invalid port value: '65536'"),
+        (["--port", "-1"], "argument --port: invalid port value: '-1'"),
+        (["--tz", "Mars/Base"], "argument --tz: unknown time zone 'Mars/Base'"),
+        (["--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid:8099: "),
+    ],
+)
+def test_standalone_bad_flags_are_one_clear_error(args, error):
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter.simulator", *args],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(f"python -m exporter.simulator: error: {error}")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_standalone_stops_on_signal_even_with_sigint_ignored(signum):
     """Started as a shell's background job is (SIGINT ignored), it still stops on SIGINT."""

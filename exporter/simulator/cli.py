@@ -14,29 +14,61 @@ import sys
 import threading
 from collections.abc import Sequence
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .core import Simulator
 
 PROG = "python -m exporter.simulator"
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise ValueError(text)
+    return port
+
+
+_port.__name__ = "port"  # argparse's message: "invalid port value"
+
+
+def _time_zone(text: str) -> str:
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown time zone {text!r}") from None
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="A stand-in for ScaleEngine's usage.vse API with demo data and credentials.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--port", type=int, default=8099, help="port to listen on (0: any free port)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic usage data")
-    p.add_argument("--tz", default="UTC", help="time zone of the API's days (IANA name)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    p.add_argument(
+        "--port", type=_port, default=8099,
+        help="port to listen on, 0: any free port (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the synthetic usage data (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tz", type=_time_zone, default="UTC",
+        help="time zone of the API's days, an IANA name (default: %(default)s)",
+    )  # fmt: skip
     p.add_argument(
         "--late-seconds", type=float, default=0.0,
-        help="report traffic this many seconds late, as the API's late data",
+        help="report traffic this many seconds late, as the API's late data (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--timestamp-window", type=float, default=300.0,
-        help="accept request timestamps this many seconds either side of the clock",
+        help="accept request timestamps this many seconds either side of the clock"
+        " (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--max-page-size", type=int, default=None,

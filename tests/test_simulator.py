@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -422,6 +424,110 @@ def test_standalone_main():
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def test_standalone_help_documents_every_flag():
+    from exporter.simulator.cli import build_parser
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter.simulator", "--help"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    options = [a for a in build_parser()._actions if a.option_strings]
+    assert len(options) == 8  # --help and the 7 flags
+    for action in options:
+        for option in action.option_strings:
+            assert option in proc.stdout
+        assert action.help, action.option_strings
+
+
+def test_standalone_busy_port_is_one_line_and_exit_code_2():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter.simulator", "--port", str(port)],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        f"python -m exporter.simulator: error: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use (choose another with --host and --port, e.g. --port 8100)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "args, error",
+    [
+        (["--port", "65536"], "argument --port: invalid port value: '65536'"),
+        (["--port", "-1"], "argument --port: invalid port value: '-1'"),
+        (["--tz", "Mars/Base"], "argument --tz: unknown time zone 'Mars/Base'"),
+        (["--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid:8099: "),
+    ],
+)
+def test_standalone_bad_flags_are_one_clear_error(args, error):
+    proc = subprocess.run(
+        [sys.executable, "-m", "exporter.simulator", *args],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(f"python -m exporter.simulator: error: {error}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_standalone_stops_on_signal_even_with_sigint_ignored(signum):
+    """Started as a shell's background job is (SIGINT ignored), it still stops on SIGINT."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter.simulator", "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        url = proc.stdout.readline().strip().split()[-1]
+        assert url.startswith("http://127.0.0.1:")
+        proc.send_signal(signum)
+        proc.wait(10)  # promptly: it waits on no timer
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr.read()
+    with pytest.raises(requests.ConnectionError):
+        requests.post(url, data={"json": "{}"}, timeout=5)
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the modules of exporter.simulator it imports (relative imports)."""
+    import ast
+    from pathlib import Path
+
+    import exporter.simulator
+
+    out = {}
+    for path in Path(exporter.simulator.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        out[path.stem] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [node.module] if node.module else [a.name for a in node.names]
+                out[path.stem].update(names)
+    return out
+
+
+def test_demo_path_does_not_import_the_fault_machinery_and_no_circle():
+    imports = _package_imports()
+    for demo in ("data", "checks", "answers", "server"):
+        assert not imports[demo] & {"faults", "hostile", "core", "cli"}, (demo, imports[demo])
+    done: set[str] = set()
+    while len(done) < len(imports):  # peel off modules whose imports are all done
+        ready = {m for m, deps in imports.items() if m not in done and deps <= done}
+        assert ready, f"import circle among {sorted(set(imports) - done)}"
+        done |= ready
 
 
 # -- issue 8: hostile and odd answers ---------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .config import Config, ConfigError
-from .webconfig import WebConfig, load_web_config
+from .web.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
 

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import ConfigError
-from exporter.webconfig import WebConfig, load_web_config, parse_web_config
+from exporter.web.webconfig import WebConfig, load_web_config, parse_web_config
 
 # --------------------------------------------------------------------------- PKI helpers
 
@@ -495,7 +495,7 @@ def test_basic_auth_cache_avoids_repeated_bcrypt(auth_web: WebConfig, monkeypatc
         time.sleep(0.05)  # make concurrent first checks overlap
         return real(password, hashed)
 
-    monkeypatch.setattr("exporter.webconfig.bcrypt.checkpw", counting)
+    monkeypatch.setattr("exporter.web.webconfig.bcrypt.checkpw", counting)
     header = basic("alice", "s3cret")
     results = []
     threads = [
@@ -554,7 +554,7 @@ def test_failed_login_costs_the_highest_configured_cost_for_every_user(tmp_path,
         costs.append(int(hashed[4:6]))
         return real(password, hashed)
 
-    monkeypatch.setattr("exporter.webconfig.bcrypt.checkpw", spy)
+    monkeypatch.setattr("exporter.web.webconfig.bcrypt.checkpw", spy)
     assert not wc.check_basic_auth(basic("nobody", "pw"))
     assert costs == [6]
     costs.clear()

@@ -42,14 +42,14 @@ from typing import Any
 
 import h11
 
-from . import __version__
+from .. import __version__
 from .landing import render_landing
-from .metrics import Chunk, Exposition, StoredFile, negotiate
-from .store import Store
+from ..metrics import Chunk, Exposition, StoredFile, negotiate
+from ..store import Store
 from .webconfig import WebConfig
-from .worker import release_memory
+from ..worker import release_memory
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("exporter.web")
 
 HEAD_TIMEOUT = 5.0  # a whole request head (and body), or a TLS handshake, from its first byte
 IDLE_TIMEOUT = 60.0  # a keep-alive connection with no request under way

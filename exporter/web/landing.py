@@ -12,11 +12,11 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from . import __version__
+from .. import __version__
 
 if TYPE_CHECKING:
-    from .store import AppStatus, AppUsage
-    from .web import WebApp
+    from ..store import AppStatus, AppUsage
+    from .server import WebApp
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}

@@ -1,0 +1,1 @@
+"""The HTTP side (placeholder docstring, rewritten below)."""

@@ -43,11 +43,11 @@ from typing import Any
 import h11
 
 from .. import __version__
-from .landing import render_landing
 from ..metrics import Chunk, Exposition, StoredFile, negotiate
 from ..store import Store
-from .webconfig import WebConfig
 from ..worker import release_memory
+from .landing import render_landing
+from .webconfig import WebConfig
 
 log = logging.getLogger("exporter.web")
 

@@ -67,10 +67,7 @@ class ReloadStatus:
 
 def web_fingerprint(web: WebConfig | None) -> tuple[Any, ...] | None:
     """What a web config serves with (TLS material, users, headers), for comparison."""
-    if web is None:
-        return None
-    skip = ("_lock", "_cache", "_inflight", "_dummy")  # _dummy: a random hash per load
-    return tuple((k, repr(v)) for k, v in sorted(vars(web).items()) if k not in skip)
+    return None if web is None else web.fingerprint()
 
 
 class Reloader:

@@ -495,7 +495,7 @@ def test_basic_auth_cache_avoids_repeated_bcrypt(auth_web: WebConfig, monkeypatc
         time.sleep(0.05)  # make concurrent first checks overlap
         return real(password, hashed)
 
-    monkeypatch.setattr("exporter.web.webconfig.bcrypt.checkpw", counting)
+    monkeypatch.setattr("exporter.web.basicauth.bcrypt.checkpw", counting)
     header = basic("alice", "s3cret")
     results = []
     threads = [
@@ -554,7 +554,7 @@ def test_failed_login_costs_the_highest_configured_cost_for_every_user(tmp_path,
         costs.append(int(hashed[4:6]))
         return real(password, hashed)
 
-    monkeypatch.setattr("exporter.web.webconfig.bcrypt.checkpw", spy)
+    monkeypatch.setattr("exporter.web.basicauth.bcrypt.checkpw", spy)
     assert not wc.check_basic_auth(basic("nobody", "pw"))
     assert costs == [6]
     costs.clear()

@@ -27,7 +27,7 @@ from .metrics import Exposition
 from .reload import Reloader
 from .state import StateFile, StateLockedError, check_state_path
 from .store import Store
-from .web.server import WebApp, parse_listen_address, serve
+from .web.app import WebApp, parse_listen_address, serve
 from .web.webconfig import WebConfig, load_web_config
 from .worker import PollWorker, budgets_of
 

@@ -18,8 +18,8 @@ from helpers import ROOT, free_port, http_get, need_binary, wait_for
 from exporter.config import parse_config
 from exporter.metrics import Exposition
 from exporter.store import AppStatus, AppUsage, Store
+from exporter.web.app import WebApp
 from exporter.web.landing import human_age, human_bytes, render_landing
-from exporter.web.server import WebApp
 
 EVIL = '<script>alert("x")</script>'
 

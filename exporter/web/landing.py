@@ -16,7 +16,7 @@ from .. import __version__
 
 if TYPE_CHECKING:
     from ..store import AppStatus, AppUsage
-    from .server import WebApp
+    from .app import WebApp
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}

@@ -26,7 +26,7 @@ from ..worker import release_memory
 from .basicauth import PendingChecks
 from .common import TEXT
 from .connection import Connection, Outcome, Request
-from .landing import render_landing
+from .landing import LandingView, render_landing
 from .server import HTTPServer, parse_listen_address
 from .webconfig import WebConfig
 
@@ -60,6 +60,25 @@ class WebApp:
         self.started = time.time()
         self.config = config
         self.demo = demo
+
+    def landing_view(self) -> LandingView:
+        """What the landing page shows, as of now."""
+        view = self.store.view()
+        config = self.config
+        if config is None:
+            return LandingView(
+                view.status, view.usage, self.telemetry_path, __version__, demo=self.demo
+            )
+        return LandingView(
+            view.status,
+            view.usage,
+            self.telemetry_path,
+            __version__,
+            {a.name: (a.daily_bytes_budget, a.monthly_bytes_budget) for a in config.apps},
+            config.poll.interval,
+            config.poll.timezone,
+            self.demo,
+        )
 
 
 class RateLimiter:
@@ -135,7 +154,7 @@ class LandingCache:
 
     def _render(self) -> bytes:
         started = time.monotonic()
-        page = render_landing(self.app).encode()
+        page = render_landing(self.app.landing_view()).encode()
         self.renders += 1
         self._page = (started, page)
         return page

@@ -28,8 +28,8 @@ from .metrics import Exposition
 from .reload import Reloader
 from .state import StateFile, StateLockedError, check_state_path
 from .store import Store
-from .web import WebApp, parse_listen_address, serve
-from .webconfig import WebConfig, load_web_config
+from .web.app import WebApp, parse_listen_address, serve
+from .web.webconfig import WebConfig, load_web_config
 from .worker import PollWorker, budgets_of
 
 log = logging.getLogger("exporter")
@@ -379,9 +379,15 @@ def serve_forever(
     store = Store([a.name for a in config.apps])
     exposition = Exposition(store, config.poll.timezone, budgets_of(config))
     worker = PollWorker(config, store, exposition, keep_fds)
-    app = WebApp(exposition, store, lambda: worker.ready, web_config, config.web.telemetry_path)
-    app.config = config  # the landing page shows budgets and intervals
-    app.demo = simulator is not None
+    app = WebApp(
+        exposition,
+        store,
+        lambda: worker.ready,
+        web_config,
+        config.web.telemetry_path,
+        config=config,  # the landing page shows budgets and intervals
+        demo=simulator is not None,
+    )
     ctx = web_config.ssl_context() if web_config else None
     try:
         server, _ = serve(config.web.listen_address, app, ctx)

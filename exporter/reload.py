@@ -20,7 +20,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .config import Config, ConfigError
-from .webconfig import WebConfig, load_web_config
+from .web.webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -67,10 +67,7 @@ class ReloadStatus:
 
 def web_fingerprint(web: WebConfig | None) -> tuple[Any, ...] | None:
     """What a web config serves with (TLS material, users, headers), for comparison."""
-    if web is None:
-        return None
-    skip = ("_lock", "_cache", "_inflight", "_dummy")  # _dummy: a random hash per load
-    return tuple((k, repr(v)) for k, v in sorted(vars(web).items()) if k not in skip)
+    return None if web is None else web.fingerprint()
 
 
 class Reloader:

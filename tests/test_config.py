@@ -23,7 +23,7 @@ from exporter.config import (
     parse_duration,
     parse_size,
 )
-from exporter.webconfig import load_web_config
+from exporter.web.webconfig import load_web_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "config"
@@ -575,7 +575,7 @@ def test_secret_file_size_cap_64_kib(tmp_path):
 
 
 def test_tls_file_size_cap_1_mib(tmp_path):
-    from exporter.webconfig import _read_pem
+    from exporter.web.webconfig import _read_pem
 
     head = b"-----BEGIN CERTIFICATE-----\n"
     path = _sized(tmp_path / "cert.pem", 1048576, head)

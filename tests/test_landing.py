@@ -16,10 +16,10 @@ from html.parser import HTMLParser
 from helpers import ROOT, free_port, http_get, need_binary, wait_for
 
 from exporter.config import parse_config
-from exporter.landing import human_age, human_bytes, render_landing
 from exporter.metrics import Exposition
 from exporter.store import AppStatus, AppUsage, Store
-from exporter.web import WebApp
+from exporter.web.app import WebApp
+from exporter.web.landing import human_age, human_bytes, render_landing
 
 EVIL = '<script>alert("x")</script>'
 
@@ -55,9 +55,9 @@ def page(apps: list[dict], demo: bool = False) -> str:
             None,
             AppStatus(names[1], polled=True, up=False, last_error=f"http_status: {EVIL}"),
         )
-    web = WebApp(Exposition(store, "UTC", {}, process_metrics=False), store, lambda: True)
-    web.config, web.demo = config, demo
-    return render_landing(web, now=1125.0)
+    expo = Exposition(store, "UTC", {}, process_metrics=False)
+    web = WebApp(expo, store, lambda: True, config=config, demo=demo)
+    return render_landing(web.landing_view(), now=1125.0)
 
 
 def test_budgets_percent_interval_age_and_banner():

@@ -230,7 +230,7 @@ def test_settings_that_need_a_restart_keep_their_values_and_are_logged(tmp_path,
 
     from exporter.config import parse_config
     from exporter.reload import Reloader, ReloadStatus
-    from exporter.webconfig import load_web_config
+    from exporter.web.webconfig import load_web_config
 
     web = tmp_path / "web.yml"
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()

@@ -19,8 +19,8 @@ from helpers import http_get, make_pki, samples, wait_for
 
 from exporter.metrics import Exposition
 from exporter.store import AppStatus, AppUsage, Store
-from exporter.web import WebApp, parse_listen_address, serve
-from exporter.webconfig import load_web_config
+from exporter.web.app import WebApp, parse_listen_address, serve
+from exporter.web.webconfig import load_web_config
 
 
 def make_usage(app: str, n: int, day_bytes_offset: int = 0) -> AppUsage:
@@ -364,7 +364,7 @@ def test_rate_limit_answers_429_but_not_health(stack, tmp_path):
 
 def test_head_deadline_is_total_not_per_read(stack, monkeypatch):
     """A head dripped a byte at a time is cut at HEAD_TIMEOUT from its first byte."""
-    monkeypatch.setattr("exporter.web.HEAD_TIMEOUT", 1.0)
+    monkeypatch.setattr("exporter.web.connection.HEAD_TIMEOUT", 1.0)
     _, _, _, start = stack
     host, port = parse_listen_address(start().url.split("//", 1)[1])
     s = socket.create_connection((host, port), timeout=10)
@@ -471,16 +471,16 @@ def test_landing_page_is_rendered_at_most_once_a_second():
 def test_landing_page_renders_out_of_the_loop(stack, monkeypatch):
     """A landing render that takes 3 s holds up neither scrapes nor, once a page exists, the
     next landing requests (they get the last page while the new one renders)."""
-    import exporter.web
+    import exporter.web.app
 
     store, expo, ready, start = stack
-    real = exporter.web.render_landing
+    real = exporter.web.app.render_landing
 
     def slow(app: WebApp, now: float | None = None) -> str:
         time.sleep(3)
         return real(app, now)
 
-    monkeypatch.setattr(exporter.web, "render_landing", slow)
+    monkeypatch.setattr(exporter.web.app, "render_landing", slow)
     url = start().url
     first: list[int] = []
     thread = threading.Thread(target=lambda: first.append(http_get(url + "/", timeout=30)[0]))

@@ -28,7 +28,7 @@ from helpers import (
 from exporter.cli import Exporter
 from exporter.config import parse_config
 from exporter.simulator import FAULT_MODES, LABEL_FAULTS, ROW_FAULTS, SimClock, Simulator
-from exporter.web import WebApp, serve
+from exporter.web.app import WebApp, serve
 
 APPS = {"bad": 12, "good": 6}
 START = datetime(2026, 2, 3, 9, 0, tzinfo=UTC).timestamp()

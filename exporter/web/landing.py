@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import html
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from . import __version__
-
 if TYPE_CHECKING:
-    from .store import AppStatus, AppUsage
-    from .web import WebApp
+    from ..store import AppStatus, AppUsage
+
+Budgets = tuple[int | None, int | None]  # daily, monthly bytes
+
+
+@dataclass(frozen=True)
+class LandingView:
+    """What the page shows, gathered by the web app (app.py's WebApp.landing_view)."""
+
+    status: Mapping[str, AppStatus]  # every app, by name
+    usage: Mapping[str, AppUsage]  # the apps with data
+    telemetry_path: str
+    version: str
+    budgets: Mapping[str, Budgets] = field(default_factory=dict)
+    interval: float | None = None  # poll.interval, seconds
+    timezone: str | None = None  # poll.timezone: where "today" is
+    demo: bool = False  # the built-in simulator stands in for the API
+
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em 2em;color:#222}
@@ -93,7 +109,7 @@ def _row(
     name: str,
     st: AppStatus,
     usage: AppUsage | None,
-    budgets: tuple[int | None, int | None],
+    budgets: Budgets,
     interval: float | None,
     now: float,
 ) -> str:
@@ -122,37 +138,30 @@ def _duration(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
-def render_landing(app: WebApp, now: float | None = None) -> str:
+def render_landing(view: LandingView, now: float | None = None) -> str:
     """The landing page "/": what the exporter is and where each app stands."""
     now = time.time() if now is None else now
-    view = app.store.view()
-    config = getattr(app, "config", None)
-    budgets: dict[str, tuple[int | None, int | None]] = {}
-    interval = timezone = None
-    if config is not None:
-        budgets = {a.name: (a.daily_bytes_budget, a.monthly_bytes_budget) for a in config.apps}
-        interval, timezone = config.poll.interval, config.poll.timezone
     rows = "".join(
-        _row(name, view.status[name], view.usage.get(name), budgets.get(name, (None, None)),
-             interval, now)
+        _row(name, view.status[name], view.usage.get(name), view.budgets.get(name, (None, None)),
+             view.interval, now)
         for name in sorted(view.status)
     )  # fmt: skip
     banner = ""
-    if getattr(app, "demo", False):
+    if view.demo:
         banner = (
             '<p class="demo"><b>Demo mode.</b> These figures come from the built-in ScaleEngine '
             "simulator on loopback, not from your account; run without <code>--demo</code> "
             "and with your config for real data.</p>"
         )
-    path = _e(app.telemetry_path)
-    zone = f" ({_e(timezone)})" if timezone else ""
+    path = _e(view.telemetry_path)
+    zone = f" ({_e(view.timezone)})" if view.timezone else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ScaleEngine Exporter</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>{_STYLE}</style>
 </head><body>
 <h1>ScaleEngine Exporter</h1>
-<p class="sub">Version {_e(__version__)}. Usage from ScaleEngine's usage.vse API, polled on a
+<p class="sub">Version {_e(view.version)}. Usage from ScaleEngine's usage.vse API, polled on a
 schedule; a scrape never calls the API.
 <a href="{path}">Metrics</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a>
 </p>

@@ -390,10 +390,14 @@ def test_reload_of_api_and_poll_settings_keeps_the_counters(tmp_path):
             _set_rows(sim, "sport", [("sport/b.mp4", 800, 3)])
 
             def grown() -> dict | None:
+                # growth counts once a second read confirms it (README): wait for the
+                # counters, not only the day totals; a counter reset never gets there
                 s = scrape(url)
                 both = (
                     value(s, "scaleengine_vse_app_day_bytes", app="news") == 3500
                     and value(s, "scaleengine_vse_app_day_bytes", app="sport") == 800
+                    and value(s, "scaleengine_vse_bytes_total", app="news") == 2500
+                    and value(s, "scaleengine_vse_bytes_total", app="sport") == 300
                 )
                 return s if both else None
 

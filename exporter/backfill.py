@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo
 
 from . import __version__
 from .config import AppConfig, Config, ConfigError, load_config
-from .logs import setup_logging
+from .logs import add_log_flags, log_level_of, set_secrets, setup_logging
 from .metrics import escape_label, usage_families
 from .poller import client_for, fold_with_limits
 from .scaleengine import ApiError, ScaleEngineClient, UsageResult
@@ -611,19 +611,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="OpenMetrics file to write ('-' for stdout, which cannot resume); an existing "
         "file written by this command is kept and completed",
     )
-    p.add_argument(
-        "--log.level",
-        dest="log_level",
-        default="warn",
-        choices=["debug", "info", "warn", "warning", "error"],
-        help="log level of the API client's messages on stderr (default warn)",
-    )
-    p.add_argument(
-        "--log.format",
-        dest="log_format",
-        default="logfmt",
-        choices=["logfmt", "json"],
-        help="log format on stderr (default logfmt)",
+    add_log_flags(
+        p,
+        "warn",
+        "log level of the API client's messages on stderr (default warn)",
+        "log format on stderr (default logfmt)",
     )
     p.add_argument("--version", action="version", version=f"scaleengine-exporter {__version__}")
     return p
@@ -638,16 +630,14 @@ def main(
     stream = stderr or sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = "warning" if args.log_level == "warn" else args.log_level
+    level = log_level_of(args)
     formatter = setup_logging(level, args.log_format, stream=stream)
     try:
         config = load_config(args.config)
     except ConfigError as err:
         stream.write(f"{PROG}: error: {err}\n")
         return 2
-    formatter.secrets = sorted(
-        {s for s in config.secret_values() if s and len(s) >= 4}, key=len, reverse=True
-    )
+    set_secrets(formatter, config.secret_values())
     today = datetime.fromtimestamp(now(), config.poll.tz).date()
     try:
         end = check_range(args.start, args.end, today)

@@ -23,7 +23,7 @@ from .config import (
     parse_config,
     parse_duration,
 )
-from .logs import setup_logging
+from .logs import add_log_flags, log_level_of, set_secrets, setup_logging
 from .metrics import Exposition
 from .reload import Reloader
 from .state import StateFile, StateLockedError, check_state_path
@@ -94,20 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "apply it as SIGHUP does (e.g. 30s; 0 or absent: off). Sees Kubernetes ConfigMap "
         "updates, which swap a symlink",
     )
-    p.add_argument(
-        "--log.level",
-        dest="log_level",
-        default="info",
-        choices=["debug", "info", "warn", "warning", "error"],
-        help="only log messages of this level or above (default info)",
-    )
-    p.add_argument(
-        "--log.format",
-        dest="log_format",
-        default="logfmt",
-        choices=["logfmt", "json"],
-        help="log line format (default logfmt)",
-    )
+    add_log_flags(p, "info", "only log messages of this level or above (default info)")
     p.add_argument(
         "--check-config", action="store_true", help="validate the config and exit (0 ok, 2 bad)"
     )
@@ -190,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return backfill_main(argv[1:])
     args = build_parser().parse_args(argv)
-    level = "warning" if args.log_level == "warn" else args.log_level
+    level = log_level_of(args)
     formatter = setup_logging(level, args.log_format)
 
     simulator = None
@@ -222,9 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if simulator is not None:
             simulator.stop()
         return _fail(str(err))
-    formatter.secrets = sorted(
-        {s for s in config.secret_values() if s and len(s) >= 4}, key=len, reverse=True
-    )
+    set_secrets(formatter, config.secret_values())
 
     if args.check_config:
         print(f"config ok: {len(config.apps)} app(s)")
@@ -410,11 +395,8 @@ def serve_forever(
         app.telemetry_path = new.web.telemetry_path
         app.config = new
         if formatter is not None:
-            formatter.secrets = sorted(
-                {s for s in [*formatter.secrets, *new.secret_values()] if s and len(s) >= 4},
-                key=len,
-                reverse=True,
-            )
+            # the old values stay redacted: lines about the old config may still be logged
+            set_secrets(formatter, [*formatter.secrets, *new.secret_values()])
 
     reloader = None
     if load is not None:

@@ -28,7 +28,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
 
 from .config import Config
-from .logs import setup_logging
+from .logs import set_secrets, setup_logging
 from .metrics import Exposition, StoredFile, WorkerCollector
 from .store import Store
 
@@ -160,9 +160,7 @@ def _worker_main(
     def reload(new: Config) -> None:
         ok, message = True, "reloaded"
         try:
-            formatter.secrets = sorted(
-                {s for s in new.secret_values() if s and len(s) >= 4}, key=len, reverse=True
-            )
+            set_secrets(formatter, new.secret_values())
             expo.reconfigure(new.poll.timezone, budgets_of(new))
             poller.reconfigure(new)
         except Exception as err:  # pragma: no cover - a bug; the serving side reports it

@@ -56,6 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="History: `scaleengine-exporter backfill --help` (past days for promtool).",
     )
     p.add_argument("--config", metavar="PATH", help=f"YAML config file (default {DEFAULT_CONFIG})")
+    _add_override_flags(p)
+    add_log_flags(p, "info", "only log messages of this level or above (default info)")
+    p.add_argument(
+        "--check-config", action="store_true", help="validate the config and exit (0 ok, 2 bad)"
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="poll every app once, print the exposition, exit 0 if all apps succeeded else 1",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against the built-in ScaleEngine simulator on loopback (no credentials needed)",
+    )
+    p.add_argument("--version", action="version", version=f"scaleengine-exporter {__version__}")
+    return p
+
+
+def _add_override_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that override a config setting, and those of the daemon's config handling."""
     p.add_argument(
         "--web.listen-address",
         dest="listen_address",
@@ -94,22 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
         "apply it as SIGHUP does (e.g. 30s; 0 or absent: off). Sees Kubernetes ConfigMap "
         "updates, which swap a symlink",
     )
-    add_log_flags(p, "info", "only log messages of this level or above (default info)")
-    p.add_argument(
-        "--check-config", action="store_true", help="validate the config and exit (0 ok, 2 bad)"
-    )
-    p.add_argument(
-        "--once",
-        action="store_true",
-        help="poll every app once, print the exposition, exit 0 if all apps succeeded else 1",
-    )
-    p.add_argument(
-        "--demo",
-        action="store_true",
-        help="run against the built-in ScaleEngine simulator on loopback (no credentials needed)",
-    )
-    p.add_argument("--version", action="version", version=f"scaleengine-exporter {__version__}")
-    return p
 
 
 def demo_config(api_url: str, path: str | None = None) -> Config:

@@ -23,10 +23,10 @@ from .config import (
     parse_config,
     parse_duration,
 )
-from .logs import setup_logging
+from .logs import add_log_flags, log_level_of, set_secrets, setup_logging
 from .metrics import Exposition
 from .reload import Reloader
-from .state import StateFile, StateLockedError, check_state_path
+from .state import StateFile, StateLockedError, check_state_path, open_state_file
 from .store import Store
 from .web.app import WebApp, parse_listen_address, serve
 from .web.webconfig import WebConfig, load_web_config
@@ -56,6 +56,27 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="History: `scaleengine-exporter backfill --help` (past days for promtool).",
     )
     p.add_argument("--config", metavar="PATH", help=f"YAML config file (default {DEFAULT_CONFIG})")
+    _add_override_flags(p)
+    add_log_flags(p, "info", "only log messages of this level or above (default info)")
+    p.add_argument(
+        "--check-config", action="store_true", help="validate the config and exit (0 ok, 2 bad)"
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="poll every app once, print the exposition, exit 0 if all apps succeeded else 1",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="run against the built-in ScaleEngine simulator on loopback (no credentials needed)",
+    )
+    p.add_argument("--version", action="version", version=f"scaleengine-exporter {__version__}")
+    return p
+
+
+def _add_override_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that override a config setting, and those of the daemon's config handling."""
     p.add_argument(
         "--web.listen-address",
         dest="listen_address",
@@ -94,35 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
         "apply it as SIGHUP does (e.g. 30s; 0 or absent: off). Sees Kubernetes ConfigMap "
         "updates, which swap a symlink",
     )
-    p.add_argument(
-        "--log.level",
-        dest="log_level",
-        default="info",
-        choices=["debug", "info", "warn", "warning", "error"],
-        help="only log messages of this level or above (default info)",
-    )
-    p.add_argument(
-        "--log.format",
-        dest="log_format",
-        default="logfmt",
-        choices=["logfmt", "json"],
-        help="log line format (default logfmt)",
-    )
-    p.add_argument(
-        "--check-config", action="store_true", help="validate the config and exit (0 ok, 2 bad)"
-    )
-    p.add_argument(
-        "--once",
-        action="store_true",
-        help="poll every app once, print the exposition, exit 0 if all apps succeeded else 1",
-    )
-    p.add_argument(
-        "--demo",
-        action="store_true",
-        help="run against the built-in ScaleEngine simulator on loopback (no credentials needed)",
-    )
-    p.add_argument("--version", action="version", version=f"scaleengine-exporter {__version__}")
-    return p
 
 
 def demo_config(api_url: str, path: str | None = None) -> Config:
@@ -164,16 +156,23 @@ def demo_config(api_url: str, path: str | None = None) -> Config:
 
 
 class Exporter:
-    """Store, poller and exposition in one process (--once, tests); the daemon splits them."""
+    """Store, poller and exposition in one process (--once, tests); the daemon splits them.
 
-    def __init__(self, config: Config, clock: Any = None) -> None:
+    ``state_file``: the state file the command line opened and locked; without it, the one
+    ``config.state.path`` names (tests and the benchmark, which take no lock).
+    """
+
+    def __init__(
+        self, config: Config, clock: Any = None, state_file: StateFile | None = None
+    ) -> None:
         self.config = config
         from .poller import Poller  # not needed by the serving process of the daemon
 
         self.store = Store([a.name for a in config.apps])
-        state = StateFile(config.state.path) if config.state.path else None
+        if state_file is None:
+            state_file = open_state_file(config.state.path)
         kwargs = {"clock": clock} if clock is not None else {}
-        self.poller = Poller(config, self.store, state_file=state, **kwargs)
+        self.poller = Poller(config, self.store, state_file=state_file, **kwargs)
         budgets = budgets_of(config)
         self.exposition = Exposition(self.store, config.poll.timezone, budgets)
 
@@ -183,6 +182,64 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _stop_simulator(simulator: Any) -> None:
+    if simulator is not None:
+        simulator.stop()
+
+
+def _start_simulator() -> Any:
+    """--demo: the built-in simulator, started on loopback."""
+    from .simulator import Simulator
+
+    simulator = Simulator()
+    simulator.start()
+    log.info("demo mode: polling the built-in simulator", extra={"api_url": simulator.url})
+    return simulator
+
+
+def _loader(args: argparse.Namespace, simulator: Any) -> Callable[[], Config]:
+    """What loads the config at start and at each reload: the file (or the demo's) with the
+    command line's overrides applied."""
+
+    def load() -> Config:
+        if simulator is not None:
+            return _with_flags(demo_config(simulator.url, args.config), args)
+        return _with_flags(load_config(args.config or DEFAULT_CONFIG), args)
+
+    return load
+
+
+def _check_state_path(config: Config) -> None:
+    """A state file that can never be saved is a config error (also for --check-config)."""
+    if config.state.path:
+        problem = check_state_path(config.state.path)
+        if problem:
+            raise ConfigError(f"state.path: {problem}")
+
+
+def lock_state(config: Config) -> StateFile | None:
+    """The state file, opened once here and locked for this process's life (and the poll
+    worker's, which inherits the lock): one exporter per state file, since a second one would
+    overwrite the first one's counters. Raises StateLockedError or OSError."""
+    state = open_state_file(config.state.path)
+    if state is not None:
+        state.acquire()
+    return state
+
+
+def run_once(config: Config, state: StateFile | None) -> int:
+    """--once: poll every app, print the exposition; 0 when every app is up, else 1."""
+    exporter = Exporter(config, state_file=state)
+    ok = exporter.poller.poll_all()
+    exporter.exposition.render_now()
+    sys.stdout.buffer.write(exporter.exposition.text())
+    sys.stdout.flush()
+    exporter.poller.shutdown()
+    # an app whose usage could not be rendered is down too
+    ok = ok and all(st.up for st in exporter.store.view().status.values())
+    return 0 if ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["backfill"]:
@@ -190,76 +247,42 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return backfill_main(argv[1:])
     args = build_parser().parse_args(argv)
-    level = "warning" if args.log_level == "warn" else args.log_level
+    level = log_level_of(args)
     formatter = setup_logging(level, args.log_format)
 
     simulator = None
     try:
         if args.demo:
-            from .simulator import Simulator
-
-            simulator = Simulator()
-            simulator.start()
-            log.info("demo mode: polling the built-in simulator", extra={"api_url": simulator.url})
-
-        def load() -> Config:
-            """The config file (or the demo's) with the command line's overrides applied."""
-            return _with_flags(
-                demo_config(simulator.url, args.config)
-                if simulator is not None
-                else load_config(args.config or DEFAULT_CONFIG),
-                args,
-            )
-
+            simulator = _start_simulator()
+        load = _loader(args, simulator)
         auto_reload = _auto_reload_interval(args.auto_reload_interval)
         config = load()
-        if config.state.path:
-            problem = check_state_path(config.state.path)
-            if problem:
-                raise ConfigError(f"state.path: {problem}")
+        _check_state_path(config)
         web_config = load_web_config(config.web.config_file) if config.web.config_file else None
     except ConfigError as err:
-        if simulator is not None:
-            simulator.stop()
+        _stop_simulator(simulator)
         return _fail(str(err))
-    formatter.secrets = sorted(
-        {s for s in config.secret_values() if s and len(s) >= 4}, key=len, reverse=True
-    )
+    set_secrets(formatter, config.secret_values())
 
     if args.check_config:
         print(f"config ok: {len(config.apps)} app(s)")
         return 0
-
-    # one exporter per state file: a second one would overwrite the first one's counters
-    lock = StateFile(config.state.path) if config.state.path else None
-    if lock is not None:
-        try:
-            lock.acquire()
-        except (StateLockedError, OSError) as err:
-            if simulator is not None:
-                simulator.stop()
-            return _fail(f"state.path: {err}")
-
+    try:
+        state = lock_state(config)
+    except (StateLockedError, OSError) as err:
+        _stop_simulator(simulator)
+        return _fail(f"state.path: {err}")
     if args.once:
-        exporter = Exporter(config)
-        ok = exporter.poller.poll_all()
-        exporter.exposition.render_now()
-        sys.stdout.buffer.write(exporter.exposition.text())
-        sys.stdout.flush()
-        exporter.poller.shutdown()
-        if simulator is not None:
-            simulator.stop()
-        # an app whose usage could not be rendered is down too
-        ok = ok and all(st.up for st in exporter.store.view().status.values())
-        return 0 if ok else 1
-    keep_fds = () if lock is None else (lock.acquire(),)
+        code = run_once(config, state)
+        _stop_simulator(simulator)
+        return code
     return serve_forever(
         config,
         web_config,
         level,
         args.log_format,
         simulator,
-        keep_fds,
+        state,
         load=load,
         lifecycle=args.enable_lifecycle,
         formatter=formatter,
@@ -350,22 +373,10 @@ def supervise(worker: PollWorker, stop: threading.Event) -> None:
         delay = min(delay * 2, RESTART_MAX)
 
 
-def serve_forever(
-    config: Config,
-    web_config: WebConfig | None,
-    log_level: str,
-    log_format: str,
-    simulator: Any = None,
-    keep_fds: tuple[int, ...] = (),
-    load: Callable[[], Config] | None = None,
-    lifecycle: bool = False,
-    formatter: Any = None,
-    auto_reload: float = 0.0,
-    config_path: str | None = None,
-) -> int:
-    """The daemon: HTTP here, polling and rendering in the poll worker process."""
-    # handlers first: a SIGTERM or SIGINT as soon as the port answers must stop us cleanly,
-    # and a SIGHUP before the reloader exists must not kill us
+def _catch_stop_signals() -> tuple[threading.Event, list[int]]:
+    """SIGTERM and SIGINT set the event (and are noted in the list); SIGHUP is ignored until
+    the reloader exists. Installed first: a signal as soon as the port answers must stop us
+    cleanly, and a SIGHUP before the reloader exists must not kill us."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -376,9 +387,102 @@ def serve_forever(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    return stop, received
+
+
+def _listen_error(address: str, err: OSError) -> str:
+    hint = ""
+    if err.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+        hint = " (choose another address with --web.listen-address, e.g. 127.0.0.1:9491)"
+    return f"cannot listen on {address}: {err.strerror or err}{hint}"
+
+
+def _log_listening(server: Any, config: Config) -> None:
+    address, interfaces = bound_address(server)
+    log.info(
+        "listening",
+        extra={
+            "address": address,
+            "interfaces": interfaces,
+            "url": server.url + config.web.telemetry_path,
+            "version": __version__,
+        },
+    )
+
+
+def _applier(
+    worker: PollWorker, exposition: Exposition, app: Any, formatter: Any
+) -> Callable[[Config], None]:
+    """What makes the running daemon use a reloaded config (the worker first: it may refuse)."""
+
+    def apply(new: Config) -> None:
+        worker.reload(new)
+        exposition.reconfigure(new.poll.timezone, budgets_of(new))
+        app.telemetry_path = new.web.telemetry_path
+        app.config = new
+        if formatter is not None:
+            # the old values stay redacted: lines about the old config may still be logged
+            set_secrets(formatter, [*formatter.secrets, *new.secret_values()])
+
+    return apply
+
+
+def _start_reloading(reloader: Reloader, auto_reload: float, config_path: str | None) -> None:
+    """SIGHUP reloads (in a thread: a signal handler must not block); with
+    --config.auto-reload-interval, so does a change of the config or its secret files."""
+
+    def on_hangup(_signum: int, _frame: Any) -> None:
+        log.info("SIGHUP received, reloading the config")
+        threading.Thread(target=reloader, name="reload", daemon=True).start()
+
+    signal.signal(signal.SIGHUP, on_hangup)
+    if auto_reload > 0 and config_path is not None:
+        # reloader.config is the running config after each reload
+        ConfigWatcher(
+            lambda: _watched_files(config_path, reloader.config), auto_reload, reloader
+        ).start()
+
+
+def _shut_down(server: Any, worker: PollWorker, simulator: Any, received: list[int]) -> None:
+    """Stop serving, let the worker save its state, and end the process within
+    SHUTDOWN_SECONDS whatever hangs."""
+    if received:
+        log.info("shutting down", extra={"signal": signal.Signals(received[0]).name})
+    done = threading.Event()
+
+    def finish() -> None:
+        server.shutdown()
+        server.server_close()
+        worker.stop(SHUTDOWN_SECONDS - 1.5)
+        _stop_simulator(simulator)
+        done.set()
+
+    threading.Thread(target=finish, name="shutdown", daemon=True).start()
+    if not done.wait(SHUTDOWN_SECONDS - 0.5):
+        log.warning("shutdown took too long, exiting anyway")
+    logging.shutdown()
+    os._exit(0)
+
+
+def serve_forever(
+    config: Config,
+    web_config: WebConfig | None,
+    log_level: str,
+    log_format: str,
+    simulator: Any = None,
+    state: StateFile | None = None,
+    load: Callable[[], Config] | None = None,
+    lifecycle: bool = False,
+    formatter: Any = None,
+    auto_reload: float = 0.0,
+    config_path: str | None = None,
+) -> int:
+    """The daemon: HTTP here, polling and rendering in the poll worker process (which is
+    handed ``state``, the state file locked by :func:`lock_state`)."""
+    stop, received = _catch_stop_signals()
     store = Store([a.name for a in config.apps])
     exposition = Exposition(store, config.poll.timezone, budgets_of(config))
-    worker = PollWorker(config, store, exposition, keep_fds)
+    worker = PollWorker(config, store, exposition, state)
     app = WebApp(
         exposition,
         store,
@@ -392,76 +496,23 @@ def serve_forever(
     try:
         server, _ = serve(config.web.listen_address, app, ctx)
     except OSError as err:
-        if simulator is not None:
-            simulator.stop()
-        hint = ""
-        if err.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-            hint = " (choose another address with --web.listen-address, e.g. 127.0.0.1:9491)"
-        return _fail(f"cannot listen on {config.web.listen_address}: {err.strerror or err}{hint}")
+        _stop_simulator(simulator)
+        return _fail(_listen_error(config.web.listen_address, err))
     worker.start(log_level, log_format)
-    address, interfaces = bound_address(server)
-    log.info(
-        "listening",
-        extra={
-            "address": address,
-            "interfaces": interfaces,
-            "url": server.url + config.web.telemetry_path,
-            "version": __version__,
-        },
-    )
-
-    def apply(new: Config) -> None:
-        worker.reload(new)
-        exposition.reconfigure(new.poll.timezone, budgets_of(new))
-        app.telemetry_path = new.web.telemetry_path
-        app.config = new
-        if formatter is not None:
-            formatter.secrets = sorted(
-                {s for s in [*formatter.secrets, *new.secret_values()] if s and len(s) >= 4},
-                key=len,
-                reverse=True,
-            )
-
-    reloader = None
+    _log_listening(server, config)
     if load is not None:
+        apply = _applier(worker, exposition, app, formatter)
         reloader = Reloader(load, apply, config, web_config, exposition.reload_status)
         if lifecycle:
             app.reload = reloader
-
-    def on_hangup(_signum: int, _frame: Any) -> None:
-        log.info("SIGHUP received, reloading the config")
-        if reloader is not None:  # in a thread: a signal handler must not block
-            threading.Thread(target=reloader, name="reload", daemon=True).start()
-
-    signal.signal(signal.SIGHUP, on_hangup)
-    if reloader is not None and auto_reload > 0 and config_path is not None:
-        watched = reloader  # reloader.config is the running config after each reload
-        ConfigWatcher(
-            lambda: _watched_files(config_path, watched.config), auto_reload, reloader
-        ).start()
+        _start_reloading(reloader, auto_reload, config_path)
     threading.Thread(target=supervise, args=(worker, stop), name="supervise", daemon=True).start()
     # a signal the kernel hands to another thread only runs its Python handler when the main
     # thread next runs bytecode: wake up every second rather than block for an hour
     while not stop.wait(1.0):
         pass
-    code = 0
-    if received:
-        log.info("shutting down", extra={"signal": signal.Signals(received[0]).name})
-    done = threading.Event()
-
-    def finish() -> None:
-        server.shutdown()
-        server.server_close()
-        worker.stop(SHUTDOWN_SECONDS - 1.5)
-        if simulator is not None:
-            simulator.stop()
-        done.set()
-
-    threading.Thread(target=finish, name="shutdown", daemon=True).start()
-    if not done.wait(SHUTDOWN_SECONDS - 0.5):
-        log.warning("shutdown took too long, exiting anyway")
-    logging.shutdown()
-    os._exit(code)
+    _shut_down(server, worker, simulator, received)
+    return 0  # pragma: no cover - _shut_down ends the process
 
 
 if __name__ == "__main__":  # pragma: no cover

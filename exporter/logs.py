@@ -8,6 +8,7 @@ APScheduler's, urllib3's) produced it, at any level.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -17,13 +18,18 @@ from typing import Any, TextIO
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 REDACTED = "<redacted>"
+# a shorter value would redact ordinary words and numbers all over the log
+MIN_SECRET_LENGTH = 4
+LOG_LEVELS = ["debug", "info", "warn", "warning", "error"]
+LOG_FORMATS = ["logfmt", "json"]
 
 
 class StructuredFormatter(logging.Formatter):
     def __init__(self, fmt: str = "logfmt", secrets: Iterable[str] = ()) -> None:
         super().__init__()
         self.fmt = fmt
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self.secrets: list[str] = []
+        set_secrets(self, secrets)
 
     def fields(self, record: logging.LogRecord) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -52,6 +58,44 @@ class StructuredFormatter(logging.Formatter):
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text
+
+
+def set_secrets(formatter: StructuredFormatter, values: Iterable[str]) -> None:
+    """Make ``formatter`` redact exactly ``values``: the one place the redaction rule lives.
+
+    Values shorter than 4 characters are left out (they would redact ordinary text); the
+    longest come first, so a secret that contains another is replaced whole.
+    """
+    unique = {v for v in values if v and len(v) >= MIN_SECRET_LENGTH}
+    formatter.secrets = sorted(unique, key=len, reverse=True)
+
+
+def add_log_flags(
+    parser: argparse.ArgumentParser,
+    level: str,
+    level_help: str,
+    format_help: str = "log line format (default logfmt)",
+) -> None:
+    """--log.level (default ``level``) and --log.format: the same choices in every command."""
+    parser.add_argument(
+        "--log.level",
+        dest="log_level",
+        default=level,
+        choices=LOG_LEVELS,
+        help=level_help,
+    )
+    parser.add_argument(
+        "--log.format",
+        dest="log_format",
+        default="logfmt",
+        choices=LOG_FORMATS,
+        help=format_help,
+    )
+
+
+def log_level_of(args: argparse.Namespace) -> str:
+    """The logging level name of --log.level (``warn`` is ``warning``)."""
+    return "warning" if args.log_level == "warn" else str(args.log_level)
 
 
 def _logfmt_value(value: Any) -> str:

@@ -94,6 +94,19 @@ def check_state_path(path: str) -> str | None:
     return None
 
 
+def open_state_file(path: str | None, lock_fd: int | None = None) -> StateFile | None:
+    """The exporter's state file (None without ``state.path``): every process builds it here.
+
+    The command line opens it once and takes its lock (:meth:`StateFile.acquire`); ``--once``
+    uses that object, and the daemon's poll worker process, which inherits the lock's
+    descriptor, builds its own from :meth:`StateFile.handoff` with ``lock_fd`` set, so the
+    lock is neither taken again nor let go while the worker lives.
+    """
+    if not path:
+        return None
+    return StateFile(path, lock_fd=lock_fd)
+
+
 @dataclass
 class AppCounters:
     """Counter values and per-day baselines (ISO date -> (bytes, requests)) of one app.
@@ -185,11 +198,24 @@ def atomic_write(path: str, chunks: Iterable[bytes], prefix: str = ".tmp-") -> N
 class StateFile:
     """Atomic JSON state file (temp file, fsync, rename; mode 0600)."""
 
-    def __init__(self, path: str, max_bytes: int = MAX_STATE_BYTES) -> None:
+    def __init__(
+        self, path: str, max_bytes: int = MAX_STATE_BYTES, lock_fd: int | None = None
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._lock_fd: int | None = None
+        # with lock_fd: the lock is already held through that descriptor (inherited)
+        self._lock_fd: int | None = lock_fd
+
+    @property
+    def lock_fd(self) -> int | None:
+        """The descriptor through which this process holds the lock, or None."""
+        return self._lock_fd
+
+    def handoff(self) -> tuple[str, int | None]:
+        """What another process needs to use this state file: :func:`open_state_file`'s
+        arguments (the lock's descriptor is passed to it as well)."""
+        return self.path, self._lock_fd
 
     @property
     def lock_path(self) -> str:

@@ -23,13 +23,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
 
 from .config import Config
-from .logs import setup_logging
+from .logs import StructuredFormatter, set_secrets, setup_logging
 from .metrics import Exposition, StoredFile, WorkerCollector
+from .state import StateFile, open_state_file
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -76,36 +78,40 @@ def _to_file(data: object) -> Any:
     return fh
 
 
-def _worker_main(
-    config: Config,
-    conn: Connection,
-    log_level: str,
-    log_format: str,
-    seed: dict[str, Any] | None = None,
-) -> None:
-    """Entry point of the worker process. ``seed``: what the serving process last showed,
-    when this worker replaces one that died (see :meth:`PollWorker.restart`)."""
-    # imported here: the serving process never polls, so it does not load requests/APScheduler
-    from .poller import Poller
-    from .state import StateFile
+class _WorkerProcess:
+    """The worker process's side: polls, renders and ships each new rendering and the live
+    state to the serving process; takes reloads and the stop request from it."""
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    formatter = setup_logging(log_level, log_format, config.secret_values())
-    store = Store([a.name for a in config.apps])
-    if seed is not None:
-        # a restart: the request and error counters go on from what was served
-        store.mirror({}, {}, seed["requests"], seed["poll_errors"], seed["state_saves"])
-    state = StateFile(config.state.path) if config.state.path else None
-    poller = Poller(config, store, state_file=state)
-    if seed is not None:
-        poller.continue_counters(seed["totals"])
-    expo = Exposition(store, config.poll.timezone, budgets_of(config), process_metrics=False)
-    send_lock = threading.Lock()
+    def __init__(
+        self,
+        config: Config,
+        conn: Connection,
+        formatter: StructuredFormatter,
+        state: StateFile | None,
+        seed: dict[str, Any] | None,
+        stop: threading.Event,
+    ) -> None:
+        # imported here: the serving process never polls, so it does not load requests/APScheduler
+        from .poller import Poller
 
-    def ship(parts: tuple[bytes, bytes, int] | None) -> None:
-        view = store.view()
+        self.conn = conn
+        self.formatter = formatter
+        self.seed = seed
+        self.stop = stop
+        self.send_lock = threading.Lock()
+        self.store = Store([a.name for a in config.apps])
+        if seed is not None:
+            # a restart: the request and error counters go on from what was served
+            self.store.mirror({}, {}, seed["requests"], seed["poll_errors"], seed["state_saves"])
+        self.poller = Poller(config, self.store, state_file=state)
+        if seed is not None:
+            self.poller.continue_counters(seed["totals"])
+        budgets = budgets_of(config)
+        self.expo = Exposition(self.store, config.poll.timezone, budgets, process_metrics=False)
+
+    def ship(self, parts: tuple[bytes, bytes, int] | None) -> None:
+        """Send the live state, and with ``parts`` the new rendering as two descriptors."""
+        view = self.store.view()
         usage = {app: dataclasses.replace(u, videos=()) for app, u in view.usage.items()}
         message = (
             "update",
@@ -114,88 +120,110 @@ def _worker_main(
             dict(view.status),
             dict(view.requests),
             dict(view.poll_errors),
-            poller.ready,
+            self.poller.ready,
             view.state_saves,
         )
         files = [_to_file(p) for p in parts[:2]] if parts is not None else []
-        with send_lock:
-            conn.send(message)
+        with self.send_lock:
+            self.conn.send(message)
             for fh in files:  # the descriptors themselves, over the socket pair
-                send_handle(conn, fh.fileno(), os.getppid())
+                send_handle(self.conn, fh.fileno(), os.getppid())
         for fh in files:
             fh.close()
 
-    def shipper() -> None:
+    def _wait(self, until: float, busy: Callable[[], bool]) -> None:
+        while busy() and time.monotonic() < until and not self.stop.is_set():
+            self.stop.wait(DEBOUNCE)
+
+    def shipper(self) -> None:
+        """Render and ship after every change of the store (one poll cycle at a time)."""
         version = -1
-        if seed is not None:
+        if self.seed is not None:
             # a restart: the serving process keeps the last snapshot until this worker has
             # polled every app once (or RESTART_SHIP_WAIT has passed)
-            until = time.monotonic() + RESTART_SHIP_WAIT
-            while not poller.ready and time.monotonic() < until and not stop.is_set():
-                stop.wait(DEBOUNCE)
-        while not stop.is_set():
-            new = store.wait_for_change(version, timeout=1.0)
+            self._wait(time.monotonic() + RESTART_SHIP_WAIT, lambda: not self.poller.ready)
+        while not self.stop.is_set():
+            new = self.store.wait_for_change(version, timeout=1.0)
             if new == version:
                 continue
             version = new
             # render a poll cycle once: wait while other apps' polls are still running
-            deadline = time.monotonic() + MAX_RENDER_DELAY
-            while poller.in_flight and time.monotonic() < deadline and not stop.is_set():
-                stop.wait(DEBOUNCE)
-            try:
-                changed = expo.render_now()
-            except Exception:  # pragma: no cover - a bug; the live part still goes out
-                log.exception("rendering the exposition failed")
-                changed = False
-            try:
-                ship(expo.stored_parts() if changed else None)
-                if changed:  # the serving process has them now; the fragments stay here
-                    expo.set_stored(EMPTY)
-                    release_memory()
-            except (BrokenPipeError, EOFError, OSError):
-                stop.set()
-            except Exception:  # pragma: no cover - a bug; keep polling
-                log.exception("shipping the exposition failed")
+            self._wait(time.monotonic() + MAX_RENDER_DELAY, lambda: self.poller.in_flight)
+            self._render_and_ship()
 
-    def reload(new: Config) -> None:
+    def _render_and_ship(self) -> None:
+        try:
+            changed = self.expo.render_now()
+        except Exception:  # pragma: no cover - a bug; the live part still goes out
+            log.exception("rendering the exposition failed")
+            changed = False
+        try:
+            self.ship(self.expo.stored_parts() if changed else None)
+            if changed:  # the serving process has them now; the fragments stay here
+                self.expo.set_stored(EMPTY)
+                release_memory()
+        except (BrokenPipeError, EOFError, OSError):
+            self.stop.set()
+        except Exception:  # pragma: no cover - a bug; keep polling
+            log.exception("shipping the exposition failed")
+
+    def reload(self, new: Config) -> None:
         ok, message = True, "reloaded"
         try:
-            formatter.secrets = sorted(
-                {s for s in new.secret_values() if s and len(s) >= 4}, key=len, reverse=True
-            )
-            expo.reconfigure(new.poll.timezone, budgets_of(new))
-            poller.reconfigure(new)
+            set_secrets(self.formatter, new.secret_values())
+            self.expo.reconfigure(new.poll.timezone, budgets_of(new))
+            self.poller.reconfigure(new)
         except Exception as err:  # pragma: no cover - a bug; the serving side reports it
             log.exception("applying the reloaded config failed")
             ok, message = False, str(err)
-        with send_lock:
-            conn.send(("reloaded", ok, message))
+        with self.send_lock:
+            self.conn.send(("reloaded", ok, message))
 
-    def listener() -> None:
+    def listener(self) -> None:
         try:
-            while not stop.is_set():
-                message = conn.recv()
+            while not self.stop.is_set():
+                message = self.conn.recv()
                 if message == "stop":
                     break
                 if isinstance(message, tuple) and message[0] == "reload":
-                    reload(message[1])
+                    self.reload(message[1])
         except (EOFError, OSError):
             pass  # the serving process is gone
-        stop.set()
+        self.stop.set()
 
-    if seed is None:
-        ship(expo.stored_parts())
-        expo.set_stored(EMPTY)
-    threading.Thread(target=shipper, name="ship", daemon=True).start()
-    threading.Thread(target=listener, name="listen", daemon=True).start()
-    poller.start()
-    stop.wait()
-    poller.shutdown()  # stops the scheduler and saves the state
-    try:
-        with send_lock:
-            conn.send(("stopped",))
-    except OSError:
-        pass
+    def run(self) -> None:
+        if self.seed is None:
+            self.ship(self.expo.stored_parts())
+            self.expo.set_stored(EMPTY)
+        threading.Thread(target=self.shipper, name="ship", daemon=True).start()
+        threading.Thread(target=self.listener, name="listen", daemon=True).start()
+        self.poller.start()
+        self.stop.wait()
+        self.poller.shutdown()  # stops the scheduler and saves the state
+        try:
+            with self.send_lock:
+                self.conn.send(("stopped",))
+        except OSError:
+            pass
+
+
+def _worker_main(
+    config: Config,
+    conn: Connection,
+    log_level: str,
+    log_format: str,
+    seed: dict[str, Any] | None = None,
+    state_handoff: tuple[str, int | None] | None = None,
+) -> None:
+    """Entry point of the worker process. ``seed``: what the serving process last showed,
+    when this worker replaces one that died (see :meth:`PollWorker.restart`);
+    ``state_handoff``: the serving process's state file and the lock it inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the serving process decides when to stop
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    formatter = setup_logging(log_level, log_format, config.secret_values())
+    state = open_state_file(*state_handoff) if state_handoff is not None else None
+    _WorkerProcess(config, conn, formatter, state, seed, stop).run()
 
 
 class _WorkerCpu(WorkerCollector):
@@ -228,10 +256,15 @@ class PollWorker:
     """The serving side: starts the worker process and mirrors what it ships."""
 
     def __init__(
-        self, config: Config, store: Store, exposition: Exposition, keep_fds: tuple[int, ...] = ()
+        self,
+        config: Config,
+        store: Store,
+        exposition: Exposition,
+        state: StateFile | None = None,
     ) -> None:
         self.config = config
-        self.keep_fds = keep_fds  # e.g. the state file's lock: held while the worker lives
+        # the state file, locked: its lock's descriptor is passed on, held while the worker lives
+        self.state = state
         self.store = store
         self.exposition = exposition
         self.ready = False
@@ -281,7 +314,7 @@ class PollWorker:
         self.stopped.clear()
         self._process = subprocess.Popen(
             [sys.executable, "-m", "exporter.worker", str(theirs.fileno())],
-            pass_fds=[theirs.fileno(), *self.keep_fds],
+            pass_fds=[theirs.fileno(), *self._state_fds()],
             stdin=subprocess.DEVNULL,
             env=env,
         )
@@ -292,9 +325,14 @@ class PollWorker:
         threading.Thread(target=self._receive, args=(conn,), name="receive", daemon=True).start()
         try:
             with self._send_lock:
-                conn.send((self.config, *self._log_args, seed))
+                handoff = self.state.handoff() if self.state is not None else None
+                conn.send((self.config, *self._log_args, seed, handoff))
         except OSError:
             pass  # it died before it got its config: the receiver sees EOF and says so
+
+    def _state_fds(self) -> list[int]:
+        fd = self.state.lock_fd if self.state is not None else None
+        return [] if fd is None else [fd]
 
     def _live_pid(self) -> int | None:
         process = self._process
@@ -421,10 +459,10 @@ def _child() -> None:  # pragma: no cover - runs in the worker process
     except OSError:
         pass
     try:
-        config, log_level, log_format, seed = conn.recv()
+        config, log_level, log_format, seed, state_handoff = conn.recv()
     except (EOFError, OSError):  # the serving process ended before it sent the config
         os._exit(0)
-    _worker_main(config, conn, log_level, log_format, seed)
+    _worker_main(config, conn, log_level, log_format, seed, state_handoff)
     logging.shutdown()
     # a poll still waiting on the network holds a pool thread; the state is saved already
     os._exit(0)

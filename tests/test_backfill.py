@@ -444,7 +444,7 @@ def test_an_unexpected_error_in_one_app_is_reported_exit_1(sim, tmp_path, monkey
             raise RuntimeError("bug")
         return real(result, app, config)
 
-    monkeypatch.setattr(backfill, "day_usage", broken)
+    monkeypatch.setattr(backfill.runner, "day_usage", broken)  # where run() looks it up
     err = io.StringIO()
     out = tmp_path / "h.om"
     assert backfill.run(make_config(sim), first, first, str(out), stderr=err) == 1

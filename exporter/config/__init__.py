@@ -1,0 +1,44 @@
+"""The exporter's configuration: YAML file -> validated, frozen :class:`Config`.
+
+- ``schema``: the pydantic models (``Config`` and its sections, ``extra="forbid"``
+  everywhere) and the value parsers they use (:func:`parse_duration`, :func:`parse_size`).
+- ``loading``: reading the YAML file (unique keys, size cap, never blocking), ``*_file``
+  secrets, ``SCALEENGINE_API_KEY``/``SCALEENGINE_API_SECRET`` from the environment and paths
+  relative to the config file (:func:`load_config`, :func:`parse_config`).
+- ``errors``: :class:`ConfigError` and :func:`format_validation_error`, which turns pydantic's
+  errors into one line naming the field with a dotted path (``apps[2].name``), never a secret.
+
+Everything the rest of the exporter, the tests and the benchmarks use is importable from here.
+"""
+
+from .errors import ConfigError, format_validation_error
+from .loading import load_config, load_yaml_file, parse_config, read_file
+from .schema import (
+    AppConfig,
+    Config,
+    LimitsConfig,
+    PollConfig,
+    ScaleEngineConfig,
+    StateConfig,
+    WebServerConfig,
+    parse_duration,
+    parse_size,
+)
+
+__all__ = [
+    "AppConfig",
+    "Config",
+    "ConfigError",
+    "LimitsConfig",
+    "PollConfig",
+    "ScaleEngineConfig",
+    "StateConfig",
+    "WebServerConfig",
+    "format_validation_error",
+    "load_config",
+    "load_yaml_file",
+    "parse_config",
+    "parse_duration",
+    "parse_size",
+    "read_file",
+]

@@ -43,8 +43,8 @@ from . import __version__
 from .config import AppConfig, Config, ConfigError, load_config
 from .logs import setup_logging
 from .metrics import escape_label, usage_families
-from .poller import client_for, fold_with_limits
-from .scaleengine import ApiError, ScaleEngineClient, UsageResult
+from .poller import fold_with_limits
+from .scaleengine import ApiError, ScaleEngineClient, UsageResult, client_for
 from .state import atomic_write, read_regular_file
 
 log = logging.getLogger("exporter.backfill")

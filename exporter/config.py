@@ -35,6 +35,15 @@ from pydantic import (
     model_validator,
 )
 
+from exporter.scaleengine.defaults import (
+    DEFAULT_MAX_FETCH_BYTES,
+    DEFAULT_MAX_LABEL_LENGTH,
+    DEFAULT_MAX_PAGES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+)
 from exporter.state import read_regular_file
 
 __all__ = [
@@ -223,12 +232,12 @@ class ScaleEngineConfig(BaseModel):
     api_key_file: Str | None = None
     api_secret: SecretStr
     api_secret_file: Str | None = None
-    timeout: Duration = 10.0
+    timeout: Duration = DEFAULT_TIMEOUT
     # a bigger answer (counted after decompression) is refused: outcome too_large
-    max_response_bytes: Size = Field(default=64 * 1024 * 1024, ge=1024)
+    max_response_bytes: Size = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
     # what one fetch (all pages of one app and period) may hold: each distinct video counts
     # its video_url (cut to limits.max_label_length) plus 256 bytes; past it: too_large
-    max_fetch_bytes: Size = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    max_fetch_bytes: Size = Field(default=DEFAULT_MAX_FETCH_BYTES, ge=1024 * 1024)
 
     @field_validator("api_url")
     @classmethod
@@ -303,10 +312,10 @@ class PollConfig(BaseModel):
     interval: Duration = 300.0
     month_interval: Annotated[float | None, BeforeValidator(_duration_or_off)] = 3600.0
     timezone: Str = "UTC"
-    page_size: Int = Field(default=1000, ge=1, le=10000)
-    max_pages: Int = Field(default=1000, ge=1, le=1_000_000)
+    page_size: Int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=10000)
+    max_pages: Int = Field(default=DEFAULT_MAX_PAGES, ge=1, le=1_000_000)
     concurrency: Int = Field(default=4, ge=1, le=256)
-    retries: Int = Field(default=3, ge=0, le=10)
+    retries: Int = Field(default=DEFAULT_RETRIES, ge=0, le=10)
     late_data_window: Annotated[float, BeforeValidator(lambda v: _duration_or_off(v) or 0.0)] = (
         7200.0
     )
@@ -403,7 +412,7 @@ class LimitsConfig(BaseModel):
 
     max_videos_per_app: Int = Field(default=1000, ge=1)
     # bytes of UTF-8 per video_url label; longer ones are cut and a hash appended
-    max_label_length: Int = Field(default=1024, ge=64)
+    max_label_length: Int = Field(default=DEFAULT_MAX_LABEL_LENGTH, ge=64)
     include: Pattern = None
     exclude: Pattern = None
 

@@ -26,7 +26,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .config import AppConfig, Config, LimitsConfig
+from .config import DEFAULT_MAX_LABEL_LENGTH, AppConfig, Config, LimitsConfig
 from .scaleengine import (
     POLL_TIMEOUT,
     ApiError,
@@ -35,7 +35,6 @@ from .scaleengine import (
     client_for,
     warn_if_cleartext,
 )
-from .scaleengine.defaults import DEFAULT_MAX_LABEL_LENGTH
 from .scaleengine.parsing import cut_url, without_surrogates
 from .state import AppCounters, StateFile
 from .store import OTHER, AppStatus, AppUsage, Store

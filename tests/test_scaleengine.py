@@ -1050,15 +1050,17 @@ def test_client_package_has_no_import_circle_and_one_module_touches_http():
         done |= ready
 
 
-def test_the_serving_side_does_not_load_the_http_stack():
-    """config.py takes its defaults from the client package: that must not load requests and
-    urllib3 into the serving process (cli imports the poller only in the poll worker)."""
+def test_signing_alone_does_not_load_the_http_stack():
+    """The package's names load on first use: what signs requests (the simulator's checks) and
+    the serving process (cli imports the poller only in the poll worker) do not load requests,
+    urllib3 or tenacity."""
     import subprocess
     import sys
 
     code = (
         "import sys, exporter.cli, exporter.config\n"
-        "from exporter.scaleengine.defaults import DEFAULT_MAX_RESPONSE_BYTES\n"
+        "from exporter.scaleengine.protocol import sign\n"
+        "from exporter.simulator import Simulator\n"
         "print(sorted(m for m in ('requests', 'urllib3', 'tenacity') if m in sys.modules))\n"
         "from exporter.scaleengine import ScaleEngineClient\n"
         "print('requests' in sys.modules)"

@@ -15,13 +15,12 @@
   internals.
 - ``client``: ScaleEngineClient (retries, paging, consistent re-reads, the poll's deadline,
   fetch limits) and :func:`client_for` (the client as the config sets it up).
-- ``defaults``: each setting's default, one constant each (config.py uses them).
 
 Nothing in the package ever puts the API key, the secret, a signature or a request body into an
 exception message or a log line.
 
-The names below are imported on first use, so that ``exporter.config`` (which reads
-``defaults``) does not load the HTTP stack into the serving process.
+The names below are imported on first use: the simulator, which signs and checks with
+``protocol``, does not load the HTTP stack.
 """
 
 from __future__ import annotations

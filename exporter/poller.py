@@ -56,7 +56,9 @@ def label_value(url: str, max_bytes: int = DEFAULT_MAX_LABEL_LENGTH) -> str:
     Valid UTF-8 whatever the API sent: each lone UTF-16 surrogate (valid JSON, not encodable)
     becomes U+FFFD. At most ``max_bytes`` bytes of UTF-8: a longer value is cut on a
     character boundary and ``~`` plus the first 16 hex digits of the SHA-256 of the whole
-    URL are appended, so distinct long URLs stay distinct series.
+    URL are appended, so distinct long URLs stay distinct series: the client's
+    :func:`~exporter.scaleengine.parsing.cut_url`, the one cut, so a URL the client already
+    cut is left as it is.
     """
     return without_surrogates(cut_url(url, max_bytes))
 

@@ -10,7 +10,6 @@ new :class:`~exporter.store.AppUsage` and :class:`~exporter.store.AppStatus` in 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import re
 import threading
@@ -27,14 +26,16 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from .config import AppConfig, Config, LimitsConfig
+from .config import DEFAULT_MAX_LABEL_LENGTH, AppConfig, Config, LimitsConfig
 from .scaleengine import (
     POLL_TIMEOUT,
     ApiError,
     ScaleEngineClient,
     UsageResult,
+    client_for,
     warn_if_cleartext,
 )
+from .scaleengine.parsing import cut_url, without_surrogates
 from .state import AppCounters, StateFile
 from .store import OTHER, AppStatus, AppUsage, Store
 
@@ -44,12 +45,9 @@ Clock = Callable[[], float]
 ClientFactory = Callable[[str], ScaleEngineClient]
 
 
-DEFAULT_MAX_LABEL_LENGTH = 1024  # bytes of UTF-8 (limits.max_label_length)
-LABEL_HASH_CHARS = 16  # hex digits of SHA-256 appended to a cut label
 INTERNAL_OUTCOME = "internal"  # poll error outcome of an unexpected exception inside a poll
 OVERDUE_OUTCOME = "overdue"  # poll error outcome of an app whose polls stopped ending on time
 WATCH_EVERY = 1.0  # seconds between two looks for overdue apps
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def label_value(url: str, max_bytes: int = DEFAULT_MAX_LABEL_LENGTH) -> str:
@@ -58,21 +56,11 @@ def label_value(url: str, max_bytes: int = DEFAULT_MAX_LABEL_LENGTH) -> str:
     Valid UTF-8 whatever the API sent: each lone UTF-16 surrogate (valid JSON, not encodable)
     becomes U+FFFD. At most ``max_bytes`` bytes of UTF-8: a longer value is cut on a
     character boundary and ``~`` plus the first 16 hex digits of the SHA-256 of the whole
-    URL are appended, so distinct long URLs stay distinct series.
+    URL are appended, so distinct long URLs stay distinct series: the client's
+    :func:`~exporter.scaleengine.parsing.cut_url`, the one cut, so a URL the client already
+    cut is left as it is.
     """
-    try:
-        size = len(url.encode())
-    except UnicodeEncodeError:
-        clean = _SURROGATE.sub("\ufffd", url)
-        size = len(clean.encode())
-    else:
-        clean = url
-    if size <= max_bytes:
-        return clean
-    digest = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()
-    suffix = "~" + digest[:LABEL_HASH_CHARS]
-    head = clean.encode()[: max(0, max_bytes - len(suffix))].decode("utf-8", "ignore")
-    return head + suffix
+    return without_surrogates(cut_url(url, max_bytes))
 
 
 def fold_videos(
@@ -140,32 +128,6 @@ def fold_videos(
     if folded:
         kept.append((OTHER, other_b, other_r))
     return tuple(kept)
-
-
-def client_for(
-    config: Config,
-    clock: Clock = time.time,
-    on_request: Callable[[str], None] | None = None,
-) -> ScaleEngineClient:
-    """The API client as the config sets it up (the daemon's polls and backfill alike)."""
-    se = config.scaleengine
-    return ScaleEngineClient(
-        api_url=se.api_url,
-        cdn_id=se.cdn_id,
-        api_key=se.api_key.get_secret_value(),
-        api_secret=se.api_secret.get_secret_value(),
-        timeout=se.timeout,
-        page_size=config.poll.page_size,
-        max_pages=config.poll.max_pages,
-        retries=config.poll.retries,
-        max_response_bytes=se.max_response_bytes,
-        max_fetch_bytes=se.max_fetch_bytes,
-        max_label_length=config.limits.max_label_length,
-        include=config.limits.include,
-        exclude=config.limits.exclude,
-        clock=clock,
-        on_request=on_request,
-    )
 
 
 def fold_with_limits(

@@ -5,6 +5,7 @@ Real HTTP on loopback against the simulator; nothing of our network stack is moc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -880,13 +881,25 @@ LONG_URLS = [
 @pytest.mark.parametrize("url", LONG_URLS, ids=range(len(LONG_URLS)))
 @pytest.mark.parametrize("limit", [1024, 64])
 def test_cut_url_is_the_label_cut(url, limit):
+    """cut_url is the one cut of a long URL: the client cuts each row with it as it reads and
+    poller.label_value labels with it; a cut URL is not cut again, so both give one series."""
     from exporter.poller import label_value
     from exporter.scaleengine import cut_url
 
     cut = cut_url(url, limit)
-    assert label_value(cut, limit) == label_value(url, limit)
-    if len(url.encode("utf-8", "surrogatepass")) <= limit:
+    raw = url.encode("utf-8", "surrogatepass")
+    clean = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in url)
+    if len(raw) <= limit:
         assert cut is url
+    else:  # the start of the URL on a character boundary, "~", 16 hex digits of its SHA-256
+        suffix = "~" + hashlib.sha256(raw).hexdigest()[:16]
+        assert cut.endswith(suffix)
+        assert clean.startswith(cut[: -len(suffix)])
+        assert len(cut.encode()) == limit if url.isascii() else limit - 3 <= len(cut.encode())
+        assert len(cut.encode()) <= limit
+    assert cut_url(cut, limit) is cut
+    label = clean if cut is url else cut  # the label step only replaces lone surrogates
+    assert label_value(url, limit) == label_value(cut, limit) == label
 
 
 def test_long_urls_are_cut_as_rows_are_read_and_publish_the_same_series(sim_clock):
@@ -990,3 +1003,68 @@ def test_an_http_reason_phrase_of_80_characters_is_kept_one_more_is_cut():
         listener.close()
     assert "R" * 77 + "END" in messages[0] and "..." not in messages[0], messages[0]
     assert "END" not in messages[1] and "R" * 78 + "EN..." in messages[1], messages[1]
+
+
+# -- the package (issue 16) --------------------------------------------------------------------
+
+
+def _client_package_imports() -> dict[str, tuple[set[str], set[str]]]:
+    """Module -> (modules of exporter.scaleengine it imports, top-level packages it imports),
+    what runs at import time only (``if TYPE_CHECKING:`` blocks left out)."""
+    import ast
+    from pathlib import Path
+
+    import exporter.scaleengine
+
+    out = {}
+    for path in Path(exporter.scaleengine.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        body = [
+            n
+            for n in tree.body
+            if not (isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+        ]
+        own: set[str] = set()
+        packages: set[str] = set()
+        for node in (n for top in body for n in ast.walk(top)):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                own.update([node.module] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                packages.add(node.module.split(".")[0])
+            elif isinstance(node, ast.Import):
+                packages.update(a.name.split(".")[0] for a in node.names)
+        out[path.stem] = (own, packages)
+    return out
+
+
+def test_client_package_has_no_import_circle_and_one_module_touches_http():
+    imports = _client_package_imports()
+    assert set(imports) >= {"protocol", "errors", "parsing", "transport", "client"}
+    http = {m for m, (_, packages) in imports.items() if packages & {"requests", "urllib3"}}
+    assert http == {"transport"}
+    assert not imports["__init__"][0]  # its names load on first use (see the next test)
+    done: set[str] = set()
+    while len(done) < len(imports):  # peel off modules whose imports are all done
+        ready = {m for m, (deps, _) in imports.items() if m not in done and deps <= done}
+        assert ready, f"import circle among {sorted(set(imports) - done)}"
+        done |= ready
+
+
+def test_signing_alone_does_not_load_the_http_stack():
+    """The package's names load on first use: what signs requests (the simulator's checks) and
+    the serving process (cli imports the poller only in the poll worker) do not load requests,
+    urllib3 or tenacity."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, exporter.cli, exporter.config\n"
+        "from exporter.scaleengine.protocol import sign\n"
+        "from exporter.simulator import Simulator\n"
+        "print(sorted(m for m in ('requests', 'urllib3', 'tenacity') if m in sys.modules))\n"
+        "from exporter.scaleengine import ScaleEngineClient\n"
+        "print('requests' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:2] == ["[]", "True"]

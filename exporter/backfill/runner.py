@@ -16,8 +16,7 @@ from datetime import date
 from typing import TextIO
 
 from ..config import AppConfig, Config
-from ..poller import client_for
-from ..scaleengine import ApiError, ScaleEngineClient
+from ..scaleengine import ApiError, ScaleEngineClient, client_for
 from .output import read_output, write_output
 from .plan import (
     BUSY_TRIES,

@@ -14,6 +14,13 @@ Everything the rest of the exporter, the tests and the benchmarks use is importa
 from .errors import ConfigError, format_validation_error
 from .loading import load_config, load_yaml_file, parse_config, read_file
 from .schema import (
+    DEFAULT_MAX_FETCH_BYTES,
+    DEFAULT_MAX_LABEL_LENGTH,
+    DEFAULT_MAX_PAGES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
     AppConfig,
     Config,
     LimitsConfig,
@@ -26,6 +33,13 @@ from .schema import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_FETCH_BYTES",
+    "DEFAULT_MAX_LABEL_LENGTH",
+    "DEFAULT_MAX_PAGES",
+    "DEFAULT_MAX_RESPONSE_BYTES",
+    "DEFAULT_PAGE_SIZE",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT",
     "AppConfig",
     "Config",
     "ConfigError",

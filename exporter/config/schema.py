@@ -41,6 +41,16 @@ __all__ = [
 ]
 
 DEFAULT_API_URL = "https://api.scaleengine.net/stable/"
+
+# The client's defaults, one constant each: exporter.scaleengine's client takes these when it is
+# built without a config (tests, bench), so the two cannot drift apart.
+DEFAULT_TIMEOUT = 10.0  # seconds for a whole request (scaleengine.timeout)
+DEFAULT_PAGE_SIZE = 1000  # rows asked per page (poll.page_size)
+DEFAULT_MAX_PAGES = 1000  # pages of one fetch (poll.max_pages)
+DEFAULT_RETRIES = 3  # retries of a transient failure of one page (poll.retries)
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # one answer, decompressed
+DEFAULT_MAX_FETCH_BYTES = 256 * 1024 * 1024  # what one fetch holds
+DEFAULT_MAX_LABEL_LENGTH = 1024  # bytes of UTF-8 per video_url label (limits.max_label_length)
 MAX_DURATION_SECONDS = 10 * 365 * 86400.0  # ten years: anything longer is a typo
 
 
@@ -180,12 +190,12 @@ class ScaleEngineConfig(BaseModel):
     api_key_file: Str | None = None
     api_secret: SecretStr
     api_secret_file: Str | None = None
-    timeout: Duration = 10.0
+    timeout: Duration = DEFAULT_TIMEOUT
     # a bigger answer (counted after decompression) is refused: outcome too_large
-    max_response_bytes: Size = Field(default=64 * 1024 * 1024, ge=1024)
+    max_response_bytes: Size = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
     # what one fetch (all pages of one app and period) may hold: each distinct video counts
     # its video_url (cut to limits.max_label_length) plus 256 bytes; past it: too_large
-    max_fetch_bytes: Size = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    max_fetch_bytes: Size = Field(default=DEFAULT_MAX_FETCH_BYTES, ge=1024 * 1024)
 
     @field_validator("api_url")
     @classmethod
@@ -260,10 +270,10 @@ class PollConfig(BaseModel):
     interval: Duration = 300.0
     month_interval: Annotated[float | None, BeforeValidator(_duration_or_off)] = 3600.0
     timezone: Str = "UTC"
-    page_size: Int = Field(default=1000, ge=1, le=10000)
-    max_pages: Int = Field(default=1000, ge=1, le=1_000_000)
+    page_size: Int = Field(default=DEFAULT_PAGE_SIZE, ge=1, le=10000)
+    max_pages: Int = Field(default=DEFAULT_MAX_PAGES, ge=1, le=1_000_000)
     concurrency: Int = Field(default=4, ge=1, le=256)
-    retries: Int = Field(default=3, ge=0, le=10)
+    retries: Int = Field(default=DEFAULT_RETRIES, ge=0, le=10)
     late_data_window: Annotated[float, BeforeValidator(lambda v: _duration_or_off(v) or 0.0)] = (
         7200.0
     )
@@ -360,7 +370,7 @@ class LimitsConfig(BaseModel):
 
     max_videos_per_app: Int = Field(default=1000, ge=1)
     # bytes of UTF-8 per video_url label; longer ones are cut and a hash appended
-    max_label_length: Int = Field(default=1024, ge=64)
+    max_label_length: Int = Field(default=DEFAULT_MAX_LABEL_LENGTH, ge=64)
     include: Pattern = None
     exclude: Pattern = None
 

@@ -18,7 +18,7 @@ import urllib.parse
 from typing import Any
 
 from exporter.phpjson import php_json_encode
-from exporter.scaleengine import sign
+from exporter.scaleengine.protocol import sign
 
 COMMAND = "usage.vse"
 # Documented order of the request keys; "signature" is appended last by the signer.

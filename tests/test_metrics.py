@@ -238,3 +238,16 @@ def test_an_app_that_cannot_be_rendered_is_down_and_the_others_update():
     s = samples(expo.text())
     assert s[("scaleengine_vse_app_day_videos", (("app", "good"),))] == 4
     promtool_check_metrics(expo.text())
+
+
+def test_metrics_package_has_no_import_circle_and_knows_no_poller():
+    """issue 16: usage, live and exposition apart; none imports the poller or the server."""
+    from test_poller import assert_no_circle, package_imports
+
+    import exporter.metrics
+
+    imports = package_imports(exporter.metrics)
+    assert set(imports) == {"__init__", "usage", "live", "exposition"}
+    assert_no_circle(imports)
+    for module, deps in imports.items():
+        assert not deps & {".poller", ".web", ".worker", ".cli"}, (module, deps)

@@ -345,3 +345,41 @@ def test_a_retry_never_sleeps_past_the_poll_deadline(sim):
     assert view.requests[("beta", "http_status")] >= 1
     assert view.status["beta"].last_error.startswith("poll_timeout: ")
     assert "poll.timeout 1s" in view.status["beta"].last_error
+
+
+# -- the package (issue 16) ---------------------------------------------------------------
+
+
+def package_imports(package) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports, and ``..name`` for the exporter's."""
+    import ast
+    from pathlib import Path
+
+    out: dict[str, set[str]] = {}
+    for path in Path(package.__file__).parent.glob("*.py"):
+        out[path.stem] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level in (1, 2):
+                names = [node.module] if node.module else [a.name for a in node.names]
+                dots = "." * (node.level - 1)
+                out[path.stem].update(dots + (n or "").split(".")[0] for n in names)
+    return out
+
+
+def assert_no_circle(imports: dict[str, set[str]]) -> None:
+    inside = {m: deps & set(imports) for m, deps in imports.items()}
+    done: set[str] = set()
+    while len(done) < len(inside):  # peel off modules whose imports are all done
+        ready = {m for m, deps in inside.items() if m not in done and deps <= done}
+        assert ready, f"import circle among {sorted(set(inside) - done)}"
+        done |= ready
+
+
+def test_poller_package_has_no_import_circle_and_knows_no_later_stage():
+    import exporter.poller
+
+    imports = package_imports(exporter.poller)
+    assert_no_circle(imports)
+    for module, deps in imports.items():
+        assert "__init__" not in deps, module  # the parts never import the package itself
+        assert not deps & {".metrics", ".web", ".worker", ".cli"}, (module, deps)

@@ -25,7 +25,7 @@ MAX_EXACT = 2**53
 LABEL_HASH_CHARS = 16  # hex digits of SHA-256 appended to a cut label
 
 _HANDLE_TIME_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
-# A "failure" without a code whose message says there is no usage: an empty day (REFERENCE.md:
+# A "failure" without a code whose message says there is no usage: an empty day (docs/API.md:
 # some PHP backends answer an empty result that way). Anything else without a code is api_other.
 _NO_USAGE_RE = re.compile(r"\s*no\s+(?:video\s+)?usage(?:\s+data)?\s+found\W*", re.IGNORECASE)
 # a number written out in a string: digits, a fraction, an exponent (no sign, no spaces)

@@ -1,7 +1,7 @@
 """The usage.vse request: its command, its fields in the documented order, its signature.
 
 Signed and encoded exactly as the documented PHP example does (see phpjson.py and
-/work/shared/REFERENCE.md). The simulator checks requests with these same functions.
+docs/API.md). The simulator checks requests with these same functions.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A stand-in for ScaleEngine's usage.vse API, for the demo, the tests and the benchmark.
 
-It is at least as strict as the real API is known to be (see /work/shared/REFERENCE.md): a
+It is at least as strict as the real API is known to be (see docs/API.md): a
 request it accepts is one the real API accepts. Usage data is synthetic and deterministic;
 traffic grows along a smooth diurnal curve, so values only grow during a day.
 

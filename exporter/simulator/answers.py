@@ -21,7 +21,7 @@ from .data import UsageData
 
 # The usual answer for a day without usage.
 EMPTY_ANSWER = b'{"status":"success","usage":[],"count":0,"message":"No Video Usage Found"}'
-# The other shapes an answer for a day without usage may take (REFERENCE.md): clients read
+# The other shapes an answer for a day without usage may take (docs/API.md): clients read
 # each as an empty day. "failure_no_usage" is a failure without a code.
 EMPTY_DAY_SHAPES = ("empty_no_count", "empty_count_string", "empty_usage_null", "failure_no_usage")
 NO_USAGE_FAILURE = b'{"status":"failure","message":"No Video Usage Found"}'

@@ -1,4 +1,4 @@
-"""Request checks at least as strict as the real API (see /work/shared/REFERENCE.md).
+"""Request checks at least as strict as the real API (see docs/API.md).
 
 A request the simulator accepts is one the real API accepts: the ``json`` form field
 (urlencoded or multipart) must be byte for byte what PHP's json_encode writes for the decoded

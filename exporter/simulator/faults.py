@@ -54,7 +54,7 @@ HTTP_FAULTS = {
     "http_429",  # HTTP 429 with Retry-After: ``retry_after`` seconds
     "long_reason",  # HTTP 502 whose reason phrase is 10 kB with control characters
 }
-# Answers of the shapes an empty day may take (REFERENCE.md): read as an empty day.
+# Answers of the shapes an empty day may take (docs/API.md): read as an empty day.
 EMPTY_FAULTS = set(EMPTY_DAY_SHAPES)
 # The pages move while they are read: after the first page (shift_first) or the second
 # (shift_later) of a read, the last row jumps to the top, as a video climbing the by-bytes

@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scaleengine-exporter",
         description="Prometheus exporter for ScaleEngine usage.vse bandwidth and request data.",
-        epilog="History: `scaleengine-exporter backfill --help` (past days for promtool).",
+        epilog="History: `scaleengine-exporter backfill --help` (past days for promtool)."
+        " The account's apps: `scaleengine-exporter list-apps --help`.",
     )
     p.add_argument("--config", metavar="PATH", help=f"YAML config file (default {DEFAULT_CONFIG})")
     _add_override_flags(p)
@@ -246,6 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .backfill import main as backfill_main
 
         return backfill_main(argv[1:])
+    if argv[:1] == ["list-apps"]:
+        from .listapps import main as list_apps_main
+
+        return list_apps_main(argv[1:])
     args = build_parser().parse_args(argv)
     level = log_level_of(args)
     formatter = setup_logging(level, args.log_format)

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import tenacity
@@ -43,8 +43,8 @@ from .errors import (
     server_text,
 )
 from .paging import Read
-from .parsing import Page, UsageResult, http_failure, parse_page, retry_after
-from .protocol import build_request, sign
+from .parsing import Page, UsageResult, http_failure, parse_app_list, parse_page, retry_after
+from .protocol import build_app_list_request, build_request, sign
 from .transport import new_session, post, read_answer, read_error
 
 if TYPE_CHECKING:
@@ -231,10 +231,16 @@ class ScaleEngineClient:
             True,
         )
 
-    def _exchange(self, body: str, scrub: Scrub, limit: float | None = None) -> Page:
+    def _exchange(
+        self,
+        body: str,
+        scrub: Scrub,
+        limit: float | None = None,
+        parse: Callable[[bytes, Scrub], Any] | None = None,
+    ) -> Any:
         """One POST, bounded as a whole by ``timeout`` (or the shorter ``limit``: the time left
         of the poll, ApiError(POLL_TIMEOUT) when that cuts it) and in size by
-        ``max_response_bytes``."""
+        ``max_response_bytes``; a 2xx answer read by ``parse`` (default: a usage.vse page)."""
         seconds = self.timeout if limit is None else min(limit, self.timeout)
         cut = seconds < self.timeout
         return post(
@@ -242,14 +248,21 @@ class ScaleEngineClient:
             self.api_url,
             {"json": body},
             seconds,
-            lambda resp: self._answer(resp, scrub),
+            lambda resp: self._answer(resp, scrub, parse),
             lambda: self._timed_out(cut),
         )
 
-    def _answer(self, resp: requests.Response, scrub: Scrub) -> Page:
+    def _answer(
+        self,
+        resp: requests.Response,
+        scrub: Scrub,
+        parse: Callable[[bytes, Scrub], Any] | None = None,
+    ) -> Any:
         status = resp.status_code
         if 200 <= status < 300:
             body = read_answer(resp, self.max_response_bytes)
+            if parse is not None:
+                return parse(body, scrub)
             return parse_page(body, scrub, self.max_label_length, self.include, self.exclude)
         # a non-2xx answer may still carry the API's JSON failure with its code
         wait = None
@@ -285,6 +298,54 @@ class ScaleEngineClient:
             wait,
             extra={"app": state.args[0] if state.args else "?"},  # _attempt(app, ...)
         )
+
+    # -- app.list ------------------------------------------------------------------------
+
+    def _list_attempt(self) -> list[dict[str, Any]]:
+        request = build_app_list_request(self._api_key, self.cdn_id, self.clock())
+        signature = sign(request, self._api_secret)
+        body = php_json_encode({**request, "signature": signature})
+        escaped = php_json_encode(signature)[1:-1]
+
+        def scrub(text: str) -> str:
+            return self._scrub(text).replace(signature, "***").replace(escaped, "***")
+
+        try:
+            apps = self._exchange(body, scrub, _time_left(self.timeout), parse_app_list)
+        except ApiError as err:
+            if err.outcome == "api_0002":
+                err = api_failure(err.code, "", self.clock())
+            message = scrub(err.message)
+            if message != err.message:
+                err = ApiError(
+                    message, err.outcome, err.retryable, err.code, err.busy, err.retry_after
+                )
+            self._notify(err.outcome)
+            log.debug("app.list failed: %s", err.outcome)
+            raise err from None
+        self._notify("success")
+        log.debug("app.list: %d app(s)", len(apps))
+        return apps
+
+    def list_apps(self, deadline: float | None = None) -> list[dict[str, Any]]:
+        """The account's applications (app.list): each entry a dict with its ``name`` first
+        and the fields the API gave. Retries transient failures like a usage.vse page; 1000
+        (busy) is not retried; ``deadline`` as for :meth:`fetch_usage`. Raises ApiError."""
+        backoff = tenacity.wait_random_exponential(
+            multiplier=self.backoff_base, max=self.backoff_max
+        )
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.retries + 1),
+            wait=lambda state: min(backoff(state), _time_left(backoff.max)),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, ApiError) and e.retryable),
+            reraise=True,
+        )
+        outer = getattr(_current, "poll_deadline", None)
+        _current.poll_deadline = deadline
+        try:
+            return retrying(self._list_attempt)
+        finally:
+            _current.poll_deadline = outer
 
     # -- a whole fetch -----------------------------------------------------------------
 

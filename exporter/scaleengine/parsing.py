@@ -10,6 +10,7 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -398,3 +399,86 @@ def http_failure(
             retry_after=wait,
         )
     return ApiError(what, "http_status", status >= 500 or status == 429)
+
+
+# -- app.list ------------------------------------------------------------------------------
+
+# app.list's answer shape is not published (docs/API.md): where the list and a name may be
+APP_LIST_KEYS = ("data", "apps")
+APP_NAME_KEYS = ("name", "app_name", "app")
+MAX_APP_NAME = 1024
+
+_log = logging.getLogger("exporter.scaleengine")
+
+
+def _keys_seen(value: object, scrub: Scrub | None) -> str:
+    """The keys of an object (never its values), cut and scrubbed, to report a shape."""
+    if not isinstance(value, dict):
+        return f"(a {type(value).__name__}, no keys)"
+    names = [server_text(k, 40, scrub) for k in list(value)[:20]]
+    more = ", ..." if len(value) > 20 else ""
+    return ", ".join(repr(n) for n in names) + more
+
+
+def _app_name(entry: object) -> str | None:
+    if isinstance(entry, dict):
+        entry = next((entry[k] for k in APP_NAME_KEYS if isinstance(entry.get(k), str)), None)
+    if isinstance(entry, str) and entry.strip() and len(entry) <= MAX_APP_NAME:
+        return entry
+    return None
+
+
+def _app_entries(listed: object) -> list[Any] | None:
+    """The entries of the list under data/apps: a list, or an object of objects (its keys
+    the names when the objects do not carry one); None for any other shape."""
+    if isinstance(listed, list):
+        return listed
+    if isinstance(listed, dict) and all(isinstance(v, dict) for v in listed.values()):
+        return [v if _app_name(v) else {"name": k, **v} for k, v in listed.items()]
+    return None
+
+
+def _shape_error(obj: dict[str, Any], what: str, scrub: Scrub | None) -> ApiError:
+    keys = _keys_seen(obj, scrub)
+    _log.warning(
+        "app.list: unrecognised answer shape (%s); top-level keys seen: %s. Please report"
+        " these keys (not the values) so that the exporter learns the real shape",
+        what,
+        keys,
+    )
+    return bad_response(f"app.list answer of an unknown shape ({what}; top-level keys: {keys})")
+
+
+def parse_app_list(body: bytes | bytearray, scrub: Scrub | None = None) -> list[dict[str, Any]]:
+    """The entries of an app.list answer, each a dict with its ``name`` (a string) first and
+    the fields it came with. Raises only ApiError: a failure maps as for usage.vse; an
+    unknown shape is ``bad_response`` after a warning naming the top-level keys seen."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError, TypeError):
+        raise ApiError("app.list answer is not JSON", "invalid_json", False) from None
+    if type(obj) is not dict:
+        raise ApiError(
+            f"app.list answer is JSON but not an object ({type(obj).__name__})",
+            "invalid_json",
+            False,
+        )
+    status = obj.get("status")
+    if status == "failure":
+        raise api_failure(obj.get("code"), obj.get("message"), scrub=scrub)
+    if status is not None and status != "success":
+        raise _shape_error(obj, "unknown status", scrub)
+    key = next((k for k in APP_LIST_KEYS if k in obj), None)
+    entries = None if key is None else _app_entries(obj[key])
+    if entries is None:
+        raise _shape_error(obj, "no list under data or apps", scrub)
+    out: list[dict[str, Any]] = []
+    for entry in entries:
+        name = _app_name(entry)
+        if name is None:
+            raise _shape_error(
+                obj, f"an entry without a name: its keys {_keys_seen(entry, scrub)}", scrub
+            )
+        fields = {k: v for k, v in entry.items() if k != "name"} if isinstance(entry, dict) else {}
+        out.append({"name": name, **fields})
+    return out

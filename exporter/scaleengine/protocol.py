@@ -65,3 +65,18 @@ def build_request(
     request["limit"] = int(limit)
     request["offset"] = int(offset)
     return request
+
+
+APP_LIST = "app.list"
+# app.list's fields, in the vendor's order (docs/API.md): usage.vse's first four and no others
+APP_LIST_KEYS = ("command", "api_key", "timestamp", "cdn")
+
+
+def build_app_list_request(api_key: str, cdn_id: int, timestamp: float) -> dict[str, Any]:
+    """An app.list request ("the account's applications"), signature not included."""
+    return {
+        "command": APP_LIST,
+        "api_key": api_key,
+        "timestamp": int(timestamp),
+        "cdn": int(cdn_id),
+    }

@@ -16,7 +16,7 @@ from typing import Any
 
 from exporter.phpjson import php_json_encode
 
-from .checks import FAILURE_MESSAGES, Reject, validate
+from .checks import APP_LIST, FAILURE_MESSAGES, Reject, validate
 from .data import UsageData
 
 # The usual answer for a day without usage.
@@ -71,6 +71,18 @@ def page_body(
     return php_json_encode(success_answer(usage, count, elapsed)).encode("ascii")
 
 
+def app_list_body(apps: list[str]) -> bytes:
+    """The simulator's app.list answer. The real shape is not published (docs/API.md); this
+    is the simulator's choice: ``{"status":"success","message":"Found N applications",
+    "data":[{"name":"demo-origin","type":"origin"}, ...]}``, names sorted."""
+    answer = {
+        "status": "success",
+        "message": f"Found {len(apps)} applications",
+        "data": [{"name": a, "type": "origin"} for a in sorted(apps)],
+    }
+    return php_json_encode(answer).encode("ascii")
+
+
 class Answers(UsageData):
     """The answering part of :class:`~exporter.simulator.Simulator` (a mixin)."""
 
@@ -87,6 +99,9 @@ class Answers(UsageData):
         # checked by real PHP afterwards; off by default (the demo runs for days)
         self.record_bodies = False
         self._page_cache: dict[tuple[Any, ...], bytes] = {}
+        # tests: an app.list answer served instead of the simulator's own (app_list_body),
+        # after the same checks; to try the shapes the real API may answer in
+        self.app_list_override: bytes | None = None
 
     # -- the request log --
 
@@ -145,6 +160,8 @@ class Answers(UsageData):
             )  # fmt: skip
         except Reject as rej:
             return self._refused(entry, text, rej, echo)
+        if req["command"] == APP_LIST:
+            return self._app_list(req, entry, echo)
         app = req["app"]
         entry.update(
             app=app if isinstance(app, str) else tuple(app),
@@ -167,6 +184,25 @@ class Answers(UsageData):
         entry.update(outcome="success", code=None)
         self._log(entry)
         self._slow_page(app)
+        return 200, "application/json", body, mode
+
+    def _app_list(
+        self, req: dict[str, Any], entry: dict[str, Any], echo: str
+    ) -> tuple[int, str, bytes, str | None]:
+        """app.list: the configured apps; its faults are set for the app name "app.list"
+        (or for every app: set_fault(None, ...)); only the non-page fault modes apply."""
+        entry.update(command=APP_LIST, request_timestamp=req["timestamp"])
+        mode = self._pick_fault({"app": APP_LIST}, 0)
+        entry["fault"] = mode
+        special = None if mode is None else self._fault_answer(mode, echo)
+        if special is not None:
+            status, ctype, body, outcome, code = special
+            entry.update(outcome=outcome, code=code)
+            self._log(entry)
+            return status, ctype, body, mode
+        body = self.app_list_override or app_list_body(list(self.apps))
+        entry.update(outcome="success", code=None)
+        self._log(entry)
         return 200, "application/json", body, mode
 
     def _refused(

@@ -36,6 +36,9 @@ KEY_ORDER = (
     "offset",
     "signature",
 )
+# app.list: exactly these keys, in this order (docs/API.md)
+APP_LIST = "app.list"
+APP_LIST_ORDER = ("command", "api_key", "timestamp", "cdn", "signature")
 REQUIRED = ("command", "api_key", "timestamp", "cdn", "app", "year", "month")
 INT_FIELDS = ("timestamp", "cdn", "year", "month", "day", "limit", "offset")
 
@@ -109,8 +112,11 @@ def validate(
 ) -> dict[str, Any]:
     """Check a request like the real API; returns the decoded request or raises Reject."""
     keys, req = _decode(text)
-    _check_fields(keys, req)
-    _check_values(req)
+    if req.get("command") == APP_LIST:
+        _check_app_list(keys, req)
+    else:
+        _check_fields(keys, req)
+        _check_values(req)
     if req["cdn"] != cdn_id or not hmac.compare_digest(
         req["api_key"].encode("utf-8"), api_key.encode("utf-8")
     ):
@@ -151,6 +157,23 @@ def _check_fields(keys: list[str], req: dict[str, Any]) -> None:
         raise Reject("0006", f"missing field(s): {', '.join(missing)}")
     if keys != [k for k in KEY_ORDER if k in req]:
         raise Reject("0006", "fields out of the documented order")
+
+
+def _check_app_list(keys: list[str], req: dict[str, Any]) -> None:
+    """app.list: command, api_key, timestamp, cdn (and the signature), no other, in order."""
+    unknown = [k for k in keys if k not in APP_LIST_ORDER]
+    if unknown:
+        raise Reject("0006", f"unknown field(s): {', '.join(unknown)}")
+    missing = [k for k in APP_LIST_ORDER[:-1] if k not in req]
+    if missing:
+        raise Reject("0006", f"missing field(s): {', '.join(missing)}")
+    if [k for k in keys if k != "signature"] != list(APP_LIST_ORDER[:-1]):
+        raise Reject("0006", "fields out of the documented order")
+    for k in ("timestamp", "cdn"):
+        if type(req[k]) is not int:
+            raise Reject("0006", f"field {k} must be an integer")
+    if not isinstance(req["api_key"], str):
+        raise Reject("0006", "field api_key must be a string")
 
 
 def _check_values(req: dict[str, Any]) -> None:

@@ -61,6 +61,10 @@ class View:
     poll_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
     # (failed saves, unix time of the last good save or None); None without a state file
     state_saves: tuple[int, float | None] | None = None
+    # app.list's verdict per configured app: app -> the closest listed name when the account
+    # does not list it ("" when nothing is close), None when it is listed; an app is missing
+    # here while app.list has never answered (scaleengine_app_listed absent)
+    listed: Mapping[str, str | None] = field(default_factory=dict)
 
 
 class Store:
@@ -82,6 +86,7 @@ class Store:
         self._counts_version = 0
         self._state_saves: tuple[int, float | None] | None = None
         self._removed: set[str] = set()  # apps a reload removed: late publishes are ignored
+        self._listed: Mapping[str, str | None] = MappingProxyType({})  # see View.listed
 
     @property
     def apps(self) -> list[str]:
@@ -151,6 +156,15 @@ class Store:
             self._state_saves = (failures, last)
             self._counts_version += 1
 
+    def set_listed(self, listed: Mapping[str, str | None]) -> None:
+        """app.list's verdict (see View.listed) for the configured apps it names; a change of
+        the live metrics."""
+        with self._lock:
+            version, usage, status = self._current
+            self._listed = MappingProxyType({a: v for a, v in listed.items() if a in status})
+            self._current = (version + 1, usage, status)
+            self._changed.notify_all()
+
     def set_apps(self, apps: list[str]) -> None:
         """A reload's new app list: removed apps and all their series go, new apps start
         unpolled, the others keep everything. Always counts as a change (budgets may have
@@ -162,6 +176,7 @@ class Store:
             self._apps = list(apps)
             usage = {a: u for a, u in old_usage.items() if a in keep}
             status = {a: old_status.get(a) or AppStatus(app=a) for a in apps}
+            self._listed = MappingProxyType({a: v for a, v in self._listed.items() if a in keep})
             self._current = (version + 1, MappingProxyType(usage), MappingProxyType(status))
             with self._count_lock:
                 self._requests = {k: v for k, v in self._requests.items() if k[0] in keep}
@@ -176,10 +191,12 @@ class Store:
         requests: Mapping[tuple[str, str], int],
         poll_errors: Mapping[tuple[str, str], int],
         state_saves: tuple[int, float | None] | None = None,
+        listed: Mapping[str, str | None] | None = None,
     ) -> None:
         """Take over another store's whole state (the serving side of a poll worker)."""
         with self._lock:
             version = self._current[0] + 1
+            self._listed = MappingProxyType(dict(listed or {}))
             self._current = (version, MappingProxyType(dict(usage)), MappingProxyType(dict(status)))
             with self._count_lock:
                 self._requests = dict(requests)
@@ -199,6 +216,7 @@ class Store:
             dict(self._requests),
             dict(self._poll_errors),
             self._state_saves,
+            self._listed,
         )
 
     @property

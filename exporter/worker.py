@@ -102,7 +102,10 @@ class _WorkerProcess:
         self.store = Store([a.name for a in config.apps])
         if seed is not None:
             # a restart: the request and error counters go on from what was served
-            self.store.mirror({}, {}, seed["requests"], seed["poll_errors"], seed["state_saves"])
+            self.store.mirror(
+                {}, {}, seed["requests"], seed["poll_errors"], seed["state_saves"],
+                seed.get("listed"),
+            )  # fmt: skip
         self.poller = Poller(config, self.store, state_file=state)
         if seed is not None:
             self.poller.continue_counters(seed["totals"])
@@ -122,6 +125,7 @@ class _WorkerProcess:
             dict(view.poll_errors),
             self.poller.ready,
             view.state_saves,
+            dict(view.listed),
         )
         files = [_to_file(p) for p in parts[:2]] if parts is not None else []
         with self.send_lock:
@@ -302,6 +306,7 @@ class PollWorker:
             "requests": dict(view.requests),
             "poll_errors": dict(view.poll_errors),
             "state_saves": view.state_saves,
+            "listed": dict(view.listed),
         }
         self._spawn(seed)
 
@@ -389,14 +394,14 @@ class PollWorker:
                     self._reloaded = (message[1], message[2])
                     self._reload_done.set()
                     continue
-                _, crc, usage, status, requests, poll_errors, ready, state_saves = message
+                _, crc, usage, status, requests, poll_errors, ready, state_saves, listed = message
                 if crc is not None:
                     files = []
                     for _ in range(2):
                         fd = recv_handle(conn)
                         files.append(StoredFile(fd, os.fstat(fd).st_size))
                     self.exposition.set_stored((files[0], files[1], crc))
-                self.store.mirror(usage, status, requests, poll_errors, state_saves)
+                self.store.mirror(usage, status, requests, poll_errors, state_saves, listed)
                 self.ready = self.ready or ready  # a reload's new apps do not unready it
                 self.last_update = time.monotonic()
                 self._shown_overdue = False

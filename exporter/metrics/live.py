@@ -38,6 +38,7 @@ class LiveCollector:
         statuses: list[AppStatus] = [view.status[a] for a in sorted(view.status)]
         return [
             *_app_families(statuses),
+            _listed_family(view),
             *_outcome_families(view),
             *_state_families(view),
             _build_info(),
@@ -100,6 +101,20 @@ def _app_families(statuses: Sequence[AppStatus]) -> _AppFamilies:
             f.duration.add_metric([st.app], st.poll_duration)
         f.skipped.add_metric([st.app], st.skipped_rows)
     return f
+
+
+def _listed_family(view: View) -> Metric:
+    """scaleengine_app_listed: 1 when app.list names the app, 0 when not (a typo?); absent
+    while app.list has never answered."""
+    listed = GaugeMetricFamily(
+        "scaleengine_app_listed",
+        "1 when the account's app list (app.list) names the configured app, 0 when it does "
+        "not (check the app's name in the config); absent until app.list has answered.",
+        labels=["app"],
+    )
+    for app in sorted(view.listed):
+        listed.add_metric([app], 0 if view.listed[app] is not None else 1)
+    return listed
 
 
 def _outcome_families(view: View) -> list[Metric]:

@@ -25,7 +25,7 @@ ClientFactory = Callable[[str], ScaleEngineClient]
 class PollerBase:
     """What the mixins of the Poller read; each calls the others' methods through ``self``
     (``poll_app``, ``_status``, ``save_state``, ``start``, ``_start_watch``, ``_reschedule``,
-    ``_unschedule``, ``_default_client``)."""
+    ``_unschedule``, ``_default_client``, ``check_app_list``)."""
 
     config: Config
     store: Store
@@ -39,3 +39,6 @@ class PollerBase:
     _in_flight: int
     _watch_stop: threading.Event
     _watcher: threading.Thread | None
+
+    def check_app_list(self) -> bool:  # AppListing
+        raise NotImplementedError

@@ -10,6 +10,7 @@ from ..config import Config
 from ..scaleengine import ScaleEngineClient, client_for, warn_if_cleartext
 from ..state import AppCounters, StateFile
 from ..store import Store
+from .applist import AppListing
 from .apps import AppState
 from .base import ClientFactory, Clock
 from .counters import CounterKeeping
@@ -19,7 +20,7 @@ from .reload import Reconfiguring
 from .schedule import Scheduling
 
 
-class Poller(PollFlow, CounterKeeping, Scheduling, OverdueWatch, Reconfiguring):
+class Poller(PollFlow, CounterKeeping, Scheduling, OverdueWatch, Reconfiguring, AppListing):
     """Polls every configured app on its schedule and publishes each run to the store."""
 
     def __init__(
@@ -41,6 +42,8 @@ class Poller(PollFlow, CounterKeeping, Scheduling, OverdueWatch, Reconfiguring):
         self._in_flight = 0
         self._watch_stop = threading.Event()
         self._watcher = None
+        self._app_list_lock = threading.Lock()
+        self._warned_unlisted: dict[str, str] = {}
         if client_factory is None:
             warn_if_cleartext(config.scaleengine.api_url)
         factory = client_factory or self._default_client

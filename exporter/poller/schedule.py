@@ -11,6 +11,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from ..config import Config, PollConfig
+from .applist import APP_LIST_INTERVAL
 from .base import PollerBase, log
 
 
@@ -32,6 +33,13 @@ class Scheduling(PollerBase):
         now = datetime.now(UTC)
         for name in self._apps:
             self._add_job(name, now)
+        self._scheduler.add_job(
+            self.check_app_list,
+            IntervalTrigger(seconds=APP_LIST_INTERVAL, timezone=UTC),
+            id="app.list",
+            name="app.list",
+            next_run_time=now,
+        )
         self._scheduler.start()
         self._start_watch()
         log.info(
@@ -71,6 +79,9 @@ class Scheduling(PollerBase):
                 self._add_job(name, now)
             elif poll.interval != was.interval:
                 job.reschedule(_trigger(poll))
+        listing = self._scheduler.get_job("app.list")
+        if listing is not None:  # the new app names are checked at once
+            listing.modify(next_run_time=now)
 
     def _unschedule(self, name: str) -> None:
         """A removed app's job goes (a run of it already queued does nothing)."""

@@ -112,7 +112,7 @@ def validate(
 ) -> dict[str, Any]:
     """Check a request like the real API; returns the decoded request or raises Reject."""
     keys, req = _decode(text)
-    if req.get("command") == APP_LIST:
+    if isinstance(req, dict) and req.get("command") == APP_LIST:
         _check_app_list(keys, req)
     else:
         _check_fields(keys, req)

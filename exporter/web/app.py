@@ -67,8 +67,9 @@ class WebApp:
         config = self.config
         if config is None:
             return LandingView(
-                view.status, view.usage, self.telemetry_path, __version__, demo=self.demo
-            )
+                view.status, view.usage, self.telemetry_path, __version__, demo=self.demo,
+                listed=view.listed,
+            )  # fmt: skip
         return LandingView(
             view.status,
             view.usage,
@@ -78,6 +79,7 @@ class WebApp:
             config.poll.interval,
             config.poll.timezone,
             self.demo,
+            view.listed,
         )
 
 

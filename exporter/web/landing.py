@@ -32,6 +32,8 @@ class LandingView:
     interval: float | None = None  # poll.interval, seconds
     timezone: str | None = None  # poll.timezone: where "today" is
     demo: bool = False  # the built-in simulator stands in for the API
+    # app.list's verdict (store.View.listed): app -> closest listed name when not listed
+    listed: Mapping[str, str | None] = field(default_factory=dict)
 
 
 _STYLE = """
@@ -105,8 +107,17 @@ def _status_cell(st: AppStatus) -> str:
     return f'<td class="fail">failed: {_e(st.last_error or "unknown error")}</td>'
 
 
+def _name_cell(name: str, close: str | None) -> str:
+    """The app's name; marked when the account's app list does not name it."""
+    if close is None:
+        return f"<td>{_e(name)}</td>"
+    hint = f" — did you mean {_e(close)}?" if close else ""
+    return f'<td>{_e(name)}<div class="small fail">not in the account\'s app list{hint}</div></td>'
+
+
 def _row(
     name: str,
+    close: str | None,
     st: AppStatus,
     usage: AppUsage | None,
     budgets: Budgets,
@@ -120,7 +131,7 @@ def _row(
         else "never"
     )
     return (
-        f"<tr><td>{_e(name)}</td>{_status_cell(st)}"
+        f"<tr>{_name_cell(name, close)}{_status_cell(st)}"
         + _budget_cell(usage.day_bytes if usage else None, budgets[0])
         + _budget_cell(usage.month_bytes if usage else None, budgets[1])
         + f'<td class="num">{_e(usage.day_videos) if usage else "-"}</td>'
@@ -142,8 +153,8 @@ def render_landing(view: LandingView, now: float | None = None) -> str:
     """The landing page "/": what the exporter is and where each app stands."""
     now = time.time() if now is None else now
     rows = "".join(
-        _row(name, view.status[name], view.usage.get(name), view.budgets.get(name, (None, None)),
-             view.interval, now)
+        _row(name, view.listed.get(name), view.status[name], view.usage.get(name),
+             view.budgets.get(name, (None, None)), view.interval, now)
         for name in sorted(view.status)
     )  # fmt: skip
     banner = ""

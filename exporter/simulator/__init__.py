@@ -4,6 +4,13 @@ It is at least as strict as the real API is known to be (see docs/API.md): a
 request it accepts is one the real API accepts. Usage data is synthetic and deterministic;
 traffic grows along a smooth diurnal curve, so values only grow during a day.
 
+It also answers ``app.list`` (the account's apps), checked as strictly (exactly the fields
+command, api_key, timestamp, cdn in that order, then the signature). The real answer's shape
+is not published; the simulator's choice is ``{"status":"success","message":"Found 3
+applications","data":[{"name":"demo-origin","type":"origin"},...]}`` (its apps, sorted);
+``app_list_override`` serves another body instead, and its faults are set for the app name
+``"app.list"`` (``set_fault("app.list", "failure_0005")``).
+
 Run standalone: ``python -m exporter.simulator --port 8099``.
 
 The modules, the demo's path first (data, checks, answers, server), then what only tests use:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -293,6 +294,20 @@ def test_the_daemon_serves_the_verdict_and_marks_the_landing_page(tmp_path, sim)
         _, _, page = http_get(url + "/")
         assert "not in the account's app list — did you mean demo-origin?" in page.decode()
         assert page.decode().count("not in the account") == 1
+        # a reload asks app.list again at once (not an hour later): the new app is listed
+        with open(cfg, "w") as fh:
+            fh.write(yaml.safe_dump(sim_config(sim, apps=["demo-origin", "live-events"])))
+        proc.send_signal(signal.SIGHUP)
+
+        def relisted():
+            _, _, body = http_get(url + "/metrics", timeout=2)
+            got = samples(body)
+            key = ("scaleengine_app_listed", (("app", "live-events"),))
+            return got if key in got else None
+
+        got = wait_for(relisted, timeout=30, what="app.list after the reload")
+        assert got[("scaleengine_app_listed", (("app", "live-events"),))] == 1
+        assert ("scaleengine_app_listed", (("app", "demo-orgin"),)) not in got
     finally:
         stop_process(proc)
         log.close()

@@ -210,6 +210,7 @@ def test_readme_metrics_table_matches_the_code():
     status = AppStatus("a", True, True, last_success=1.0, poll_duration=0.1)
     store.publish("a", usage("a", 2), replace(status, bytes_total=5, requests_total=1))
     store.record_state_save(True, 1.0)  # with state.path
+    store.set_listed({"a": None})  # once app.list has answered
     expo = Exposition(store, "UTC", {"a": (1, 2)}, process_metrics=False)
     # the daemon's serving process also describes its poll worker (here: this process)
     expo.process_registry.register(WorkerCollector(os.getpid))

@@ -734,7 +734,9 @@ def test_month_interval_off_makes_no_month_request_and_no_month_series(tmp_path)
             )
             assert proc.returncode == 0, proc.stderr
             s = samples(proc.stdout)
-            fetched = [e for e in list(sim.request_log) if e.get("day") is None]
+            fetched = [
+                e for e in list(sim.request_log) if e.get("app") == "vod" and e.get("day") is None
+            ]
             shown = value(s, "scaleengine_vse_app_month_bytes", app="vod")
             if month:
                 assert len(fetched) == 1 and shown is not None and shown > 0, (fetched, shown)

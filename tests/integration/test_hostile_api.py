@@ -484,7 +484,8 @@ def test_once_ends_on_a_proxy_that_drips_its_connect_answer(tmp_path):
         heads = [head for _, head in proxy.requests]
     assert_timed_out(code, out, err)
     assert seconds < 45
-    assert len(heads) == 4 and all(h.startswith(b"CONNECT api.scaleengine.net:443 ") for h in heads)
+    # four tries of app.list (it fails the same way; the poll goes on), four of the poll
+    assert len(heads) == 8 and all(h.startswith(b"CONNECT api.scaleengine.net:443 ") for h in heads)
 
 
 # -- a failure message that echoes the request (issue 15) ------------------------------------
@@ -604,7 +605,12 @@ def hostile_pages(api: StandIn) -> Answer:
 
     def answer(conn: socket.socket, stop: threading.Event) -> bool:
         form = urllib.parse.parse_qs(api.bodies[-1].decode())
-        offset = json.loads(form["json"][0])["offset"]
+        request = json.loads(form["json"][0])
+        if request["command"] == "app.list":
+            body = b'{"status":"success","data":["app"]}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            return True
+        offset = request["offset"]
         rows = ",".join(
             f'{{"video_url":"sestore/h/{"x" * 61_400}{n:012d}.mp4",'
             '"bytes_total":"1000","requests_total":"1"}'
@@ -628,12 +634,13 @@ def test_once_a_hostile_api_cannot_grow_the_poll_past_max_fetch_bytes(tmp_path):
     api.answers = [hostile_pages(api)]
     with api:
         code, out, err, _, rss_mb = run_once_rss(tmp_path, api.url, max_fetch_bytes="2MiB")
-        requests = len(api.requests)
+        requests = sum(b"usage.vse" in body for body in api.bodies)
+        listings = sum(b"app.list" in body for body in api.bodies)
     assert code == 1, err[-2000:]
     assert value(out, "scaleengine_up", app="app") == 0
     assert value(out, "scaleengine_poll_errors_total", app="app", outcome="too_large") == 1
     assert value(out, "scaleengine_api_requests_total", app="app", outcome="success") == 2
-    assert requests == 2
+    assert requests == 2 and listings == 1
     assert "max_fetch_bytes" in err and "Traceback" not in err
     assert rss_mb < 400, f"peak RSS {rss_mb:.0f} MB"
     print(f"peak RSS of --once refusing a hostile fetch: {rss_mb:.0f} MB")

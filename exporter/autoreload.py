@@ -22,29 +22,37 @@ log = logging.getLogger("exporter.autoreload")
 _MAX_READ = 4 * 1024 * 1024
 
 
-def fingerprint(paths: Iterable[str]) -> str:
-    """A hash of the files' content; a file that cannot be read counts as its error.
+def file_fingerprint(path: str) -> str:
+    """A hash of one file's content; a file that cannot be read counts as its error.
 
-    Each file is opened non-blocking and read only if it is a regular file (a FIFO or a
+    The file is opened non-blocking and read only if it is a regular file (a FIFO or a
     device in its place must not hang the watcher), at most ``_MAX_READ`` bytes."""
     h = hashlib.sha256()
-    for path in paths:
-        h.update(path.encode("utf-8", "surrogatepass") + b"\0")
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
-        except OSError as err:
-            h.update(f"error {err.errno}".encode())
-            continue
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                h.update(b"not a regular file")
-                continue
-            h.update(os.read(fd, _MAX_READ + 1))
-        except OSError as err:
-            h.update(f"error {err.errno}".encode())
-        finally:
-            os.close(fd)
-        h.update(b"\0")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as err:
+        return f"error {err.errno}"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "not a regular file"
+        h.update(os.read(fd, _MAX_READ + 1))
+    except OSError as err:
+        return f"error {err.errno}"
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def fingerprints(paths: Iterable[str]) -> dict[str, str]:
+    """Each file's :func:`file_fingerprint`, by path."""
+    return {path: file_fingerprint(path) for path in paths}
+
+
+def fingerprint(paths: Iterable[str]) -> str:
+    """One hash of the files' content (their paths included)."""
+    h = hashlib.sha256()
+    for path, value in fingerprints(paths).items():
+        h.update(path.encode("utf-8", "surrogatepass") + b"\0" + value.encode() + b"\0")
     return h.hexdigest()
 
 
@@ -61,7 +69,7 @@ class ConfigWatcher:
         self.interval = interval
         self._reload = reload
         self._stop = threading.Event()
-        self._last = fingerprint(paths())
+        self._last = fingerprints(paths())
         self._thread = threading.Thread(target=self._run, name="config-watch", daemon=True)
 
     def start(self) -> None:
@@ -72,14 +80,18 @@ class ConfigWatcher:
 
     def check(self) -> bool:
         """Reload if the content changed since the last check; True when it did."""
-        now = fingerprint(self._paths())
+        paths = self._paths()
+        now = fingerprints(paths)
         if now == self._last:
             return False
+        changed = [p for p in {**self._last, **now} if self._last.get(p) != now.get(p)]
         self._last = now
-        log.info("config file changed, reloading")
+        log.info("config file changed, reloading", extra={"files": ", ".join(changed)})
         self._reload()
         # the reload may name other files (a new api_key_file): take them in
-        self._last = fingerprint(self._paths())
+        after = self._paths()
+        if after != paths:
+            self._last = fingerprints(after)
         return True
 
     def _run(self) -> None:

@@ -153,3 +153,16 @@ def test_fingerprint_never_blocks_on_a_fifo(tmp_path):
     fifo.unlink()
     fifo.write_text("x")
     assert fingerprint([str(fifo)]) != before
+
+
+def test_the_log_names_the_file_that_changed(tmp_path, caplog):
+    config, secret = tmp_path / "config.yaml", tmp_path / "secret"
+    config.write_text("a: 1\n")
+    secret.write_text("s3cret-1\n")
+    watcher = ConfigWatcher(lambda: [str(config), str(secret)], 3600, lambda: None)
+    secret.write_text("s3cret-2\n")  # a rotated secret, the config untouched
+    with caplog.at_level("INFO", logger="exporter.autoreload"):
+        assert watcher.check() is True
+    (record,) = [r for r in caplog.records if "config file changed" in r.getMessage()]
+    assert record.files == str(secret)
+    assert "s3cret" not in caplog.text  # names, never content

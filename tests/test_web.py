@@ -300,7 +300,7 @@ def test_get_reload_is_405_with_allow_post_as_prometheus_answers(stack):
     try:
         for url in (start().url, server.url):  # without and with --web.enable-lifecycle
             parts = urllib.parse.urlsplit(url)
-            for method in ("GET", "HEAD"):
+            for method in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS"):
                 conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
                 try:
                     conn.request(method, "/-/reload")

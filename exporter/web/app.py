@@ -183,6 +183,8 @@ class ExporterHandler:
         method, target, close = request.method, request.target, request.close
         app = self.app
         head = method == b"HEAD"
+        if target == "/-/reload" and method != b"POST":  # as Prometheus: 405 and Allow
+            return conn.send(405, b"Method Not Allowed\n", TEXT, head, close, {"Allow": "POST"})
         if method not in (b"GET", b"HEAD", b"POST"):
             return conn.send(501, b"Not Implemented\n", TEXT, head, close)
         if target == "/-/healthy" and method != b"POST":
@@ -193,9 +195,10 @@ class ExporterHandler:
             return conn.send(503, b"Not ready: first polls running\n", "text/plain", head, close)
         if self._limiter is not None and not self._limiter.allow():
             return conn.send(429, b"Too Many Requests\n", TEXT, head, close)
-        if (method == b"POST") != (target == "/-/reload"):  # as Prometheus: 405 and Allow
-            allow = {"Allow": "POST" if target == "/-/reload" else "GET, HEAD"}
-            return conn.send(405, b"Method Not Allowed\n", TEXT, head, close, allow)
+        if method == b"POST" and target != "/-/reload":
+            return conn.send(
+                405, b"Method Not Allowed\n", TEXT, head, close, {"Allow": "GET, HEAD"}
+            )
         if method == b"POST":
             refusal = cross_site(request.headers) if app.reload is not None else None
             if refusal is not None:

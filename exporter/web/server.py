@@ -257,6 +257,7 @@ class _Sniffer:
         self.lingering: dict[socket.socket, int] = {}  # answered: bytes still to drop
         self.handshakes: set[asyncio.Task[None]] = set()
         self.closed = False
+        self.accept_failures = 0
         self.loop.add_reader(self.listening.fileno(), self._accept)
 
     def _accept(self) -> None:
@@ -266,7 +267,12 @@ class _Sniffer:
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as err:  # out of descriptors: try again a little later
-                log.warning("cannot accept a connection", extra={"err": err})
+                self.accept_failures += 1
+                if log_count(self.accept_failures):
+                    log.warning(
+                        "cannot accept a connection",
+                        extra={"err": err, "failures": self.accept_failures},
+                    )
                 self.loop.remove_reader(self.listening.fileno())
                 self.loop.call_later(0.1, self._resume_accepting)
                 return

@@ -6,7 +6,8 @@ answers with ``conn.send``.
 Limits kept here, each against a kind of hostile client (connection.py and sending.py keep
 the others; see the README's security section):
 
-* a TLS handshake must end within HEAD_TIMEOUT;
+* a TLS handshake must end within HEAD_TIMEOUT (from the connection's start);
+* with TLS on, plain HTTP sent to the port is answered ``400`` as Go's servers answer it;
 * the soft open-files limit is raised to the hard one at start and the connection cap is sized
   to it (minus a reserve for the process's own files);
 * near the cap, the idle keep-alive connection idle longest gives way to a new connection;
@@ -36,6 +37,13 @@ log = logging.getLogger("exporter.web")
 FD_RESERVE = 128  # descriptors kept for the process itself (stored files, logs, the worker)
 TRIM_AFTER_BYTES = 8 * 1024 * 1024  # piecewise answers of this many bytes in all: trim memory
 _SWEEP_INTERVAL = 0.5
+_ACCEPT_BATCH = 64  # connections accepted per wakeup of the listening socket
+_TLS_RECORD = 0x16  # the first byte of a TLS handshake record (a ClientHello)
+# the first 5 bytes Go's net/http takes for HTTP on a TLS port, and what it answers
+_HTTP_STARTS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO")
+PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
 
 Handler = Callable[[Connection, Request], Outcome]
 
@@ -133,17 +141,20 @@ class HTTPServer:
 
     async def _main(self) -> None:
         self._stop = asyncio.Event()
-        server = await self.loop.create_server(
-            lambda: Connection(self),
-            sock=self.socket,
-            ssl=self.ssl_context,
-            ssl_handshake_timeout=connection.HEAD_TIMEOUT if self.ssl_context else None,
-            backlog=1024,
-        )
+        server: asyncio.AbstractServer | None = None
+        if self.ssl_context is None:
+            server = await self.loop.create_server(
+                lambda: Connection(self), sock=self.socket, backlog=1024
+            )
+        else:
+            self.sniffer = _Sniffer(self)
         sweeper = asyncio.create_task(self._sweep())
         self._ready.set()
         await self._stop.wait()
-        server.close()
+        if server is not None:
+            server.close()
+        else:
+            self.sniffer.close()
         sweeper.cancel()
         for conn in list(self.open):
             conn.transport.abort()
@@ -171,6 +182,8 @@ class HTTPServer:
             now = time.monotonic()
             for conn in [c for c in self.open if c.deadline < now]:
                 conn.transport.abort()
+            if self.ssl_context is not None:
+                self.sniffer.sweep(now)
             if sender.sent_pieces >= TRIM_AFTER_BYTES and not sender.sending:
                 sender.sent_pieces = 0
                 if self._trim_memory is not None:
@@ -226,6 +239,137 @@ class HTTPServer:
         if close:
             lines.append("Connection: close")
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class _Sniffer:
+    """With TLS on, connections are accepted here, without TLS, and their first bytes looked
+    at (peeked, not read) before TLS sees any: a TLS handshake record goes on to the TLS
+    handshake (which must end within HEAD_TIMEOUT of the connection's start); plain HTTP is
+    answered ``400`` as Go's servers answer it, and closed; anything else is closed. A
+    connection that says nothing conclusive within HEAD_TIMEOUT is closed by the sweep."""
+
+    def __init__(self, server: HTTPServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.listening = server.socket
+        self.pending: dict[socket.socket, float] = {}  # socket -> its deadline
+        self.heard: dict[socket.socket, bytes] = {}  # the first bytes of plain connections
+        self.lingering: dict[socket.socket, int] = {}  # answered: bytes still to drop
+        self.handshakes: set[asyncio.Task[None]] = set()
+        self.closed = False
+        self.accept_failures = 0
+        self.loop.add_reader(self.listening.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                sock, _addr = self.listening.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as err:  # out of descriptors: try again a little later
+                self.accept_failures += 1
+                if log_count(self.accept_failures):
+                    log.warning(
+                        "cannot accept a connection",
+                        extra={"err": err, "failures": self.accept_failures},
+                    )
+                self.loop.remove_reader(self.listening.fileno())
+                self.loop.call_later(0.1, self._resume_accepting)
+                return
+            sock.setblocking(False)
+            self.pending[sock] = time.monotonic() + connection.HEAD_TIMEOUT
+            self.loop.add_reader(sock.fileno(), self._sniff, sock)
+
+    def _resume_accepting(self) -> None:
+        if not self.closed:
+            self.loop.add_reader(self.listening.fileno(), self._accept)
+
+    def _sniff(self, sock: socket.socket) -> None:
+        """A TLS record is only peeked at (TLS reads it); anything else is read here: it never
+        goes to TLS, and a level-triggered reader would spin on bytes left unread."""
+        heard = self.heard.get(sock, b"")
+        try:
+            if not heard and sock.recv(1, socket.MSG_PEEK) == bytes([_TLS_RECORD]):
+                self._to_tls(sock)
+                return
+            more = sock.recv(5 - len(heard))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            more = b""
+        heard += more
+        self.heard[sock] = heard
+        if len(heard) == 5 and heard in _HTTP_STARTS:
+            self._answer_plain_http(sock)
+        elif not more or not any(start.startswith(heard) for start in _HTTP_STARTS):
+            self._drop(sock)
+        # else the beginning of one of _HTTP_STARTS: wait for the rest (the sweep's deadline)
+
+    def _to_tls(self, sock: socket.socket) -> None:
+        deadline = self.pending.pop(sock)
+        self.loop.remove_reader(sock.fileno())
+        task = self.loop.create_task(self._handshake(sock, deadline))
+        self.handshakes.add(task)
+        task.add_done_callback(self.handshakes.discard)
+
+    async def _handshake(self, sock: socket.socket, deadline: float) -> None:
+        server = self.server
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: Connection(server),
+                sock,
+                ssl=server.ssl_context,
+                ssl_handshake_timeout=max(0.1, deadline - time.monotonic()),
+            )
+        except OSError as err:  # timeouts and TLS errors too; the transport closes the socket
+            log.debug("TLS handshake failed", extra={"err": err})
+
+    def _answer_plain_http(self, sock: socket.socket) -> None:
+        """Go's answer; then the request is read and dropped for up to LINGER_SECONDS, so that
+        closing with it unread does not reset the connection before the client reads the
+        answer."""
+        del self.pending[sock]
+        del self.heard[sock]
+        try:
+            sock.send(PLAIN_HTTP_ANSWER)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._drop(sock)
+            return
+        self.pending[sock] = time.monotonic() + connection.LINGER_SECONDS
+        self.lingering[sock] = connection.LINGER_BYTES
+        self.loop.remove_reader(sock.fileno())
+        self.loop.add_reader(sock.fileno(), self._linger, sock)
+
+    def _linger(self, sock: socket.socket) -> None:
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        self.lingering[sock] -= len(data)
+        if not data or self.lingering[sock] <= 0:
+            self._drop(sock)
+
+    def _drop(self, sock: socket.socket) -> None:
+        self.pending.pop(sock, None)
+        self.heard.pop(sock, None)
+        self.lingering.pop(sock, None)
+        self.loop.remove_reader(sock.fileno())
+        sock.close()
+
+    def sweep(self, now: float) -> None:
+        for sock in [s for s, deadline in self.pending.items() if deadline < now]:
+            self._drop(sock)
+
+    def close(self) -> None:
+        self.closed = True
+        self.loop.remove_reader(self.listening.fileno())
+        for sock in list(self.pending):
+            self._drop(sock)
+        for task in self.handshakes:
+            task.cancel()
 
 
 def _listen(address: tuple[str, int]) -> socket.socket:

@@ -1029,3 +1029,82 @@ def test_tls_idle_connections_give_way_without_holding_descriptors(tmp_path, sim
         for s in idle:
             s.close()
         stop_daemon(daemon)
+
+
+# -- plain HTTP to the TLS port -----------------------------------------------------------------
+def _plain(daemon: Daemon, sent: bytes) -> tuple[bytes, float]:
+    """Send ``sent`` without TLS; everything the server answers until it closes, and the
+    seconds it took to close (20 s at most: a server that never closes fails the caller). A
+    close with bytes left unread may come as a reset."""
+    started = time.monotonic()
+    got = b""
+    with socket.create_connection((daemon.host, daemon.port), timeout=20) as s:
+        if sent:
+            s.sendall(sent)
+        try:
+            while chunk := s.recv(4096):
+                got += chunk
+        except ConnectionResetError:
+            pass
+        except TimeoutError:
+            return got, float("inf")  # never closed
+    return got, time.monotonic() - started
+
+
+def test_plain_http_to_the_tls_port_gets_go_s_400_and_tls_still_works(tmp_path, sim):
+    """As Go's exporters answer it (exporter-toolkit, net/http), then closed; scrapes over
+    TLS, with basic auth, go on as before."""
+    pki = make_pki(tmp_path)
+    hashed = bcrypt.hashpw(b"right", bcrypt.gensalt(rounds=4)).decode()
+    web = (
+        f"tls_server_config:\n  cert_file: {pki['server_cert']}\n  key_file: {pki['server_key']}\n"
+        f"basic_auth_users:\n  prom: '{hashed}'\n"
+    )
+    daemon = start_daemon(tmp_path, sim, web, ca=pki["ca"])
+    auth = _auth_header(web)
+    try:
+        for request in (
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"HEAD / HTTP/1.0\r\n\r\n",
+            b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc",
+        ):
+            got, took = _plain(daemon, request)
+            assert got == (
+                b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+            ), request
+            assert took < 20
+        status, body = daemon.get(timeout=10, headers=auth)
+        assert status == 200 and b"scaleengine_up" in body
+        assert daemon.get(timeout=10)[0] == 401
+    finally:
+        stop_daemon(daemon)
+
+
+def test_tls_port_closes_silent_dripping_and_foreign_plain_connections(tmp_path, sim):
+    """Without an answer: one that sends nothing, at the 5 s head deadline (not before: a
+    slow TLS client has that long); one that drips "GE" and stops, and one that stops a TLS
+    handshake after 3 bytes, by that deadline; one that speaks neither TLS nor HTTP, at once."""
+    web, pki = _tls_web(tmp_path)
+    daemon = start_daemon(tmp_path, sim, web, ca=pki["ca"])
+    try:
+        results = {}
+        threads = [
+            threading.Thread(target=lambda k=k, v=v: results.__setitem__(k, _plain(daemon, v)))
+            for k, v in {
+                "silent": b"",
+                "drip": b"GE",
+                "handshake": b"\x16\x03\x01",
+                "ssh": b"SSH-2.0-OpenSSH_9.6\r\n",
+            }.items()
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert results["silent"][0] == b"" and 4.0 < results["silent"][1] < 20
+        assert results["drip"][0] == b"" and results["drip"][1] < 20
+        assert results["handshake"][0] == b"" and results["handshake"][1] < 20
+        assert results["ssh"][0] == b"" and results["ssh"][1] < 4.0
+        assert daemon.get(timeout=10)[0] == 200
+    finally:
+        stop_daemon(daemon)

@@ -193,6 +193,18 @@ class ScaleEngineClient:
             self._api_key, self.cdn_id, app, urls, year, month, day,
             self.page_size, offset, self.clock(),
         )  # fmt: skip
+        page = self._signed_exchange(request, f"usage.vse app={app} offset={offset}")
+        log.debug(
+            "usage.vse app=%s offset=%d rows=%d skipped=%d count=%d handle_time=%s",
+            app, offset, len(page.rows), page.skipped, page.count, page.handle_time,
+        )  # fmt: skip
+        return page
+
+    def _signed_exchange(
+        self, request: dict, what: str, parse: Callable[[bytes, Scrub], Any] | None = None
+    ) -> Any:
+        """Sign ``request``, send it under the deadline and count its outcome; errors carry no
+        secret, signature included (also as PHP escapes it in an echoed request)."""
         signature = sign(request, self._api_secret)
         body = php_json_encode({**request, "signature": signature})
         escaped = php_json_encode(signature)[1:-1]  # base64's "/" is "\\/" in an echoed request
@@ -200,9 +212,8 @@ class ScaleEngineClient:
         def scrub(text: str) -> str:
             return self._scrub(text).replace(signature, "***").replace(escaped, "***")
 
-        limit = _time_left(self.timeout)
         try:
-            page = self._exchange(body, scrub, limit)
+            result = self._exchange(body, scrub, _time_left(self.timeout), parse)
         except ApiError as err:
             if err.outcome == "api_0002":
                 err = api_failure(err.code, "", self.clock())
@@ -212,14 +223,10 @@ class ScaleEngineClient:
                     message, err.outcome, err.retryable, err.code, err.busy, err.retry_after
                 )
             self._notify(err.outcome)
-            log.debug("usage.vse app=%s offset=%d failed: %s", app, offset, err.outcome)
+            log.debug("%s failed: %s", what, err.outcome)
             raise err from None
         self._notify("success")
-        log.debug(
-            "usage.vse app=%s offset=%d rows=%d skipped=%d count=%d handle_time=%s",
-            app, offset, len(page.rows), page.skipped, page.count, page.handle_time,
-        )  # fmt: skip
-        return page
+        return result
 
     def _timed_out(self, cut: bool = False) -> ApiError:
         if cut:  # by the poll's deadline, not by scaleengine.timeout
@@ -303,27 +310,7 @@ class ScaleEngineClient:
 
     def _list_attempt(self) -> list[dict[str, Any]]:
         request = build_app_list_request(self._api_key, self.cdn_id, self.clock())
-        signature = sign(request, self._api_secret)
-        body = php_json_encode({**request, "signature": signature})
-        escaped = php_json_encode(signature)[1:-1]
-
-        def scrub(text: str) -> str:
-            return self._scrub(text).replace(signature, "***").replace(escaped, "***")
-
-        try:
-            apps = self._exchange(body, scrub, _time_left(self.timeout), parse_app_list)
-        except ApiError as err:
-            if err.outcome == "api_0002":
-                err = api_failure(err.code, "", self.clock())
-            message = scrub(err.message)
-            if message != err.message:
-                err = ApiError(
-                    message, err.outcome, err.retryable, err.code, err.busy, err.retry_after
-                )
-            self._notify(err.outcome)
-            log.debug("app.list failed: %s", err.outcome)
-            raise err from None
-        self._notify("success")
+        apps = self._signed_exchange(request, "app.list", parse_app_list)
         log.debug("app.list: %d app(s)", len(apps))
         return apps
 

@@ -31,6 +31,7 @@ from .errors import show as _show
 __all__ = [
     "AppConfig",
     "Config",
+    "DiscoveryConfig",
     "LimitsConfig",
     "PollConfig",
     "ScaleEngineConfig",
@@ -430,8 +431,6 @@ class StateConfig(BaseModel):
 def _apps_before(value: object) -> object:
     if not isinstance(value, list):
         raise ValueError("must be a list of app names or mappings")
-    if not value:
-        raise ValueError("must list at least one app")
     out: list[object] = []
     for index, item in enumerate(value):
         if isinstance(item, str):
@@ -446,13 +445,36 @@ def _apps_before(value: object) -> object:
     return out
 
 
+DEFAULT_DISCOVERY_INTERVAL = 3600.0  # how often app.list is asked (discovery.interval)
+
+
+class DiscoveryConfig(BaseModel):
+    """Polling every app app.list names (filtered by include/exclude, Python re.search on
+    the app name), beside the apps listed in the config."""
+
+    model_config = _MODEL_CONFIG
+
+    enabled: bool = False
+    interval: Duration = DEFAULT_DISCOVERY_INTERVAL
+    include: Pattern = None
+    exclude: Pattern = None
+
+    @field_validator("interval")
+    @classmethod
+    def _check_interval(cls, value: float) -> float:
+        if value < 60:
+            raise ValueError("must be at least 60s (app.list is asked this often)")
+        return value
+
+
 class Config(BaseModel):
     """The whole exporter configuration."""
 
     model_config = _MODEL_CONFIG
 
     scaleengine: ScaleEngineConfig
-    apps: Annotated[list[AppConfig], BeforeValidator(_apps_before)]
+    apps: Annotated[list[AppConfig], BeforeValidator(_apps_before)] = []
+    discovery: DiscoveryConfig = DiscoveryConfig()
     poll: PollConfig = PollConfig()
     limits: LimitsConfig = LimitsConfig()
     web: WebServerConfig = WebServerConfig()
@@ -467,6 +489,12 @@ class Config(BaseModel):
                 raise ValueError(f"@[{index}].name: app {_show(app.name)} is listed twice")
             seen.add(app.name)
         return value
+
+    @model_validator(mode="after")
+    def _some_apps(self) -> Config:
+        if not self.apps and not self.discovery.enabled:
+            raise ValueError("apps: must list at least one app (or set discovery.enabled)")
+        return self
 
     def secret_values(self) -> list[str]:
         """The API key and secret, for a log redaction filter."""

@@ -199,13 +199,17 @@ def test_parse_duration_rejects_nonfinite():
         ("1234", 1234),
         ("1B", 1),
         ("1KB", 1000),
-        ("1kb", 1000),
+        ("1kB", 1000),
+        ("500gB", 500 * 10**9),
+        ("500 GB", 500 * 10**9),
         ("1 MB", 10**6),
         ("500GB", 500 * 10**9),
         ("1.5TB", 1_500_000_000_000),
         ("2PB", 2 * 10**15),
         ("1KiB", 1024),
-        ("1 mib", 1024**2),
+        ("1 miB", 1024**2),
+        ("1 MIB", 1024**2),
+        ("7b", 7),
         ("3GiB", 3 * 1024**3),
         ("10TiB", 10 * 1024**4),
         ("1PiB", 1024**5),
@@ -222,6 +226,28 @@ def test_parse_size(value, size):
 def test_parse_size_rejects(value):
     with pytest.raises(ValueError):
         parse_size(value)
+
+
+@pytest.mark.parametrize(
+    "value, write",
+    [
+        ("500Gb", "500GB"),
+        ("500gb", "500GB"),
+        ("1kb", "1KB"),
+        ("1.5 tb", "1.5 TB"),
+        ("2Pb", "2PB"),
+        ("10Tib", "10TiB"),
+        ("1 mib", "1 MiB"),
+        ("3GIb", "3GiB"),
+    ],
+)
+def test_parse_size_refuses_bits(value, write):
+    """A lowercase b after a multiplier reads as bits: refused, naming the byte spelling."""
+    with pytest.raises(ValueError) as info:
+        parse_size(value)
+    assert str(info.value) == (
+        f"invalid size '{value}': a lowercase b means bits; write {write} for bytes"
+    )
 
 
 # --------------------------------------------------------------------------- errors

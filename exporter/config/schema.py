@@ -3,8 +3,10 @@
 Every model forbids unknown fields and is frozen. Durations accept ``30s``, ``5m``, ``2h``,
 ``1d``, ``1h30m`` (units ms, s, m, h, d, w, decimals allowed) or a bare number of seconds, and
 are stored as float seconds. Sizes accept a bare integer (bytes) or a number with a unit: B,
-KB/MB/GB/TB/PB (powers of 1000) or KiB/MiB/GiB/TiB/PiB (powers of 1024), case-insensitive,
-optional space; stored as int bytes.
+KB/MB/GB/TB/PB (powers of 1000) or KiB/MiB/GiB/TiB/PiB (powers of 1024), optional space; stored
+as int bytes. The multiplier letter's case is free (``500gB`` = ``500GB``), but a lowercase ``b``
+after it reads as bits (``500Gb``, ``1kb``, ``10Mib``) and is refused with the byte spelling to
+write instead; a bare ``B``/``b`` (bytes, no multiplier) is accepted.
 """
 
 from __future__ import annotations
@@ -117,6 +119,8 @@ _SIZE_UNITS = {
 }
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+) ?([a-z]*)")
 _SIZE_HINT = "(use e.g. 500GB, 10TiB or a number of bytes)"
+# A multiplier letter, an optional "i", then a lowercase "b": bits by the usual reading.
+_SIZE_BITS_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)( ?)([kmgtpKMGTP])([iI]?)b")
 MAX_SIZE_BYTES = 1000**7  # a zettabyte; larger is a typo
 
 
@@ -131,6 +135,7 @@ def parse_size(value: object) -> int:
             raise ValueError(f"invalid size {_show(value)} {_SIZE_HINT}")
         result = int(value)
     elif isinstance(value, str):
+        _refuse_bits(value)
         match = _SIZE_RE.fullmatch(value.strip().lower())
         if not match or match.group(2) not in _SIZE_UNITS or len(match.group(1)) > 40:
             raise ValueError(f"invalid size {_show(value)} {_SIZE_HINT}")
@@ -145,6 +150,17 @@ def parse_size(value: object) -> int:
     if result > MAX_SIZE_BYTES:
         raise ValueError(f"size {_show(value)} is too large")
     return result
+
+
+def _refuse_bits(value: str) -> None:
+    """Refuse ``500Gb`` (a lowercase b reads as bits), naming the byte spelling to write."""
+    bits = _SIZE_BITS_RE.fullmatch(value.strip())
+    if bits:
+        number, space, letter, i = bits.groups()
+        fixed = f"{number}{space}{letter.upper()}{'i' if i else ''}B"
+        raise ValueError(
+            f"invalid size {_show(value)}: a lowercase b means bits; write {fixed} for bytes"
+        )
 
 
 def _reject_bool(value: object) -> object:

@@ -114,7 +114,29 @@ def test_alert_rules_shape():
 def test_alert_values_are_humanized():
     for rule in _alert_rules():
         text = rule["annotations"]["summary"] + rule["annotations"]["description"]
+        # Budgets, dashboard and README are decimal (500GB = 500e9 bytes): bytes print with
+        # humanize ("500GB"), never humanize1024 ("465.7GiB" for the same budget).
+        assert "humanize1024" not in text, rule["alert"]
         if "Budget" in rule["alert"]:
-            assert "humanize1024" in text, rule["alert"]
+            assert "| humanize }}B" in text, rule["alert"]
         if rule["alert"] in {"ScaleEngineDataStale", "ScaleEnginePollsFailing"}:
             assert "humanizeDuration" in text, rule["alert"]
+
+
+def test_per_app_alerts_keep_and_name_the_account():
+    """With several accounts every per-app series carries `account`: the annotations name
+    it, and every query they run selects it along with app, instance and job, so two
+    accounts sharing an app name never mix (the promtool tests hold such a pair)."""
+    per_app = 0
+    for rule in _alert_rules():
+        text = rule["annotations"]["summary"] + rule["annotations"]["description"]
+        if "$labels.app" not in text:
+            continue
+        per_app += 1
+        for key in ("summary", "description"):
+            assert "with $labels.account" in rule["annotations"][key], (rule["alert"], key)
+        for query in re.findall(r'printf\s+"((?:\\.|[^"\\])*)"', text):
+            if "app=" in query:
+                assert "account='%s',app='%s'" in query, (rule["alert"], query)
+        assert not re.search(r"\b(on|ignoring|by)\s*\((?![^)]*account)[^)]*\bapp\b", rule["expr"])
+    assert per_app == 8

@@ -189,9 +189,10 @@ def test_exceeded_budget_alert_fires(exporter, prometheus):
     assert alert["labels"]["severity"] == "critical" and alert["labels"]["job"] == exporter.job
     summary, description = alert["annotations"]["summary"], alert["annotations"]["description"]
     assert low in summary and low in description
-    # Humanized: the budget (1KB = 1000 bytes) and today's bytes with binary prefixes.
-    assert "daily budget of 1000B" in description, description
-    assert re.search(r"delivered \d+(\.\d+)?[KMGT]iB today", description), description
+    # Humanized in decimal units, as budgets are written: the budget (1KB = 1000 bytes) reads
+    # 1kB, today's bytes e.g. 2.345GB (never GiB).
+    assert "daily budget of 1kB." in description, description
+    assert re.search(r"delivered \d+(\.\d+)?[kMGT]B today", description), description
     assert "<no value>" not in description and "{{" not in description
     others = [
         a["labels"]["alertname"]

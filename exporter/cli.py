@@ -424,6 +424,8 @@ def _applier(
     def apply(new: Config) -> None:
         worker.reload(new)
         exposition.reconfigure(new.poll.timezone, budgets_of(new))
+        if exposition.poll_settings is not None:
+            exposition.poll_settings.interval = new.poll.interval
         app.telemetry_path = new.web.telemetry_path
         app.config = new
         if formatter is not None:
@@ -487,7 +489,9 @@ def serve_forever(
     handed ``state``, the state file locked by :func:`lock_state`)."""
     stop, received = _catch_stop_signals()
     store = Store([a.name for a in config.apps])
-    exposition = Exposition(store, config.poll.timezone, budgets_of(config))
+    exposition = Exposition(
+        store, config.poll.timezone, budgets_of(config), poll_interval=config.poll.interval
+    )
     worker = PollWorker(config, store, exposition, state)
     app = WebApp(
         exposition,

@@ -35,8 +35,26 @@ OUTPUT = Path(__file__).resolve().parent / "scaleengine-usage.json"
 
 UID = "scaleengine-usage"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-APP = 'app=~"$app"'
+# Every per-app query selects the chosen accounts and apps. Both variables' All is ".*", which
+# also matches a series without the label (an exporter from before the `account` label).
+APP = 'account=~"$account", app=~"$app"'
 VIDEOS = f'{APP}, video_url!="__other__"'
+# The labels that tell one app's series from another's: two accounts may share an app name,
+# two exporters an account.
+APP_LABELS = "account, app, instance, job"
+LEGEND = "{{app}} {{account}}"
+
+# The usage counters step once per poll (poll.interval, 5m by default), so rate() over a
+# window holding no step reads 0, and over one holding a single step a spike. The rate panels'
+# min interval is the hidden $poll_window: 2.5 poll intervals (from the exporter's
+# scaleengine_poll_interval_seconds; 750s, 2.5 x the default 5m, for an exporter without the
+# gauge). Grafana's $__rate_interval is then at least $poll_window + one scrape interval, so
+# every window holds 2 or 3 steps whatever the scrape interval (up to a quarter poll), and the
+# line reads within about 0.75..1.3 of the true rate instead of 0, 0, 0, spike. A longer
+# range's own $__rate_interval stays the floor.
+POLL_WINDOW_FACTOR = 2.5
+POLL_WINDOW_DEFAULT = 750
+RATE_INTERVAL = "${poll_window}s"
 
 # Thresholds shared by the budget panels: warning at 80%, exceeded at 100%
 # (the same as the ScaleEngine*BudgetWarning/Exceeded alerts).
@@ -93,7 +111,7 @@ class BarGauge(Panel):
         )
 
 
-def target(expr: str, legend: str = "{{app}}", ref: str = "A", **kwargs: Any) -> Target:
+def target(expr: str, legend: str = LEGEND, ref: str = "A", **kwargs: Any) -> Target:
     """A Prometheus query against the dashboard's datasource variable."""
     return Target(
         expr=expr,
@@ -172,7 +190,7 @@ def usage_panels() -> list[Panel]:
                 target(f"scaleengine_vse_app_day_bytes{{{APP}}}"),
                 target(
                     f"scaleengine_vse_app_day_bytes_budget{{{APP}}}",
-                    legend="{{app}} budget",
+                    legend=f"{LEGEND} budget",
                     ref="B",
                 ),
             ],
@@ -184,11 +202,13 @@ def usage_panels() -> list[Panel]:
             "Delivery rate",
             (
                 "Bandwidth delivered per app in bits per second, from the growth of the "
-                "day totals (8 * rate(scaleengine_vse_bytes_total)). The API reports "
-                "usage in batches, so the rate is smoothed over $__rate_interval."
+                "day totals (8 * rate(scaleengine_vse_bytes_total)). The totals step once "
+                "per poll, so each point averages at least 2.5 poll intervals (the panel's "
+                "min interval, $poll_window from scaleengine_poll_interval_seconds)."
             ),
             [target(f"8 * rate(scaleengine_vse_bytes_total{{{APP}}}[$__rate_interval])")],
             "bps",
+            interval=RATE_INTERVAL,
             gridPos=GridPos(h=8, w=12, x=0, y=9),
         ),
         timeseries(
@@ -215,7 +235,8 @@ def usage_panels() -> list[Panel]:
                 ),
                 target(
                     f"scaleengine_vse_day_requests{{{VIDEOS}}}"
-                    f" and on (app, video_url) topk(20, scaleengine_vse_day_bytes{{{VIDEOS}}})",
+                    f" and on ({APP_LABELS}, video_url)"
+                    f" topk(20, scaleengine_vse_day_bytes{{{VIDEOS}}})",
                     legend="",
                     ref="B",
                     instant=True,
@@ -228,8 +249,15 @@ def usage_panels() -> list[Panel]:
                     "id": "organize",
                     "options": {
                         "excludeByName": {"Time": True, "instance": True, "job": True},
-                        "indexByName": {"app": 0, "video_url": 1, "Value #A": 2, "Value #B": 3},
+                        "indexByName": {
+                            "account": 0,
+                            "app": 1,
+                            "video_url": 2,
+                            "Value #A": 3,
+                            "Value #B": 4,
+                        },
                         "renameByName": {
+                            "account": "Account",
                             "app": "App",
                             "video_url": "Video",
                             "Value #A": "Bytes today",
@@ -304,7 +332,7 @@ def month_panels(y: int) -> list[Panel]:
                 target(f"scaleengine_vse_app_month_bytes{{{APP}}}"),
                 target(
                     f"scaleengine_vse_app_month_bytes_budget{{{APP}}}",
-                    legend="{{app}} budget",
+                    legend=f"{LEGEND} budget",
                     ref="B",
                 ),
             ],
@@ -381,12 +409,13 @@ def health_panels(y: int) -> list[Panel]:
             ),
             [
                 target(
-                    "sum by (app, outcome) "
+                    f"sum by ({APP_LABELS}, outcome) "
                     f"(rate(scaleengine_api_requests_total{{{APP}}}[$__rate_interval]))",
-                    legend="{{app}} {{outcome}}",
+                    legend=f"{LEGEND} {{{{outcome}}}}",
                 )
             ],
             "reqps",
+            interval=RATE_INTERVAL,
             gridPos=GridPos(h=6, w=12, x=12, y=y + 1),
         ),
         timeseries(
@@ -411,6 +440,7 @@ def health_panels(y: int) -> list[Panel]:
                 )
             ],
             "short",
+            interval=RATE_INTERVAL,
             thresholds=[{"color": "green", "value": None}, {"color": "red", "value": 0.001}],
             gridPos=GridPos(h=7, w=6, x=12, y=y + 7),
         ),
@@ -487,18 +517,38 @@ def history_panels(y: int) -> list[Panel]:
     ]
 
 
-def app_variable() -> Template:
-    """Multi-select app variable, "All" selected by default."""
+def label_variable(name: str, label: str, query: str) -> Template:
+    """Multi-select variable, "All" (".*": also a series without the label) by default."""
     variable = Template(
-        name="app",
-        label="App",
-        query="label_values(scaleengine_up, app)",
+        name=name,
+        label=label,
+        query=query,
         dataSource=DATASOURCE,
         multi=True,
         includeAll=True,
+        allValue=".*",
         refresh=2,
     )
     variable._current = {"selected": True, "text": ["All"], "value": ["$__all"]}
+    return variable
+
+
+def poll_window_variable() -> Template:
+    """Hidden: 2.5 poll intervals in whole seconds, the rate panels' min interval."""
+    variable = Template(
+        name="poll_window",
+        label="Poll window",
+        query=(
+            f"query_result(ceil({POLL_WINDOW_FACTOR} * max(scaleengine_poll_interval_seconds))"
+            f" or vector({POLL_WINDOW_DEFAULT}))"
+        ),
+        # query_result() lists "{} 750 1700000000000": the value is the second field
+        regex=r"/.* (\d+) \d+$/",
+        dataSource=DATASOURCE,
+        hide=2,
+        refresh=2,
+    )
+    variable._current = {"text": str(POLL_WINDOW_DEFAULT), "value": str(POLL_WINDOW_DEFAULT)}
     return variable
 
 
@@ -526,7 +576,11 @@ def build() -> Dashboard:
                     type="datasource",
                     default="default",
                 ),
-                app_variable(),
+                label_variable("account", "Account", "label_values(scaleengine_up, account)"),
+                label_variable(
+                    "app", "App", 'label_values(scaleengine_up{account=~"$account"}, app)'
+                ),
+                poll_window_variable(),
             ]
         ),
         panels=usage_panels() + month_panels(27) + health_panels(36) + history_panels(50),

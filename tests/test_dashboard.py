@@ -77,10 +77,17 @@ def test_importable_and_provisionable(dashboard):
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     ds = variables["datasource"]
     assert ds["type"] == "datasource" and ds["query"] == "prometheus"
-    app = variables["app"]
-    assert app["type"] == "query" and app["multi"] and app["includeAll"]
-    assert app["query"].startswith("label_values(scaleengine_")
-    assert app["current"]["value"] == ["$__all"]
+    for name in ("account", "app"):
+        var = variables[name]
+        assert var["type"] == "query" and var["multi"] and var["includeAll"], name
+        # All is ".*", which also matches a series without the label (an older exporter)
+        assert var["allValue"] == ".*", name
+        assert var["current"]["value"] == ["$__all"], name
+    assert variables["account"]["query"] == "label_values(scaleengine_up, account)"
+    # the app list follows the chosen accounts
+    assert variables["app"]["query"] == 'label_values(scaleengine_up{account=~"$account"}, app)'
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names.index("account") + 1 == names.index("app"), "account beside app"
     for panel in _panels(dashboard):
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel
         for t in panel["targets"]:
@@ -98,7 +105,17 @@ def test_panels_have_queries_descriptions_units(dashboard):
         assert 0 <= pos["x"] and pos["x"] + pos["w"] <= 24, panel["title"]
         for t in panel["targets"]:
             if "scaleengine_exporter_build_info" not in t["expr"]:
-                assert '$app"' in t["expr"], f"{panel['title']}: query ignores $app"
+                selectors = re.findall(r"scaleengine_\w+(\{[^}]*\})?", t["expr"])
+                assert selectors, panel["title"]
+                for selector in selectors:
+                    assert 'account=~"$account", app=~"$app"' in selector, (
+                        f"{panel['title']}: a selector ignores $account or $app: {t['expr']}"
+                    )
+                # a join or a grouping that keeps app keeps account (and the target) too
+                for group in re.findall(r"\b(?:on|by)\s*\(([^)]*)\)", t["expr"]):
+                    assert {"account", "app", "instance", "job"} <= {
+                        g.strip() for g in group.split(",")
+                    }, f"{panel['title']}: {group}"
         assert panel["fieldConfig"]["defaults"]["thresholds"]["steps"], panel["title"]
 
 
@@ -147,3 +164,27 @@ def test_byte_units_are_decimal_and_no_hidden_second_axis(dashboard):
         exprs = " ".join(t["expr"] for t in panel["targets"])
         if panel["type"] == "timeseries" and "decbytes" in units and "_requests" in exprs:
             assert "request" in panel["title"].lower(), panel["title"]
+
+
+def test_rate_panels_average_at_least_two_and_a_half_polls(dashboard):
+    """The usage counters step once per poll: every panel with a rate() has the hidden
+    $poll_window (2.5 x scaleengine_poll_interval_seconds, 750 s without it) as its min
+    interval, so Grafana's $__rate_interval always spans two or three steps.
+    tests/integration/test_dashboard_queries.py checks the result against Prometheus."""
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    window = variables["poll_window"]
+    assert window["hide"] == 2 and window["type"] == "query" and window["refresh"] == 2
+    assert window["query"] == (
+        "query_result(ceil(2.5 * max(scaleengine_poll_interval_seconds)) or vector(750))"
+    )
+    assert re.search(window["regex"].strip("/"), "{} 750 1700000000000").group(1) == "750"
+    rates = [p for p in _panels(dashboard) if any("rate(" in t["expr"] for t in p["targets"])]
+    assert [p["title"] for p in rates] == [
+        "Delivery rate",
+        "API requests by outcome",
+        "Skipped API rows",
+    ]
+    for panel in rates:
+        assert panel["interval"] == "${poll_window}s", panel["title"]
+        for t in panel["targets"]:
+            assert "[$__rate_interval]" in t["expr"], panel["title"]

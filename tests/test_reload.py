@@ -343,3 +343,29 @@ def test_a_reload_waiting_on_one_that_does_not_end_fails_and_is_counted(monkeypa
     first.join(10)
     assert reloader() == (True, "config reloaded")
     assert (status.successful, status.failures) == (True, 1)
+
+
+def test_poll_interval_gauge_follows_a_reload(tmp_path, sim):
+    """scaleengine_poll_interval_seconds (the dashboard's rate windows are sized from it) is
+    poll.interval, and a reload that changes poll.interval changes it."""
+    cfg = tmp_path / "config.yaml"
+    write(cfg, sim, "  - news\n")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--config", str(cfg),
+         "--web.listen-address", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT,
+    )  # fmt: skip
+    gauge = ("scaleengine_poll_interval_seconds", ())
+    try:
+        wait_for(lambda: scrape_ok(url).get(gauge) == 1.0, 30, "the gauge at poll.interval 1s")
+        # polled once: the SIGHUP handler is installed by then (as in the tests above)
+        wait_for(lambda: value(scrape_ok(url), "scaleengine_up", "news") == 1, 30, "news polled")
+        cfg.write_text(cfg.read_text().replace("interval: 1s", "interval: 7m30s"))
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: scrape_ok(url).get(gauge) == 450.0, 30, "the gauge at 7m30s = 450")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0

@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from ..reload import ReloadStatus
 from ..store import AppUsage, Store
-from .live import LiveCollector
+from .live import LiveCollector, PollSettings
 from .usage import render_app, render_budgets, usage_families
 
 # one logger for the package, named as before it was split
@@ -75,6 +75,7 @@ class Exposition:
         budgets: Mapping[str, tuple[int | None, int | None]] | None = None,
         process_metrics: bool = True,
         debounce: float = 0.05,
+        poll_interval: float | None = None,
     ) -> None:
         self._store = store
         self._families = usage_families(timezone)
@@ -97,6 +98,10 @@ class Exposition:
             PlatformCollector(registry=self.process_registry)
         self.reload_status = ReloadStatus()  # set by a config reload (SIGHUP, /-/reload)
         self.process_registry.register(self.reload_status)  # type: ignore[arg-type]
+        # poll.interval, for the dashboard's rate windows; set again by a reload
+        self.poll_settings = PollSettings(poll_interval) if poll_interval is not None else None
+        if self.poll_settings is not None:
+            self.process_registry.register(self.poll_settings)  # type: ignore[arg-type]
         self._live_cache: dict[bool, tuple[tuple[int, int], bytes]] = {}
         self._payload_cache: dict[tuple[bool, bool], tuple[Any, Any, float, list[Chunk]]] = {}
         self.render_now()

@@ -1,6 +1,7 @@
 """The live part's collectors, read at scrape time: each app's health and counters, request
-and poll-error outcomes, state saves, build info (:class:`LiveCollector`), and the poll
-worker's memory and CPU (:class:`WorkerCollector`)."""
+and poll-error outcomes, state saves, build info (:class:`LiveCollector`), the poll
+worker's memory and CPU (:class:`WorkerCollector`), and the running poll.interval
+(:class:`PollSettings`)."""
 
 from __future__ import annotations
 
@@ -201,3 +202,23 @@ class WorkerCollector:
             value=(int(fields[11]) + int(fields[12])) / self._TICK,
         )
         return [rss, cpu]
+
+
+class PollSettings:
+    """``scaleengine_poll_interval_seconds``: the running config's poll.interval (a reload sets
+    ``interval``). The usage counters step once per poll, so a rate() over a window shorter
+    than about two polls reads 0, 0, 0, then a spike: the dashboard sizes its rate windows from
+    this gauge (its hidden ``poll_window`` variable)."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    def collect(self) -> Iterable[Metric]:
+        return [
+            GaugeMetricFamily(
+                "scaleengine_poll_interval_seconds",
+                "The exporter's poll.interval: usage values change at most once per interval, "
+                "so rate() needs a window of at least two intervals.",
+                value=self.interval,
+            )
+        ]

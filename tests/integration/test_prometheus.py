@@ -99,20 +99,23 @@ def exporter_sample_names(exporter) -> set[str]:
 def app_values(prometheus) -> list[str]:
     """The values the dashboard's $app variable offers, from its label_values() query."""
     query = dashboard_variables()["app"]["query"]
-    match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", query)
+    match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query)
     assert match, f"unexpected $app variable query {query!r}"
-    metric, label = match.groups()
-    return prometheus.api(f"/api/v1/label/{label}/values", **{"match[]": metric})
+    selector, label = match.groups()
+    selector = selector.replace("$account", ".*")  # All accounts
+    return prometheus.api(f"/api/v1/label/{label}/values", **{"match[]": selector})
 
 
 def fill_variables(expr: str, apps: list[str]) -> str:
-    """The query as Grafana sends it with $app = the given apps (multi-select)."""
+    """The query as Grafana sends it with $app = the given apps (multi-select) and $account
+    = All (".*": the demo exporter's series may or may not carry the label)."""
     for name, value in GRAFANA_INTERVALS.items():
         expr = expr.replace(name, value)
     # Grafana's Prometheus datasource escapes regex characters with a double backslash.
     escaped = [re.sub(r"([\\^$*+?.()|\[\]{}/])", r"\\\\\1", a) for a in apps]
     app = "(" + "|".join(escaped) + ")"
     expr = expr.replace("${app}", app).replace("$app", app)
+    expr = expr.replace("${account}", ".*").replace("$account", ".*")
     assert "$" not in expr, f"unfilled variable in {expr!r}"
     return expr
 
@@ -145,9 +148,14 @@ def test_every_metric_name_exists_in_exporter_output(exporter, prometheus):
     for where, expr in dashboard_exprs() + rule_exprs():
         for name in metric_names(expr):
             used.setdefault(name, set()).add(where)
-    variable = dashboard_variables()["app"]["query"]
-    for name in metric_names(re.sub(r"^label_values\((\w+),.*", r"\1", variable)):
-        used.setdefault(name, set()).add("$app variable")
+    for var in dashboard_variables().values():
+        if var["type"] != "query":
+            continue
+        query = re.sub(r"^label_values\((.+),\s*\w+\)$", r"\1", var["query"])
+        query = re.sub(r"^query_result\((.*)\)$", r"\1", query)
+        for name in metric_names(query):
+            used.setdefault(name, set()).add(f"${var['name']} variable")
+    assert "scaleengine_poll_interval_seconds" in used
     assert len(used) >= 12, sorted(used)
     missing = {
         name: sorted(where)

@@ -211,7 +211,8 @@ def test_readme_metrics_table_matches_the_code():
     store.publish("a", usage("a", 2), replace(status, bytes_total=5, requests_total=1))
     store.record_state_save(True, 1.0)  # with state.path
     store.set_listed({"a": None})  # once app.list has answered
-    expo = Exposition(store, "UTC", {"a": (1, 2)}, process_metrics=False)
+    # the daemon passes its poll.interval (--once does not)
+    expo = Exposition(store, "UTC", {"a": (1, 2)}, process_metrics=False, poll_interval=300.0)
     # the daemon's serving process also describes its poll worker (here: this process)
     expo.process_registry.register(WorkerCollector(os.getpid))
     emitted = {k[0] for k in samples(expo.text())}

@@ -231,8 +231,9 @@ def lock_state(config: Config) -> StateFile | None:
 def run_once(config: Config, state: StateFile | None) -> int:
     """--once: poll every app, print the exposition; 0 when every app is up, else 1."""
     exporter = Exporter(config, state_file=state)
-    exporter.poller.check_app_list()  # scaleengine_app_listed; a failure is logged, no more
-    ok = exporter.poller.poll_all()
+    # scaleengine_app_listed; a failure is logged, no more (with discovery on: exit 1)
+    listed = exporter.poller.check_app_list() or not config.discovery.enabled
+    ok = exporter.poller.poll_all() and listed
     exporter.exposition.render_now()
     sys.stdout.buffer.write(exporter.exposition.text())
     sys.stdout.flush()

@@ -126,6 +126,14 @@ def test_discovered_apps_are_polled_beside_configured_ones_with_their_budgets(si
     assert view.status["typo"].up
 
 
+def test_without_apps_ready_waits_for_the_first_listing(sim):
+    poller, _ = make(sim, config_for(sim))
+    assert not poller.ready  # no app yet: not "every app polled"
+    sim.set_fault("app.list", "failure_0005")
+    assert not poller.check_app_list()
+    assert poller.ready  # a listing ended: nothing more to wait for
+
+
 def test_an_app_added_starts_from_a_baseline_and_a_removed_one_leaves_series_and_state(
     sim, tmp_path
 ):
@@ -240,6 +248,9 @@ def test_the_listing_runs_every_discovery_interval_and_a_reload_changes_it(sim):
     try:
         job = poller._scheduler.get_job("app.list")
         assert job.trigger.interval.total_seconds() == 120
+        poller.reconfigure(config_for(sim, interval="5m"))
+        job = poller._scheduler.get_job("app.list")
+        assert job.trigger.interval.total_seconds() == 300
         data = sim_config(sim, discovery={"enabled": False})
         poller.reconfigure(parse_config(data, env={}))
         job = poller._scheduler.get_job("app.list")
@@ -288,3 +299,21 @@ def test_once_without_apps_polls_what_app_list_names(tmp_path):
         assert proc.returncode == 1  # nothing to poll is not a success
         assert "discovery keeps the last good list" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_the_simulator_adds_and_removes_apps_at_run_time(sim):
+    from exporter.scaleengine import ScaleEngineClient
+
+    with ScaleEngineClient(
+        sim.url, sim.cdn_id, sim.api_key, sim.api_secret, timeout=5, retries=0,
+        clock=sim.clock.now,
+    ) as client:  # fmt: skip
+        sim.add_app("delta", videos=2)
+        assert [e["name"] for e in client.list_apps()] == ["alpha", "beta", "delta", "gamma"]
+        assert len(client.fetch_usage("delta", None, 2026, 3, 10).videos) == 2
+        sim.remove_app("alpha")
+        assert [e["name"] for e in client.list_apps()] == ["beta", "delta", "gamma"]
+        assert client.fetch_usage("alpha", None, 2026, 3, 10).videos == {}
+    assert [e["outcome"] for e in sim.request_log if e.get("command") == "app.list"] == [
+        "success", "success",
+    ]  # fmt: skip

@@ -272,7 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_secrets(formatter, config.secret_values())
 
     if args.check_config:
-        print(f"config ok: {len(config.apps)} app(s)")
+        found = " and those app.list names (discovery)" if config.discovery.enabled else ""
+        print(f"config ok: {len(config.apps)} app(s){found}")
         return 0
     try:
         state = lock_state(config)

@@ -13,11 +13,12 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from datetime import UTC, datetime
 
 import pytest
 import yaml
-from helpers import ROOT, samples, sim_config
+from helpers import ROOT, samples, sim_config, wait_for
 
 from exporter.config import ConfigError, DiscoveryConfig, parse_config
 from exporter.metrics import Exposition
@@ -241,6 +242,29 @@ def test_a_restart_polls_the_apps_discovered_before_with_their_counters(sim, tmp
     assert store2.view().status["beta"].bytes_total == before  # not reset
 
 
+def test_a_poll_running_while_its_app_goes_and_comes_back_publishes_nothing(sim):
+    """The old app's poll ends after the new one started from a baseline: its counters must
+    not show (they would go down at the new app's first poll)."""
+    poller, store = make(sim, config_for(sim))
+    assert poller.check_app_list() and poller.poll_all()
+    sim.add_traffic("beta", 5_000, 5)
+    assert poller.poll_all() and poller.poll_all()
+    assert store.view().status["beta"].bytes_total == 5_000
+    sim.page_delay["beta"] = 1.0
+    old = threading.Thread(target=poller.poll_app, args=("beta",))
+    old.start()
+    wait_for(lambda: poller.in_flight == 1, 10, "the slow poll")
+    sim.remove_app("beta")
+    assert poller.check_app_list() and "beta" not in store.view().status
+    sim.add_app("beta", videos=4)
+    assert poller.check_app_list()
+    old.join(30)
+    assert store.view().status["beta"].bytes_total is None  # the new app's: not known yet
+    sim.page_delay["beta"] = 0
+    assert poller.poll_app("beta")
+    assert store.view().status["beta"].bytes_total == 0
+
+
 def test_the_listing_runs_every_discovery_interval_and_a_reload_changes_it(sim):
     config = config_for(sim, interval="2m")
     poller, _ = make(sim, config)
@@ -317,3 +341,19 @@ def test_the_simulator_adds_and_removes_apps_at_run_time(sim):
     assert [e["outcome"] for e in sim.request_log if e.get("command") == "app.list"] == [
         "success", "success",
     ]  # fmt: skip
+
+
+def test_check_config_accepts_no_apps_with_discovery_and_says_so(tmp_path):
+    with Simulator(apps=APPS) as sim:
+        data = sim_config(sim, discovery={"enabled": True})
+        del data["apps"]
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCALEENGINE_")}
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter", "--check-config", "--config", str(path)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT, env=env,
+        )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "config ok: 0 app(s) and those app.list names (discovery)\n"
+    assert len(sim.request_log) == 0

@@ -19,11 +19,12 @@ from datetime import UTC, datetime
 import pytest
 import yaml
 from helpers import ROOT, samples, sim_config, wait_for
+from pydantic import ValidationError
 
-from exporter.config import ConfigError, DiscoveryConfig, parse_config
+from exporter.config import AppConfig, ConfigError, DiscoveryConfig, parse_config
 from exporter.metrics import Exposition
 from exporter.poller import Poller
-from exporter.poller.discovery import select
+from exporter.poller.discovery import select, usable
 from exporter.simulator import SimClock, Simulator
 from exporter.state import StateFile
 from exporter.store import Store
@@ -95,9 +96,22 @@ def test_include_exclude_search_the_name_and_configured_apps_are_not_discovered(
     assert got.apps == ("live-a", "my-vod")  # re.search: "vod" anywhere in the name
 
 
+NAMES = ["ok", " spaced ", "", "tab\there", "nl\n", "\u00a0nbsp", "caf\u00e9", 'q"\\', "a b"]
+
+
 def test_names_no_config_could_hold_are_left_out():
-    got = select(["ok", " spaced ", "", "tab\there"], set(), DiscoveryConfig(enabled=True))
-    assert (got.apps, got.unusable) == (("ok",), 3)
+    got = select(NAMES, set(), DiscoveryConfig(enabled=True))
+    assert (got.apps, got.unusable) == (("a b", "caf\u00e9", "ok", 'q"\\'), 5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_usable_is_the_app_configs_rule(name):
+    try:
+        AppConfig(name=name)
+        valid = True
+    except ValidationError:
+        valid = False
+    assert usable(name) == valid
 
 
 @pytest.mark.parametrize("value, ok", [(1, True), (100000, True), (0, False), (100001, False)])

@@ -20,8 +20,6 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
-
 from ..config import AppConfig, Config, DiscoveryConfig
 from ..scaleengine import ApiError
 from ..store import DiscoveryState
@@ -63,12 +61,11 @@ class Selection:
     unusable: int  # names no app config could have (empty, spaces around, control chars)
 
 
-def _usable(name: str) -> bool:
-    try:
-        AppConfig(name=name)
-    except ValidationError:
-        return False
-    return True
+def usable(name: str) -> bool:
+    """Whether an app config could hold the name: AppConfig's rule (not empty, no spaces
+    around it, no control characters), without a model per name (a listing may hold
+    100,000)."""
+    return bool(name.strip()) and name == name.strip() and name.isprintable()
 
 
 def select(
@@ -76,11 +73,11 @@ def select(
 ) -> Selection:
     """The apps a listing adds to the configured ones: named, not configured, kept by
     include/exclude (``re.search`` on the name), the first ``max_apps`` by name."""
-    usable = {n for n in names if _usable(n)}
-    unusable = len(set(names) - usable)
+    usable_names = {n for n in names if usable(n)}
+    unusable = len(set(names) - usable_names)
     candidates = sorted(
         n
-        for n in usable
+        for n in usable_names
         if n not in configured
         and (settings.include is None or settings.include.search(n))
         and not (settings.exclude is not None and settings.exclude.search(n))
@@ -92,6 +89,13 @@ def select(
 def app_configs(config: Config, discovered: Iterable[str]) -> list[AppConfig]:
     """The apps to poll: the configured ones, then the discovered ones (no budgets, all urls)."""
     return [*config.apps, *(AppConfig(name=n) for n in discovered)]
+
+
+def _names(names: Collection[str], most: int = 20) -> str:
+    """Names for a log line: the first ``most`` by name, then how many more."""
+    shown = sorted(names)[:most]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return (",".join(shown) or "none") + more
 
 
 class Discovering(PollerBase):
@@ -170,7 +174,8 @@ class Discovering(PollerBase):
         return True
 
     def _apply_discovered(self, discovered: tuple[str, ...]) -> None:
-        before = set(self._discovered)
+        """The discovered apps become ``discovered``: added ones polled at once, gone ones
+        stopped, their series and state entries dropped."""
         self._discovered = discovered
         added, removed = self._swap_apps(False)
         if self._scheduler is not None and self._scheduler.running:
@@ -182,8 +187,8 @@ class Discovering(PollerBase):
             "discovery: app set changed",
             extra={
                 "apps": len(self._apps),
-                "added": ",".join(sorted(set(discovered) - before)) or "none",
-                "removed": ",".join(sorted(removed)) or "none",
+                "added": _names(added),
+                "removed": _names(removed),
             },
         )
 

@@ -142,3 +142,27 @@ def marked(url: str) -> int:
     """Apps the landing page marks as discovered (it may serve a page up to 5 s old)."""
     _, _, page = http_get(url + "/")
     return page.decode().count("discovered (app.list)")
+
+
+def test_a_restarted_worker_goes_on_with_the_discovered_apps_and_failure_counts(sim, daemon):
+    """kill -9 of the poll worker: the new one polls the apps discovered before (from the
+    state file, its first listing failing) with their counters, and the failures counter
+    goes on from the served value, never back to 1."""
+    from test_cli import _worker_pid
+
+    proc, url, _ = daemon
+    wait_for(lambda: up_apps(url) == {"news", "sport"}, 30, "the simulator's apps")
+    sim.add_traffic("news", 1_000, 1)
+    total = ("scaleengine_vse_bytes_total", (("app", "news"),))
+    wait_for(lambda: scrape(url).get(total) == 1_000, 30, "news counted")
+    sim.set_fault("app.list", "failure_0005")
+    proc.send_signal(signal.SIGHUP)
+    failures = ("scaleengine_discovery_failures_total", (("outcome", "api_0005"),))
+    wait_for(lambda: scrape(url).get(failures) == 1, 30, "the first failure counted")
+    first = wait_for(lambda: _worker_pid(proc.pid), 10, "the poll worker")
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: _worker_pid(proc.pid) not in (None, first), 20, "a new worker")
+    wait_for(lambda: scrape(url).get(failures) == 2, 30, "its failed listing counted on")
+    wait_for(lambda: up_apps(url) == {"news", "sport"}, 30, "the apps polled again")
+    sim.add_traffic("news", 500, 1)
+    wait_for(lambda: scrape(url).get(total) == 1_500, 30, "news counted on, not reset")

@@ -228,11 +228,17 @@ def lock_state(config: Config) -> StateFile | None:
     return state
 
 
+def _discovery_note(config: Config) -> str:
+    from .poller.discovery import discovery_of  # not loaded by the serving process
+
+    return " and those app.list names (discovery)" if discovery_of(config).enabled else ""
+
+
 def run_once(config: Config, state: StateFile | None) -> int:
     """--once: poll every app, print the exposition; 0 when every app is up, else 1."""
     exporter = Exporter(config, state_file=state)
     # scaleengine_app_listed; a failure is logged, no more (with discovery on: exit 1)
-    listed = exporter.poller.check_app_list() or not config.discovery.enabled
+    listed = exporter.poller.check_app_list() or not exporter.poller.discovering
     ok = exporter.poller.poll_all() and listed
     exporter.exposition.render_now()
     sys.stdout.buffer.write(exporter.exposition.text())
@@ -272,8 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_secrets(formatter, config.secret_values())
 
     if args.check_config:
-        found = " and those app.list names (discovery)" if config.discovery.enabled else ""
-        print(f"config ok: {len(config.apps)} app(s){found}")
+        print(f"config ok: {len(config.apps)} app(s){_discovery_note(config)}")
         return 0
     try:
         state = lock_state(config)

@@ -119,6 +119,11 @@ class Discovering(PollerBase):
             state = self.store.discovery or DiscoveryState()
             self.store.set_discovery(dataclasses.replace(state, apps=frozenset(self._discovered)))
 
+    @property
+    def discovering(self) -> bool:
+        """Whether discovery is on (the apps app.list names are polled)."""
+        return discovery_of(self.config).enabled
+
     def _app_configs(self) -> list[AppConfig]:
         return app_configs(self.config, self._discovered)
 

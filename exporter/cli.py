@@ -228,11 +228,18 @@ def lock_state(config: Config) -> StateFile | None:
     return state
 
 
+def _discovery_note(config: Config) -> str:
+    from .poller.discovery import discovery_of  # not loaded by the serving process
+
+    return " and those app.list names (discovery)" if discovery_of(config).enabled else ""
+
+
 def run_once(config: Config, state: StateFile | None) -> int:
     """--once: poll every app, print the exposition; 0 when every app is up, else 1."""
     exporter = Exporter(config, state_file=state)
-    exporter.poller.check_app_list()  # scaleengine_app_listed; a failure is logged, no more
-    ok = exporter.poller.poll_all()
+    # scaleengine_app_listed; a failure is logged, no more (with discovery on: exit 1)
+    listed = exporter.poller.check_app_list() or not exporter.poller.discovering
+    ok = exporter.poller.poll_all() and listed
     exporter.exposition.render_now()
     sys.stdout.buffer.write(exporter.exposition.text())
     sys.stdout.flush()
@@ -271,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_secrets(formatter, config.secret_values())
 
     if args.check_config:
-        print(f"config ok: {len(config.apps)} app(s)")
+        print(f"config ok: {len(config.apps)} app(s){_discovery_note(config)}")
         return 0
     try:
         state = lock_state(config)

@@ -53,6 +53,16 @@ class AppStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DiscoveryState:
+    """Discovery (app.list names the apps to poll), shown while discovery.enabled."""
+
+    apps: frozenset[str] = frozenset()  # the discovered apps polled (the configured ones apart)
+    left_out: int = 0  # apps that matched but were past discovery.max_apps
+    last_success: float | None = None  # unix time of the last good listing
+    failures: Mapping[str, int] = field(default_factory=dict)  # failed listings by outcome
+
+
+@dataclass(frozen=True, slots=True)
 class View:
     version: int
     usage: Mapping[str, AppUsage]
@@ -65,6 +75,8 @@ class View:
     # does not list it ("" when nothing is close), None when it is listed; an app is missing
     # here while app.list has never answered (scaleengine_app_listed absent)
     listed: Mapping[str, str | None] = field(default_factory=dict)
+    # None while discovery is off (no discovery series at all)
+    discovery: DiscoveryState | None = None
 
 
 class Store:
@@ -87,6 +99,7 @@ class Store:
         self._state_saves: tuple[int, float | None] | None = None
         self._removed: set[str] = set()  # apps a reload removed: late publishes are ignored
         self._listed: Mapping[str, str | None] = MappingProxyType({})  # see View.listed
+        self._discovery: DiscoveryState | None = None  # see View.discovery
 
     @property
     def apps(self) -> list[str]:
@@ -165,6 +178,25 @@ class Store:
             self._current = (version + 1, usage, status)
             self._changed.notify_all()
 
+    def set_discovery(self, state: DiscoveryState | None) -> None:
+        """Discovery's state (None: discovery is off); a change of the live metrics."""
+        with self._count_lock:
+            self._discovery = state
+            self._counts_version += 1
+
+    def count_discovery_failure(self, outcome: str) -> None:
+        """Count one failed listing of discovery by outcome (discovery must be on)."""
+        with self._count_lock:
+            state = self._discovery or DiscoveryState()
+            failures = dict(state.failures)
+            failures[outcome] = failures.get(outcome, 0) + 1
+            self._discovery = dataclasses.replace(state, failures=failures)
+            self._counts_version += 1
+
+    @property
+    def discovery(self) -> DiscoveryState | None:
+        return self._discovery
+
     def set_apps(self, apps: list[str]) -> None:
         """A reload's new app list: removed apps and all their series go, new apps start
         unpolled, the others keep everything. Always counts as a change (budgets may have
@@ -192,11 +224,13 @@ class Store:
         poll_errors: Mapping[tuple[str, str], int],
         state_saves: tuple[int, float | None] | None = None,
         listed: Mapping[str, str | None] | None = None,
+        discovery: DiscoveryState | None = None,
     ) -> None:
         """Take over another store's whole state (the serving side of a poll worker)."""
         with self._lock:
             version = self._current[0] + 1
             self._listed = MappingProxyType(dict(listed or {}))
+            self._discovery = discovery
             self._current = (version, MappingProxyType(dict(usage)), MappingProxyType(dict(status)))
             with self._count_lock:
                 self._requests = dict(requests)
@@ -217,6 +251,7 @@ class Store:
             dict(self._poll_errors),
             self._state_saves,
             self._listed,
+            self._discovery,
         )
 
     @property

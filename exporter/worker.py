@@ -104,7 +104,7 @@ class _WorkerProcess:
             # a restart: the request and error counters go on from what was served
             self.store.mirror(
                 {}, {}, seed["requests"], seed["poll_errors"], seed["state_saves"],
-                seed.get("listed"),
+                seed.get("listed"), seed.get("discovery"),
             )  # fmt: skip
         self.poller = Poller(config, self.store, state_file=state)
         if seed is not None:
@@ -126,6 +126,7 @@ class _WorkerProcess:
             self.poller.ready,
             view.state_saves,
             dict(view.listed),
+            view.discovery,  # the discovered apps and the listings' outcomes (or None)
         )
         files = [_to_file(p) for p in parts[:2]] if parts is not None else []
         with self.send_lock:
@@ -307,6 +308,7 @@ class PollWorker:
             "poll_errors": dict(view.poll_errors),
             "state_saves": view.state_saves,
             "listed": dict(view.listed),
+            "discovery": view.discovery,
         }
         self._spawn(seed)
 
@@ -394,14 +396,16 @@ class PollWorker:
                     self._reloaded = (message[1], message[2])
                     self._reload_done.set()
                     continue
-                _, crc, usage, status, requests, poll_errors, ready, state_saves, listed = message
+                _, crc, usage, status, requests, poll_errors, ready, state_saves, listed, found = (
+                    message
+                )
                 if crc is not None:
                     files = []
                     for _ in range(2):
                         fd = recv_handle(conn)
                         files.append(StoredFile(fd, os.fstat(fd).st_size))
                     self.exposition.set_stored((files[0], files[1], crc))
-                self.store.mirror(usage, status, requests, poll_errors, state_saves, listed)
+                self.store.mirror(usage, status, requests, poll_errors, state_saves, listed, found)
                 self.ready = self.ready or ready  # a reload's new apps do not unready it
                 self.last_update = time.monotonic()
                 self._shown_overdue = False

@@ -14,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
 from exporter.metrics import Exposition, WorkerCollector, negotiate, usage_families
-from exporter.store import AppStatus, AppUsage, Store
+from exporter.store import AppStatus, AppUsage, DiscoveryState, Store
 
 WEIRD = ['quote"d', "back\\slash", "new\nline", "café/ü/日本.mp4", "emoji-🎬", "plain.mp4"]
 
@@ -211,6 +211,8 @@ def test_readme_metrics_table_matches_the_code():
     store.publish("a", usage("a", 2), replace(status, bytes_total=5, requests_total=1))
     store.record_state_save(True, 1.0)  # with state.path
     store.set_listed({"a": None})  # once app.list has answered
+    # with discovery.enabled, after a good listing and a failed one
+    store.set_discovery(DiscoveryState(frozenset({"a"}), 0, 1.0, {"timeout": 1}))
     # the daemon passes its poll.interval (--once does not)
     expo = Exposition(store, "UTC", {"a": (1, 2)}, process_metrics=False, poll_interval=300.0)
     # the daemon's serving process also describes its poll worker (here: this process)

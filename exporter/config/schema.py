@@ -462,6 +462,7 @@ def _apps_before(value: object) -> object:
 
 
 DEFAULT_DISCOVERY_INTERVAL = 3600.0  # how often app.list is asked (discovery.interval)
+DEFAULT_DISCOVERY_MAX_APPS = 1000  # apps discovery polls at most (discovery.max_apps)
 
 
 class DiscoveryConfig(BaseModel):
@@ -474,6 +475,7 @@ class DiscoveryConfig(BaseModel):
     interval: Duration = DEFAULT_DISCOVERY_INTERVAL
     include: Pattern = None
     exclude: Pattern = None
+    max_apps: Int = Field(default=DEFAULT_DISCOVERY_MAX_APPS, ge=1, le=100_000)
 
     @field_validator("interval")
     @classmethod

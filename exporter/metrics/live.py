@@ -40,6 +40,7 @@ class LiveCollector:
         return [
             *_app_families(statuses),
             _listed_family(view),
+            *_discovery_families(view),
             *_outcome_families(view),
             *_state_families(view),
             _build_info(),
@@ -116,6 +117,41 @@ def _listed_family(view: View) -> Metric:
     for app in sorted(view.listed):
         listed.add_metric([app], 0 if view.listed[app] is not None else 1)
     return listed
+
+
+def _discovery_families(view: View) -> list[Metric]:
+    """Discovery's listings (app.list); none while discovery is off."""
+    state = view.discovery
+    if state is None:
+        return []
+    apps = GaugeMetricFamily(
+        "scaleengine_discovery_apps",
+        "Apps polled because app.list names them (discovery), beside the configured ones.",
+        value=len(state.apps),
+    )
+    left_out = GaugeMetricFamily(
+        "scaleengine_discovery_apps_left_out",
+        "Apps app.list names that discovery's filters keep but discovery.max_apps left out.",
+        value=state.left_out,
+    )
+    failures = CounterMetricFamily(
+        "scaleengine_discovery_failures",
+        "Listings of discovery (app.list) that failed, by outcome; the last good list of "
+        "apps is kept meanwhile.",
+        labels=["outcome"],
+    )
+    for outcome, count in sorted(state.failures.items()):
+        failures.add_metric([outcome], count)
+    out: list[Metric] = [apps, left_out, failures]
+    if state.last_success is not None:
+        out.append(
+            GaugeMetricFamily(
+                "scaleengine_discovery_last_success_timestamp_seconds",
+                "Unix time of discovery's last good listing (app.list).",
+                value=state.last_success,
+            )
+        )
+    return out
 
 
 def _outcome_families(view: View) -> list[Metric]:

@@ -10,8 +10,7 @@ import time
 
 from ..scaleengine import ApiError, client_for
 from .base import PollerBase, log
-
-APP_LIST_INTERVAL = 3600.0  # seconds between two app.list checks
+from .discovery import discovery_of
 
 
 def verdicts(configured: list[str], listed: list[str]) -> dict[str, str | None]:
@@ -40,16 +39,20 @@ class AppListing(PollerBase):
                 with client_for(config, clock=self.clock) as client:
                     entries = client.list_apps(time.monotonic() + config.poll.timeout)
             except ApiError as err:
+                if discovery_of(config).enabled:  # counted; logged as repeated events are
+                    self._listing_failed(err)
+                    return False
                 log.warning(
                     "app.list failed: cannot check the configured app names",
                     extra={"outcome": err.outcome, "err": err.message},
                 )
                 return False
             configured = [a.name for a in config.apps]
-            found = verdicts(configured, [e["name"] for e in entries])
+            names = [e["name"] for e in entries]
+            found = verdicts(configured, names)
             self._warn_unlisted(found)
             self.store.set_listed(found)
-            return True
+            return self._take_listing(names)
 
     def _warn_unlisted(self, found: dict[str, str | None]) -> None:
         """One warning per unlisted app (again only when its suggestion changes)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ..config import Config
-from ..scaleengine import ScaleEngineClient
+from ..config import AppConfig, Config
+from ..scaleengine import ApiError, ScaleEngineClient
 from ..state import StateFile
 from ..store import Store
 from .apps import AppState
@@ -39,6 +40,25 @@ class PollerBase:
     _in_flight: int
     _watch_stop: threading.Event
     _watcher: threading.Thread | None
+    _apps_lock: threading.RLock
 
     def check_app_list(self) -> bool:  # AppListing
+        raise NotImplementedError
+
+    def _take_listing(self, names: list[str]) -> bool:  # Discovering
+        raise NotImplementedError
+
+    def _listing_failed(self, err: ApiError) -> None:  # Discovering
+        raise NotImplementedError
+
+    def _app_configs(self) -> list[AppConfig]:  # Discovering: configured and discovered
+        raise NotImplementedError
+
+    def _swap_apps(self, new_client: bool) -> tuple[set[str], set[str]]:  # Reconfiguring
+        raise NotImplementedError
+
+    def _add_job(self, name: str, first_run: datetime) -> None:  # Scheduling
+        raise NotImplementedError
+
+    def save_state(self) -> None:  # CounterKeeping
         raise NotImplementedError

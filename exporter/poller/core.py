@@ -14,13 +14,16 @@ from .applist import AppListing
 from .apps import AppState
 from .base import ClientFactory, Clock
 from .counters import CounterKeeping
+from .discovery import Discovering, pool_size
 from .flow import PollFlow
 from .overdue import OverdueWatch
 from .reload import Reconfiguring
 from .schedule import Scheduling
 
 
-class Poller(PollFlow, CounterKeeping, Scheduling, OverdueWatch, Reconfiguring, AppListing):
+class Poller(
+    PollFlow, CounterKeeping, Scheduling, OverdueWatch, Reconfiguring, AppListing, Discovering
+):
     """Polls every configured app on its schedule and publishes each run to the store."""
 
     def __init__(
@@ -48,6 +51,7 @@ class Poller(PollFlow, CounterKeeping, Scheduling, OverdueWatch, Reconfiguring, 
             warn_if_cleartext(config.scaleengine.api_url)
         factory = client_factory or self._default_client
         counters = self._load_counters()
+        self._init_discovery(list(counters))  # discovery on: the apps discovered before
         self._apps: dict[str, AppState] = {
             app.name: AppState(
                 config=app,
@@ -55,7 +59,7 @@ class Poller(PollFlow, CounterKeeping, Scheduling, OverdueWatch, Reconfiguring, 
                 counters=counters.get(app.name) or AppCounters(),
                 lock=threading.Lock(),
             )
-            for app in config.apps
+            for app in self._app_configs()
         }
         # fresh counters are exported from here on; loaded ones once confirmed by a poll
         for name, st in self._apps.items():
@@ -72,15 +76,16 @@ class Poller(PollFlow, CounterKeeping, Scheduling, OverdueWatch, Reconfiguring, 
 
     def poll_all(self) -> bool:
         """Poll every app once, concurrently (bounded by poll.concurrency); True if all ok."""
-        workers = max(1, min(self.config.poll.concurrency, len(self._apps)))
+        workers = pool_size(self.config, len(self._apps))
         with FuturesPool(max_workers=workers, thread_name_prefix="poll") as pool:
             results = list(pool.map(self.poll_app, list(self._apps)))
         return all(results)
 
     @property
     def ready(self) -> bool:
-        """True once every app has had a poll attempt finish."""
-        return all(st.polled for st in self._apps.values())
+        """True once every app has had a poll attempt finish (and, while discovery is on, a
+        first listing has ended)."""
+        return self._discovery_settled and all(st.polled for st in self._apps.values())
 
     @property
     def in_flight(self) -> int:

@@ -86,6 +86,8 @@ class PollFlow(PollerBase):
         with st.publish_lock:
             st.last_end = time.monotonic()
             st.overdue = False
+            if self._apps.get(name) is not st:  # removed meanwhile (and perhaps added again)
+                return
             self.store.publish(name, st.usage, status)
 
     def _fetch(

@@ -30,32 +30,38 @@ class Reconfiguring(PollerBase):
         or a new label length or include/exclude (the client cuts and judges URLs as it reads
         them), give every app a new client; a new interval, jitter or concurrency reschedules.
         """
-        old = self.config
-        self.config = config
-        self.tz = config.poll.tz
-        new_names = [a.name for a in config.apps]
-        client_settings = config.scaleengine != old.scaleengine or client_limits(
-            config
-        ) != client_limits(old)
-        today, _, _ = day_bounds(self.clock(), self.tz)
-        fresh_origin = recent_days(today)
-        apps = {a.name: self._carry_over(a, client_settings, fresh_origin) for a in config.apps}
-        removed = {name: st for name, st in self._apps.items() if name not in apps}
-        self._apps = apps  # a new dict: readers iterating the old one are not disturbed
-        self.store.set_apps(new_names)  # a poll of a removed app still running publishes nothing
-        for name, st in removed.items():
-            self._reload_removed(name, st)
-        if self._scheduler is not None and self._scheduler.running:
-            self._reschedule(old)
-        self.save_state()
+        with self._apps_lock:  # a listing's discovery waits (and vice versa)
+            old = self.config
+            self.config = config
+            self.tz = config.poll.tz
+            client_settings = config.scaleengine != old.scaleengine or client_limits(
+                config
+            ) != client_limits(old)
+            self._rediscover()  # discovery: its settings may have changed
+            added, removed = self._swap_apps(client_settings)
+            if self._scheduler is not None and self._scheduler.running:
+                self._reschedule(old)
+            self.save_state()
         log.info(
             "poller reconfigured",
-            extra={
-                "apps": len(apps),
-                "added": len(set(apps) - {a.name for a in old.apps}),
-                "removed": len(removed),
-            },
+            extra={"apps": len(self._apps), "added": len(added), "removed": len(removed)},
         )
+
+    def _swap_apps(self, new_client: bool) -> tuple[set[str], set[str]]:
+        """The app set becomes the configured and discovered apps: kept ones keep their
+        state, added ones start fresh, removed ones stop and their series leave the store.
+        Returns (added, removed) names."""
+        today, _, _ = day_bounds(self.clock(), self.tz)
+        fresh_origin = recent_days(today)
+        wanted = self._app_configs()
+        apps = {a.name: self._carry_over(a, new_client, fresh_origin) for a in wanted}
+        removed = {name: st for name, st in self._apps.items() if name not in apps}
+        added = set(apps) - set(self._apps)
+        self._apps = apps  # a new dict: readers iterating the old one are not disturbed
+        self.store.set_apps(list(apps))  # a poll of a removed app still running publishes nothing
+        for name, st in removed.items():
+            self._reload_removed(name, st)
+        return added, set(removed)
 
     def _carry_over(self, app: AppConfig, new_client: bool, fresh_origin: set[str]) -> AppState:
         """A kept app's state with its new config (and a new client when ``new_client``);

@@ -11,8 +11,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from ..config import Config, PollConfig
-from .applist import APP_LIST_INTERVAL
 from .base import PollerBase, log
+from .discovery import discovery_of, listing_interval, pool_size
 
 
 def _trigger(poll: PollConfig) -> IntervalTrigger:
@@ -24,7 +24,7 @@ class Scheduling(PollerBase):
     def start(self) -> None:
         """Schedule every app's polls (the first at once) and start the overdue watch."""
         poll = self.config.poll
-        workers = max(1, min(poll.concurrency, len(self._apps)))
+        workers = pool_size(self.config, len(self._apps))
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=workers)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -35,7 +35,7 @@ class Scheduling(PollerBase):
             self._add_job(name, now)
         self._scheduler.add_job(
             self.check_app_list,
-            IntervalTrigger(seconds=APP_LIST_INTERVAL, timezone=UTC),
+            IntervalTrigger(seconds=listing_interval(self.config), timezone=UTC),
             id="app.list",
             name="app.list",
             next_run_time=now,
@@ -67,7 +67,8 @@ class Scheduling(PollerBase):
         concurrency makes a new scheduler (running polls finish in the old one)."""
         poll, was = self.config.poll, old.poll
         assert self._scheduler is not None
-        if poll.concurrency != was.concurrency:
+        toggled = discovery_of(self.config).enabled != discovery_of(old).enabled
+        if poll.concurrency != was.concurrency or toggled:
             # the pool's size is fixed: a new scheduler; running polls finish in the old one
             self._scheduler.shutdown(wait=False)
             self.start()
@@ -81,6 +82,10 @@ class Scheduling(PollerBase):
                 job.reschedule(_trigger(poll))
         listing = self._scheduler.get_job("app.list")
         if listing is not None:  # the new app names are checked at once
+            if listing_interval(self.config) != listing_interval(old):
+                listing.reschedule(
+                    IntervalTrigger(seconds=listing_interval(self.config), timezone=UTC)
+                )
             listing.modify(next_run_time=now)
 
     def _unschedule(self, name: str) -> None:

@@ -132,6 +132,25 @@ class UsageData:
         # traffic added on demand by tests (add_traffic): (app, day) -> video -> [bytes, reqs]
         self._extra: dict[tuple[str, date], dict[str, list[int]]] = {}
 
+    def add_app(self, app: str, videos: int = 10) -> None:
+        """Create an app at run time (tests of discovery): app.list names it from now on,
+        and its usage is as any app's (the whole day so far included)."""
+        with self._lock:
+            self.apps = {**self.apps, app: int(videos)}
+            self._forget(app)
+
+    def remove_app(self, app: str) -> None:
+        """Delete an app at run time: app.list no longer names it and its usage is empty."""
+        with self._lock:
+            self.apps = {a: n for a, n in self.apps.items() if a != app}
+            self._forget(app)
+
+    def _forget(self, app: str) -> None:
+        """Drop an app's cached videos and day totals (the caller holds the lock)."""
+        self._videos.pop(app, None)
+        for key in [k for k in self._totals if k[0] == app]:
+            del self._totals[key]
+
     def videos(self, app: str) -> list[str]:
         """The video (or stream) names of an app."""
         with self._lock:

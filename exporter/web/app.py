@@ -65,10 +65,11 @@ class WebApp:
         """What the landing page shows, as of now."""
         view = self.store.view()
         config = self.config
+        discovered = view.discovery.apps if view.discovery is not None else frozenset()
         if config is None:
             return LandingView(
                 view.status, view.usage, self.telemetry_path, __version__, demo=self.demo,
-                listed=view.listed,
+                listed=view.listed, discovered=discovered,
             )  # fmt: skip
         return LandingView(
             view.status,
@@ -80,6 +81,7 @@ class WebApp:
             config.poll.timezone,
             self.demo,
             view.listed,
+            discovered,
         )
 
 

@@ -34,6 +34,8 @@ class LandingView:
     demo: bool = False  # the built-in simulator stands in for the API
     # app.list's verdict (store.View.listed): app -> closest listed name when not listed
     listed: Mapping[str, str | None] = field(default_factory=dict)
+    # the apps polled because app.list names them (discovery), not because the config does
+    discovered: frozenset[str] = frozenset()
 
 
 _STYLE = """
@@ -107,8 +109,11 @@ def _status_cell(st: AppStatus) -> str:
     return f'<td class="fail">failed: {_e(st.last_error or "unknown error")}</td>'
 
 
-def _name_cell(name: str, close: str | None) -> str:
-    """The app's name; marked when the account's app list does not name it."""
+def _name_cell(name: str, close: str | None, discovered: bool = False) -> str:
+    """The app's name; marked when the account's app list does not name it, or when it is
+    polled because the list names it (discovery)."""
+    if discovered:
+        return f'<td>{_e(name)}<div class="small">discovered (app.list)</div></td>'
     if close is None:
         return f"<td>{_e(name)}</td>"
     hint = f" — did you mean {_e(close)}?" if close else ""
@@ -118,6 +123,7 @@ def _name_cell(name: str, close: str | None) -> str:
 def _row(
     name: str,
     close: str | None,
+    discovered: bool,
     st: AppStatus,
     usage: AppUsage | None,
     budgets: Budgets,
@@ -131,7 +137,7 @@ def _row(
         else "never"
     )
     return (
-        f"<tr>{_name_cell(name, close)}{_status_cell(st)}"
+        f"<tr>{_name_cell(name, close, discovered)}{_status_cell(st)}"
         + _budget_cell(usage.day_bytes if usage else None, budgets[0])
         + _budget_cell(usage.month_bytes if usage else None, budgets[1])
         + f'<td class="num">{_e(usage.day_videos) if usage else "-"}</td>'
@@ -153,7 +159,8 @@ def render_landing(view: LandingView, now: float | None = None) -> str:
     """The landing page "/": what the exporter is and where each app stands."""
     now = time.time() if now is None else now
     rows = "".join(
-        _row(name, view.listed.get(name), view.status[name], view.usage.get(name),
+        _row(name, view.listed.get(name), name in view.discovered, view.status[name],
+             view.usage.get(name),
              view.budgets.get(name, (None, None)), view.interval, now)
         for name in sorted(view.status)
     )  # fmt: skip

@@ -110,6 +110,24 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def vm_rss_mb(pid: int) -> float:
+    """VmRSS of one process in MB (0.0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def rss_split_mb(pid: int) -> tuple[float, float]:
+    """(the serving process's VmRSS, its descendants' summed: the poll worker) in MB."""
+    rest = [p for p in process_tree(pid) if p != pid]
+    return vm_rss_mb(pid), sum(vm_rss_mb(p) for p in rest)
+
+
 # -- HTTP client -----------------------------------------------------------------------------
 
 

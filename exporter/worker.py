@@ -23,16 +23,19 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import Config
 from .logs import StructuredFormatter, set_secrets, setup_logging
 from .metrics import Exposition, StoredFile, WorkerCollector
 from .state import StateFile, open_state_file
 from .store import Store
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -454,7 +457,18 @@ class PollWorker:
             self._process.wait(1)
 
 
+def _without_charset_detection() -> None:
+    """requests guesses the character set of a text answer with charset_normalizer (about
+    2.7 MB of this process's memory), which the client never asks for: it reads and decodes
+    bodies itself (scaleengine/transport.py). Marked missing before requests loads, requests
+    falls back to UTF-8 as documented for that case; its warning about it is not shown."""
+    for name in ("charset_normalizer", "chardet"):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    warnings.filterwarnings("ignore", message="Unable to find acceptable character detection")
+
+
 def _child() -> None:  # pragma: no cover - runs in the worker process
+    _without_charset_detection()
     # SIGHUP is the serving process's (config reload); a terminal's hangup must not kill us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     conn = Connection(int(sys.argv[1]))

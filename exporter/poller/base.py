@@ -5,15 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ..config import Config
 from ..scaleengine import ScaleEngineClient
 from ..state import StateFile
 from ..store import Store
 from .apps import AppState
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import Config
 
 # one logger for the package, named as before it was split
 log = logging.getLogger("exporter.poller")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
@@ -26,6 +25,8 @@ from .web.webconfig import WebConfig, load_web_config
 from .worker import PollWorker, budgets_of
 
 if TYPE_CHECKING:  # the serving process runs on plain Settings (config/plain.py), no pydantic
+    import argparse
+
     from .config import Config
 
 log = logging.getLogger("exporter")
@@ -46,6 +47,8 @@ DEMO_BUDGETS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # the command line's only: the serving process does not load it
+
     p = argparse.ArgumentParser(
         prog="scaleengine-exporter",
         description="Prometheus exporter for ScaleEngine usage.vse bandwidth and request data.",
@@ -335,7 +338,9 @@ def reload_flags(args: argparse.Namespace) -> dict[str, Any]:
 def load_for_reload(flags: dict[str, Any]) -> tuple[Config, WebConfig | None]:
     """What a reload child validates: the config file with the flags' overrides, and the web
     config it names (raises ConfigError)."""
-    config = _loader(argparse.Namespace(**flags), None)()
+    from argparse import Namespace
+
+    config = _loader(Namespace(**flags), None)()
     web = load_web_config(config.web.config_file) if config.web.config_file else None
     return config, web
 

@@ -30,7 +30,7 @@ from multiprocessing.reduction import recv_handle, send_handle
 from typing import TYPE_CHECKING, Any
 
 from .logs import StructuredFormatter, set_secrets, setup_logging
-from .metrics import Exposition, StoredFile, WorkerCollector
+from .metrics.exposition import Exposition, StoredFile
 from .state import StateFile, open_state_file
 from .store import Store
 
@@ -233,32 +233,6 @@ def _worker_main(
     _WorkerProcess(config, conn, formatter, state, seed, stop).run()
 
 
-class _WorkerCpu(WorkerCollector):
-    """The worker's metrics; its CPU counter goes on across worker restarts (the CPU time of
-    the workers that ended is added), so it never goes down."""
-
-    def __init__(self, pid: Any) -> None:
-        super().__init__(pid)
-        self._last: tuple[int | None, float] = (None, 0.0)  # (pid, its last CPU seconds)
-        self._ended = 0.0  # CPU seconds of the workers that ended
-        self._cpu_lock = threading.Lock()
-
-    def collect(self) -> Any:
-        pid = self._pid()
-        families = list(super().collect())
-        with self._cpu_lock:
-            last_pid, last_cpu = self._last
-            if last_pid is not None and pid != last_pid:
-                self._ended += last_cpu
-                self._last = (None, 0.0)
-            for family in families:
-                if family.name == "scaleengine_worker_cpu_seconds":
-                    cpu = family.samples[0].value
-                    self._last = (pid, cpu)
-                    family.samples[0] = family.samples[0]._replace(value=cpu + self._ended)
-        return families
-
-
 class PollWorker:
     """The serving side: starts the worker process and mirrors what it ships."""
 
@@ -290,7 +264,9 @@ class PollWorker:
     def start(self, log_level: str = "info", log_format: str = "logfmt") -> None:
         """Start ``python -m exporter.worker`` on one end of a socket pair."""
         self._log_args = (log_level, log_format)
-        collector = _WorkerCpu(self._live_pid)
+        from .metrics.live import ContinuingWorkerCollector  # prometheus_client: not in the worker
+
+        collector = ContinuingWorkerCollector(self._live_pid)
         self.exposition.process_registry.register(collector)  # type: ignore[arg-type]
         self._spawn(None)
 

@@ -17,6 +17,7 @@ shows the value. This module imports no pydantic: models are recognised by their
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,12 +61,14 @@ class Settings:
     ``kind`` is the model's class name; ``fields`` its fields in order; ``derived`` the values
     of its properties, computed at conversion. A copy with changed fields
     (:meth:`model_copy`) drops the derived values, which only the model could recompute:
-    reading one then raises AttributeError rather than answer from the old fields.
+    reading one then raises AttributeError rather than answer from the old fields. Derived
+    values travel pickled on their own and are unpickled when one is first read: a process
+    that never reads ``poll.tz`` (the serving process) does not load zoneinfo.
     """
 
     __slots__ = ("_kind", "_fields", "_derived")
 
-    def __init__(self, kind: str, fields: dict[str, Any], derived: dict[str, Any]) -> None:
+    def __init__(self, kind: str, fields: dict[str, Any], derived: dict[str, Any] | bytes) -> None:
         object.__setattr__(self, "_kind", kind)
         object.__setattr__(self, "_fields", fields)
         object.__setattr__(self, "_derived", derived)
@@ -75,8 +78,12 @@ class Settings:
             raise AttributeError(name)
         if name in self._fields:
             return self._fields[name]
-        if name in self._derived:
-            return self._derived[name]
+        derived = self._derived
+        if isinstance(derived, bytes):  # as it came: unpickled on first use
+            derived = pickle.loads(derived)  # noqa: S301 - our own settings
+            object.__setattr__(self, "_derived", derived)
+        if name in derived:
+            return derived[name]
         raise AttributeError(f"{self._kind} settings have no attribute {name!r}")
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -94,7 +101,10 @@ class Settings:
         return f"{self._kind}({inner})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Settings, (self._kind, self._fields, self._derived))
+        derived = self._derived
+        if not isinstance(derived, bytes):
+            derived = pickle.dumps(derived, protocol=pickle.HIGHEST_PROTOCOL)
+        return (Settings, (self._kind, self._fields, derived))
 
     def model_copy(self, update: dict[str, Any] | None = None) -> Settings:
         """A copy with ``update``'s fields replaced (pydantic's ``model_copy``); unknown

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import rss_split_mb, wait_http
-from run import BENCH, PY, Proc, start_exporter, wait_complete, write_config
+from common import precompile, rss_split_mb, wait_http
+from run import BENCH, PY, ROOT, Proc, start_exporter, wait_complete, write_config
 
 
 def measure(size: int, tmp: Path, settle: float) -> dict[str, float]:
@@ -51,6 +51,7 @@ def main() -> int:
     p.add_argument("--sizes", default="1000,10000,100000")
     p.add_argument("--settle", type=float, default=2.0, help="seconds after the first poll")
     args = p.parse_args()
+    precompile(ROOT)
     with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             print(json.dumps(measure(size, Path(tmp), args.settle)), flush=True)

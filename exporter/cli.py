@@ -324,6 +324,9 @@ def _become_serving(
         "config_path": args.config or DEFAULT_CONFIG,
         "flags": reload_flags(args),
     }
+    # an early SIGHUP must not end the daemon before serving.py installs the reload handler
+    # (an ignored signal stays ignored across exec)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     exec_serving(payload, [] if state is None or state.lock_fd is None else [state.lock_fd])
 
 

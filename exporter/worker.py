@@ -391,7 +391,11 @@ class PollWorker:
                 "the connection to the poll worker broke",
                 extra={"err": f"{type(err).__name__}: {str(err)[:200]}"},
             )
-        conn.close()
+        # under the send lock: a send still under way (the config to a worker that died at
+        # once) must not write to this descriptor's number after the close, once an accepted
+        # scrape connection has taken it (the pickled config went to that client)
+        with self._send_lock:
+            conn.close()
         if conn is self._conn:
             self.exited.set()
 

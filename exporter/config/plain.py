@@ -113,7 +113,7 @@ class Settings:
         unknown = set(update) - set(self._fields)
         if unknown:
             raise ValueError(f"{self._kind} has no field {sorted(unknown)[0]!r}")
-        changed = any(self._fields[k] is not v for k, v in update.items())
+        changed = any(self._fields[k] != v for k, v in update.items())
         return Settings(self._kind, {**self._fields, **update}, {} if changed else self._derived)
 
     def secret_values(self) -> list[str]:

@@ -285,7 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _stop_simulator(simulator)
         return code
     if simulator is None:  # the demo's simulator lives in this process: no exec for it
-        _become_serving(args, config, web_config, level, state, auto_reload)
+        try:
+            _become_serving(args, config, web_config, level, state, auto_reload)
+        except OSError as err:  # the interpreter cannot be started again: nothing runs yet
+            return _fail(f"cannot start the serving process: {err}")
     return serve_forever(
         config,
         web_config,

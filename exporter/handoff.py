@@ -68,7 +68,8 @@ def exec_serving(payload: object, keep_fds: list[int]) -> NoReturn:
     logging.shutdown()  # flush what the command line logged
     sys.stdout.flush()
     sys.stderr.flush()
-    argv = [sys.executable, "-m", SERVING_MODULE, str(fd)]
+    # the command line's own arguments follow, unread, so ps still shows how it was started
+    argv = [sys.executable, "-m", SERVING_MODULE, str(fd), "--", *sys.argv[1:]]
     os.execve(sys.executable, argv, package_env())
 
 

@@ -341,16 +341,6 @@ def reload_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in RELOAD_FLAGS}
 
 
-def load_for_reload(flags: dict[str, Any]) -> tuple[Config, WebConfig | None]:
-    """What a reload child validates: the config file with the flags' overrides, and the web
-    config it names (raises ConfigError)."""
-    from argparse import Namespace
-
-    config = _loader(Namespace(**flags), None)()
-    web = load_web_config(config.web.config_file) if config.web.config_file else None
-    return config, web
-
-
 def _auto_reload_interval(value: str | None) -> float:
     """--config.auto-reload-interval in seconds; 0 when off."""
     if value is None:

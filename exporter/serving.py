@@ -50,12 +50,24 @@ class ChildLoader:
         return self._web
 
 
+def load_for_reload(flags: dict[str, Any]) -> tuple[Config, WebConfig | None]:
+    """What a reload child validates: the config file with the command line's overriding
+    flags (``cli.reload_flags``), and the web config it names (raises ConfigError)."""
+    from argparse import Namespace
+
+    from .cli import _loader
+    from .web.webconfig import load_web_config
+
+    config = _loader(Namespace(**flags), None)()
+    web = load_web_config(config.web.config_file) if config.web.config_file else None
+    return config, web
+
+
 def load_main() -> int:
     """``--load``: the reload child. The request (pickled) on stdin; on stdout ("ok", plain
     config, web config) or ("error", message). Log lines (warnings about the file) on stderr."""
     import pickle
 
-    from .cli import load_for_reload
     from .config import to_plain
 
     request = pickle.loads(sys.stdin.buffer.read())  # noqa: S301 - from our serving process

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
@@ -11,18 +10,11 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .autoreload import ConfigWatcher
-from .config import (
-    Config,
-    ConfigError,
-    load_config,
-    load_yaml_file,
-    parse_config,
-    parse_duration,
-)
+from .config import ConfigError
 from .logs import add_log_flags, log_level_of, set_secrets, setup_logging
 from .metrics import Exposition
 from .reload import Reloader
@@ -31,6 +23,11 @@ from .store import Store
 from .web.app import WebApp, parse_listen_address, serve
 from .web.webconfig import WebConfig, load_web_config
 from .worker import PollWorker, budgets_of
+
+if TYPE_CHECKING:  # the serving process runs on plain Settings (config/plain.py), no pydantic
+    import argparse
+
+    from .config import Config
 
 log = logging.getLogger("exporter")
 
@@ -50,6 +47,8 @@ DEMO_BUDGETS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # the command line's only: the serving process does not load it
+
     p = argparse.ArgumentParser(
         prog="scaleengine-exporter",
         description="Prometheus exporter for ScaleEngine usage.vse bandwidth and request data.",
@@ -125,6 +124,7 @@ def demo_config(api_url: str, path: str | None = None) -> Config:
     (its scaleengine section, if any, is replaced); without, the simulator's demo apps with
     budgets and short intervals so that data shows within seconds.
     """
+    from .config import load_yaml_file, parse_config
     from .simulator import DEMO_API_KEY, DEMO_API_SECRET, DEMO_APPS, DEMO_CDN_ID
 
     scaleengine = {
@@ -203,6 +203,8 @@ def _loader(args: argparse.Namespace, simulator: Any) -> Callable[[], Config]:
     command line's overrides applied."""
 
     def load() -> Config:
+        from .config import load_config
+
         if simulator is not None:
             return _with_flags(demo_config(simulator.url, args.config), args)
         return _with_flags(load_config(args.config or DEFAULT_CONFIG), args)
@@ -289,6 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = run_once(config, state)
         _stop_simulator(simulator)
         return code
+    if simulator is None:  # the demo's simulator lives in this process: no exec for it
+        try:
+            _become_serving(args, config, web_config, level, state, auto_reload)
+        except OSError as err:  # the interpreter cannot be started again: nothing runs yet
+            return _fail(f"cannot start the serving process: {err}")
     return serve_forever(
         config,
         web_config,
@@ -304,10 +311,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
+def _become_serving(
+    args: argparse.Namespace,
+    config: Config,
+    web_config: WebConfig | None,
+    level: str,
+    state: StateFile | None,
+    auto_reload: float,
+) -> None:
+    """Exec into the lean serving process (exporter/serving.py), handing it the validated
+    config as plain settings: pydantic and the YAML loader stay behind in this image."""
+    from .config import to_plain
+    from .handoff import exec_serving
+
+    payload = {
+        "config": to_plain(config),
+        "web_config": web_config,
+        "log": (level, args.log_format),
+        "state": state.handoff() if state is not None else None,
+        "lifecycle": args.enable_lifecycle,
+        "auto_reload": auto_reload,
+        "config_path": args.config or DEFAULT_CONFIG,
+        "flags": reload_flags(args),
+    }
+    # an early SIGHUP must not end the daemon before serving.py installs the reload handler
+    # (an ignored signal stays ignored across exec)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    exec_serving(payload, [] if state is None or state.lock_fd is None else [state.lock_fd])
+
+
+RELOAD_FLAGS = ("config", "listen_address", "telemetry_path", "web_config_file", "state_path")
+
+
+def reload_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The command line's part of each reload: the config file and the overriding flags."""
+    return {name: getattr(args, name) for name in RELOAD_FLAGS}
+
+
 def _auto_reload_interval(value: str | None) -> float:
     """--config.auto-reload-interval in seconds; 0 when off."""
     if value is None:
         return 0.0
+    from .config import parse_duration
+
     try:
         seconds = parse_duration(value)
     except ValueError as err:
@@ -475,8 +521,26 @@ def _shut_down(server: Any, worker: PollWorker, simulator: Any, received: list[i
     threading.Thread(target=finish, name="shutdown", daemon=True).start()
     if not done.wait(SHUTDOWN_SECONDS - 0.5):
         log.warning("shutdown took too long, exiting anyway")
+    write_modules_file()
     logging.shutdown()
     os._exit(0)
+
+
+MODULES_FILE_ENV = "SCALEENGINE_EXPORTER_MODULES_FILE"
+
+
+def write_modules_file() -> None:
+    """With $SCALEENGINE_EXPORTER_MODULES_FILE set, the serving process writes the names of
+    the modules it loaded there as it exits, one a line (tests/test_footprint.py: it must
+    not load pydantic or the poll stack)."""
+    path = os.environ.get(MODULES_FILE_ENV)
+    if not path:
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write("".join(f"{name}\n" for name in sorted(sys.modules)))
+    except OSError as err:
+        log.warning("cannot write the modules file", extra={"err": str(err)})
 
 
 def serve_forever(
@@ -491,6 +555,7 @@ def serve_forever(
     formatter: Any = None,
     auto_reload: float = 0.0,
     config_path: str | None = None,
+    load_web: Callable[[Config], WebConfig | None] | None = None,
 ) -> int:
     """The daemon: HTTP here, polling and rendering in the poll worker process (which is
     handed ``state``, the state file locked by :func:`lock_state`)."""
@@ -519,7 +584,8 @@ def serve_forever(
     _log_listening(server, config)
     if load is not None:
         apply = _applier(worker, exposition, app, formatter)
-        reloader = Reloader(load, apply, config, web_config, exposition.reload_status)
+        status = exposition.reload_status
+        reloader = Reloader(load, apply, config, web_config, status, load_web=load_web)
         if lifecycle:
             app.reload = reloader
         _start_reloading(reloader, auto_reload, config_path)

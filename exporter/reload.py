@@ -15,12 +15,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .config import Config, ConfigError
-from .web.webconfig import WebConfig, load_web_config
+from .config import ConfigError
+
+if TYPE_CHECKING:  # the daemon's serving process reloads plain Settings, without pydantic
+    from .config import Config
+    from .web.webconfig import WebConfig
 
 log = logging.getLogger("exporter")
 
@@ -70,11 +73,20 @@ def web_fingerprint(web: WebConfig | None) -> tuple[Any, ...] | None:
     return None if web is None else web.fingerprint()
 
 
+def _load_web(config: Config) -> WebConfig | None:
+    # imported here: the poll worker takes ReloadStatus from this module, not the web stack
+    from .web.webconfig import load_web_config
+
+    return load_web_config(config.web.config_file) if config.web.config_file else None
+
+
 class Reloader:
     """Loads the config again and hands it to ``apply``; one reload at a time.
 
     ``load`` returns the new config with the command line's overrides applied (or raises
-    ConfigError); ``apply`` makes the running exporter use it (or raises).
+    ConfigError); ``apply`` makes the running exporter use it (or raises). ``load_web`` gives
+    the web config the new config names (default: :func:`load_web_config` of its
+    ``web.config_file``; the daemon's serving process takes the one its reload child loaded).
     """
 
     def __init__(
@@ -84,8 +96,10 @@ class Reloader:
         config: Config,
         web_config: WebConfig | None,
         status: ReloadStatus,
+        load_web: Callable[[Config], WebConfig | None] | None = None,
     ) -> None:
         self._load = load
+        self._load_web = load_web or _load_web
         self._apply = apply
         self.config = config
         self._web = web_fingerprint(web_config)
@@ -103,7 +117,7 @@ class Reloader:
     def _reload(self) -> tuple[bool, str]:
         try:
             new = self._load()
-            web = load_web_config(new.web.config_file) if new.web.config_file else None
+            web = self._load_web(new)
         except ConfigError as err:
             return self._fail(str(err))
         except Exception as err:  # noqa: BLE001 - MemoryError, a bug: a failed reload

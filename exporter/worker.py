@@ -23,16 +23,19 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import Config
 from .logs import StructuredFormatter, set_secrets, setup_logging
-from .metrics import Exposition, StoredFile, WorkerCollector
+from .metrics.exposition import Exposition, StoredFile
 from .state import StateFile, open_state_file
 from .store import Store
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from .config import Config
 
 log = logging.getLogger(__name__)
 
@@ -231,32 +234,6 @@ def _worker_main(
     _WorkerProcess(config, conn, formatter, state, seed, stop).run()
 
 
-class _WorkerCpu(WorkerCollector):
-    """The worker's metrics; its CPU counter goes on across worker restarts (the CPU time of
-    the workers that ended is added), so it never goes down."""
-
-    def __init__(self, pid: Any) -> None:
-        super().__init__(pid)
-        self._last: tuple[int | None, float] = (None, 0.0)  # (pid, its last CPU seconds)
-        self._ended = 0.0  # CPU seconds of the workers that ended
-        self._cpu_lock = threading.Lock()
-
-    def collect(self) -> Any:
-        pid = self._pid()
-        families = list(super().collect())
-        with self._cpu_lock:
-            last_pid, last_cpu = self._last
-            if last_pid is not None and pid != last_pid:
-                self._ended += last_cpu
-                self._last = (None, 0.0)
-            for family in families:
-                if family.name == "scaleengine_worker_cpu_seconds":
-                    cpu = family.samples[0].value
-                    self._last = (pid, cpu)
-                    family.samples[0] = family.samples[0]._replace(value=cpu + self._ended)
-        return families
-
-
 class PollWorker:
     """The serving side: starts the worker process and mirrors what it ships."""
 
@@ -288,7 +265,9 @@ class PollWorker:
     def start(self, log_level: str = "info", log_format: str = "logfmt") -> None:
         """Start ``python -m exporter.worker`` on one end of a socket pair."""
         self._log_args = (log_level, log_format)
-        collector = _WorkerCpu(self._live_pid)
+        from .metrics.live import ContinuingWorkerCollector  # prometheus_client: not in the worker
+
+        collector = ContinuingWorkerCollector(self._live_pid)
         self.exposition.process_registry.register(collector)  # type: ignore[arg-type]
         self._spawn(None)
 
@@ -416,7 +395,11 @@ class PollWorker:
                 "the connection to the poll worker broke",
                 extra={"err": f"{type(err).__name__}: {str(err)[:200]}"},
             )
-        conn.close()
+        # under the send lock: a send still under way (the config to a worker that died at
+        # once) must not write to this descriptor's number after the close, once an accepted
+        # scrape connection has taken it (the pickled config went to that client)
+        with self._send_lock:
+            conn.close()
         if conn is self._conn:
             self.exited.set()
 
@@ -458,7 +441,18 @@ class PollWorker:
             self._process.wait(1)
 
 
+def _without_charset_detection() -> None:
+    """requests guesses the character set of a text answer with charset_normalizer (about
+    2.7 MB of this process's memory), which the client never asks for: it reads and decodes
+    bodies itself (scaleengine/transport.py). Marked missing before requests loads, requests
+    falls back to UTF-8 as documented for that case; its warning about it is not shown."""
+    for name in ("charset_normalizer", "chardet"):
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    warnings.filterwarnings("ignore", message="Unable to find acceptable character detection")
+
+
 def _child() -> None:  # pragma: no cover - runs in the worker process
+    _without_charset_detection()
     # SIGHUP is the serving process's (config reload); a terminal's hangup must not kill us
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     conn = Connection(int(sys.argv[1]))

@@ -371,3 +371,13 @@ def test_check_config_accepts_no_apps_with_discovery_and_says_so(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "config ok: 0 app(s) and those app.list names (discovery)\n"
     assert len(sim.request_log) == 0
+
+
+def test_a_discovered_app_has_the_models_defaults_without_pydantic():
+    """The worker builds a discovered app's settings without pydantic: they must equal what
+    the model gives a bare name (all urls, no budgets), so a new AppConfig field breaks this."""
+    from exporter.config import AppConfig, to_plain
+    from exporter.poller.discovery import discovered_app
+
+    for name in ("demo-origin", "ünïcode app"):
+        assert discovered_app(name) == to_plain(AppConfig(name=name))

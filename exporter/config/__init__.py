@@ -7,31 +7,74 @@
   relative to the config file (:func:`load_config`, :func:`parse_config`).
 - ``errors``: :class:`ConfigError` and :func:`format_validation_error`, which turns pydantic's
   errors into one line naming the field with a dotted path (``apps[2].name``), never a secret.
+- ``defaults``: the client's ``DEFAULT_*`` constants.
+- ``plain``: :func:`to_plain`, a validated config as pydantic-free :class:`Settings` (secrets
+  as :class:`Secret`), what the daemon's long-lived processes run on.
 
 Everything the rest of the exporter, the tests and the benchmarks use is importable from here.
+The names load on first use: pydantic is loaded by what validates (``schema``, ``loading``),
+never by what only takes ``ConfigError``, the defaults or plain settings (the daemon's serving
+process and poll worker stay without it; tests/test_footprint.py checks).
 """
 
-from .errors import ConfigError, format_validation_error
-from .loading import load_config, load_yaml_file, parse_config, read_file
-from .schema import (
-    DEFAULT_MAX_FETCH_BYTES,
-    DEFAULT_MAX_LABEL_LENGTH,
-    DEFAULT_MAX_PAGES,
-    DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_PAGE_SIZE,
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT,
-    AppConfig,
-    Config,
-    DiscoveryConfig,
-    LimitsConfig,
-    PollConfig,
-    ScaleEngineConfig,
-    StateConfig,
-    WebServerConfig,
-    parse_duration,
-    parse_size,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .defaults import (
+        DEFAULT_MAX_FETCH_BYTES,
+        DEFAULT_MAX_LABEL_LENGTH,
+        DEFAULT_MAX_PAGES,
+        DEFAULT_MAX_RESPONSE_BYTES,
+        DEFAULT_PAGE_SIZE,
+        DEFAULT_RETRIES,
+        DEFAULT_TIMEOUT,
+    )
+    from .errors import ConfigError, format_validation_error
+    from .loading import load_config, load_yaml_file, parse_config, read_file
+    from .plain import Secret, Settings, to_plain
+    from .schema import (
+        AppConfig,
+        Config,
+        DiscoveryConfig,
+        LimitsConfig,
+        PollConfig,
+        ScaleEngineConfig,
+        StateConfig,
+        WebServerConfig,
+        parse_duration,
+        parse_size,
+    )
+
+_MODULES = {
+    "defaults": [
+        "DEFAULT_MAX_FETCH_BYTES",
+        "DEFAULT_MAX_LABEL_LENGTH",
+        "DEFAULT_MAX_PAGES",
+        "DEFAULT_MAX_RESPONSE_BYTES",
+        "DEFAULT_PAGE_SIZE",
+        "DEFAULT_RETRIES",
+        "DEFAULT_TIMEOUT",
+    ],
+    "errors": ["ConfigError", "format_validation_error"],
+    "loading": ["load_config", "load_yaml_file", "parse_config", "read_file"],
+    "plain": ["Secret", "Settings", "to_plain"],
+    "schema": [
+        "AppConfig",
+        "Config",
+        "DiscoveryConfig",
+        "LimitsConfig",
+        "PollConfig",
+        "ScaleEngineConfig",
+        "StateConfig",
+        "WebServerConfig",
+        "parse_duration",
+        "parse_size",
+    ],
+}
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "DEFAULT_MAX_FETCH_BYTES",
@@ -48,6 +91,8 @@ __all__ = [
     "LimitsConfig",
     "PollConfig",
     "ScaleEngineConfig",
+    "Secret",
+    "Settings",
     "StateConfig",
     "WebServerConfig",
     "format_validation_error",
@@ -57,4 +102,18 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "read_file",
+    "to_plain",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -7,9 +7,10 @@ that could be a secret.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
+if TYPE_CHECKING:  # pydantic is loaded by the validating process only, never for ConfigError
+    from pydantic import ValidationError
 
 __all__ = ["ConfigError", "format_validation_error", "show"]
 

@@ -28,6 +28,15 @@ from pydantic import (
     model_validator,
 )
 
+from .defaults import (  # noqa: F401 - the client's defaults, re-exported
+    DEFAULT_MAX_FETCH_BYTES,
+    DEFAULT_MAX_LABEL_LENGTH,
+    DEFAULT_MAX_PAGES,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+)
 from .errors import show as _show
 
 __all__ = [
@@ -45,15 +54,6 @@ __all__ = [
 
 DEFAULT_API_URL = "https://api.scaleengine.net/stable/"
 
-# The client's defaults, one constant each: exporter.scaleengine's client takes these when it is
-# built without a config (tests, bench), so the two cannot drift apart.
-DEFAULT_TIMEOUT = 10.0  # seconds for a whole request (scaleengine.timeout)
-DEFAULT_PAGE_SIZE = 1000  # rows asked per page (poll.page_size)
-DEFAULT_MAX_PAGES = 1000  # pages of one fetch (poll.max_pages)
-DEFAULT_RETRIES = 3  # retries of a transient failure of one page (poll.retries)
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # one answer, decompressed
-DEFAULT_MAX_FETCH_BYTES = 256 * 1024 * 1024  # what one fetch holds
-DEFAULT_MAX_LABEL_LENGTH = 1024  # bytes of UTF-8 per video_url label (limits.max_label_length)
 MAX_DURATION_SECONDS = 10 * 365 * 86400.0  # ten years: anything longer is a typo
 
 

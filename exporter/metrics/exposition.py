@@ -13,13 +13,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
-from prometheus_client import generate_latest as generate_text
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
-
-from ..reload import ReloadStatus
 from ..store import AppUsage, Store
-from .live import LiveCollector, PollSettings
 from .usage import render_app, render_budgets, usage_families
 
 # one logger for the package, named as before it was split
@@ -88,20 +82,10 @@ class Exposition:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.renders = 0
-        # the app families change only with the store: rendered once per change and format;
-        # the process metrics move all the time: rendered at every scrape
-        self.live_registry = CollectorRegistry(auto_describe=False)
-        self.live_registry.register(LiveCollector(store))  # type: ignore[arg-type]
-        self.process_registry = CollectorRegistry(auto_describe=False)
-        if process_metrics:
-            ProcessCollector(registry=self.process_registry)
-            PlatformCollector(registry=self.process_registry)
-        self.reload_status = ReloadStatus()  # set by a config reload (SIGHUP, /-/reload)
-        self.process_registry.register(self.reload_status)  # type: ignore[arg-type]
-        # poll.interval, for the dashboard's rate windows; set again by a reload
-        self.poll_settings = PollSettings(poll_interval) if poll_interval is not None else None
-        if self.poll_settings is not None:
-            self.process_registry.register(self.poll_settings)  # type: ignore[arg-type]
+        self._process_metrics = process_metrics
+        self._poll_interval = poll_interval  # the daemon's poll.interval; --once has none
+        self._live: _LiveParts | None = None  # built on first use: see _live_parts
+        self._live_lock = threading.Lock()
         self._live_cache: dict[bool, tuple[tuple[int, int], bytes]] = {}
         self._payload_cache: dict[tuple[bool, bool], tuple[Any, Any, float, list[Chunk]]] = {}
         self.render_now()
@@ -186,6 +170,36 @@ class Exposition:
                 log.exception("rendering the exposition failed")
 
     # -- serving (scrape side) ------------------------------------------------------------
+    def _live_parts(self) -> _LiveParts:
+        """The live part's registries, built on first use: the poll worker renders the
+        stored part only and so never loads prometheus_client."""
+        with self._live_lock:
+            if self._live is None:
+                self._live = _LiveParts(self._store, self._process_metrics, self._poll_interval)
+            return self._live
+
+    @property
+    def live_registry(self) -> Any:
+        """The app families of the live part: they change only with the store, so they are
+        rendered once per change and format."""
+        return self._live_parts().live_registry
+
+    @property
+    def process_registry(self) -> Any:
+        """The process metrics and the reload status: rendered at every scrape."""
+        return self._live_parts().process_registry
+
+    @property
+    def reload_status(self) -> Any:
+        """Set by a config reload (SIGHUP, /-/reload)."""
+        return self._live_parts().reload_status
+
+    @property
+    def poll_settings(self) -> Any:
+        """``scaleengine_poll_interval_seconds`` (None without a poll interval): a reload sets
+        its ``interval``."""
+        return self._live_parts().poll_settings
+
     def stored_parts(self) -> tuple[Chunk, Chunk, int]:
         """(plain, sync-flushed raw deflate of it, its CRC-32): what a scrape sends."""
         return self._stored
@@ -201,18 +215,19 @@ class Exposition:
 
     def live(self, openmetrics: bool = False) -> bytes:
         """The live part: the store's app families (cached per change) and process metrics."""
+        parts = self._live_parts()
         version = self._store.live_version
         cached = self._live_cache.get(openmetrics)
         if cached is None or cached[0] != version:
             if openmetrics:
-                apps = generate_openmetrics(self.live_registry)[: -len(b"# EOF\n")]
+                apps = parts.openmetrics(parts.live_registry)[: -len(b"# EOF\n")]
             else:
-                apps = generate_text(self.live_registry)
+                apps = parts.text(parts.live_registry)
             cached = (version, apps)
             self._live_cache[openmetrics] = cached
         if openmetrics:
-            return cached[1] + generate_openmetrics(self.process_registry)
-        return cached[1] + generate_text(self.process_registry)
+            return cached[1] + parts.openmetrics(parts.process_registry)
+        return cached[1] + parts.text(parts.process_registry)
 
     def payload(self, openmetrics: bool = False, gzip: bool = False) -> tuple[list[Chunk], str]:
         """Body chunks and content type for one scrape; costs only the live part's rendering.
@@ -246,6 +261,38 @@ class Exposition:
         """The whole exposition as one bytes object (for --once and tests)."""
         chunks, _ = self.payload(openmetrics=openmetrics)
         return b"".join(c.read() if isinstance(c, StoredFile) else c for c in chunks)
+
+
+class _LiveParts:
+    """The live part's prometheus_client side: its registries, the reload status and the two
+    renderers (imported here, when the first scrape or the daemon's set-up needs them)."""
+
+    def __init__(self, store: Store, process_metrics: bool, poll_interval: float | None) -> None:
+        from prometheus_client import (
+            CollectorRegistry,
+            PlatformCollector,
+            ProcessCollector,
+            generate_latest,
+        )
+        from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+
+        from ..reload import ReloadStatus
+        from .live import LiveCollector, PollSettings
+
+        self.text = generate_latest
+        self.openmetrics = openmetrics
+        self.live_registry = CollectorRegistry(auto_describe=False)
+        self.live_registry.register(LiveCollector(store))  # type: ignore[arg-type]
+        self.process_registry = CollectorRegistry(auto_describe=False)
+        if process_metrics:
+            ProcessCollector(registry=self.process_registry)
+            PlatformCollector(registry=self.process_registry)
+        self.reload_status = ReloadStatus()
+        self.process_registry.register(self.reload_status)  # type: ignore[arg-type]
+        # poll.interval, for the dashboard's rate windows; set again by a reload
+        self.poll_settings = PollSettings(poll_interval) if poll_interval is not None else None
+        if self.poll_settings is not None:
+            self.process_registry.register(self.poll_settings)  # type: ignore[arg-type]
 
 
 def _same(a: Mapping[str, AppUsage], b: Mapping[str, AppUsage]) -> bool:

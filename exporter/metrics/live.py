@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import platform
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
@@ -238,6 +239,32 @@ class WorkerCollector:
             value=(int(fields[11]) + int(fields[12])) / self._TICK,
         )
         return [rss, cpu]
+
+
+class ContinuingWorkerCollector(WorkerCollector):
+    """The worker's metrics; its CPU counter goes on across worker restarts (the CPU time of
+    the workers that ended is added), so it never goes down."""
+
+    def __init__(self, pid: Callable[[], int | None]) -> None:
+        super().__init__(pid)
+        self._last: tuple[int | None, float] = (None, 0.0)  # (pid, its last CPU seconds)
+        self._ended = 0.0  # CPU seconds of the workers that ended
+        self._cpu_lock = threading.Lock()
+
+    def collect(self) -> Iterable[Metric]:
+        pid = self._pid()
+        families = list(super().collect())
+        with self._cpu_lock:
+            last_pid, last_cpu = self._last
+            if last_pid is not None and pid != last_pid:
+                self._ended += last_cpu
+                self._last = (None, 0.0)
+            for family in families:
+                if family.name == "scaleengine_worker_cpu_seconds":
+                    cpu = family.samples[0].value
+                    self._last = (pid, cpu)
+                    family.samples[0] = family.samples[0]._replace(value=cpu + self._ended)
+        return families
 
 
 class PollSettings:

@@ -7,12 +7,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as dtime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from ..config import AppConfig
 from ..scaleengine import ApiError, ScaleEngineClient, UsageResult
 from ..state import AppCounters
 from ..store import AppUsage
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import AppConfig
 
 
 @dataclass

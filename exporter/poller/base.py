@@ -6,15 +6,18 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from ..config import AppConfig, Config
 from ..scaleengine import ApiError, ScaleEngineClient
 from ..state import StateFile
 from ..store import Store
 from .apps import AppState
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import AppConfig, Config
 
 # one logger for the package, named as before it was split
 log = logging.getLogger("exporter.poller")

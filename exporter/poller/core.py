@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor as FuturesPool
+from typing import TYPE_CHECKING
 
-from ..config import Config
 from ..scaleengine import ScaleEngineClient, client_for, warn_if_cleartext
 from ..state import AppCounters, StateFile
 from ..store import Store
@@ -19,6 +19,9 @@ from .flow import PollFlow
 from .overdue import OverdueWatch
 from .reload import Reconfiguring
 from .schedule import Scheduling
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import Config
 
 
 class Poller(

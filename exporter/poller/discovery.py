@@ -18,12 +18,16 @@ import dataclasses
 import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from datetime import UTC, datetime
 
-from ..config import AppConfig, Config, DiscoveryConfig
+from ..config.plain import Settings
 from ..scaleengine import ApiError
 from ..store import DiscoveryState
 from .base import PollerBase, log
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import AppConfig, Config, DiscoveryConfig
 
 APP_LIST_INTERVAL = 3600.0  # seconds between two app.list checks while discovery is off
 EMPTY_OUTCOME = "empty"  # a listing that names no app at all: kept as a failure
@@ -88,7 +92,15 @@ def select(
 
 def app_configs(config: Config, discovered: Iterable[str]) -> list[AppConfig]:
     """The apps to poll: the configured ones, then the discovered ones (no budgets, all urls)."""
-    return [*config.apps, *(AppConfig(name=n) for n in discovered)]
+    return [*config.apps, *(discovered_app(n) for n in discovered)]
+
+
+def discovered_app(name: str) -> AppConfig:
+    """A discovered app's settings: AppConfig's defaults (all urls, no budgets) as plain
+    Settings, built without pydantic (the poll worker runs without it; a test checks these
+    equal the model's)."""
+    fields = {"name": name, "urls": None, "daily_bytes_budget": None, "monthly_bytes_budget": None}
+    return Settings("AppConfig", fields, {})  # type: ignore[return-value]
 
 
 def _names(names: Collection[str], most: int = 20) -> str:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from ..config import PollConfig
+from typing import TYPE_CHECKING
+
 from ..scaleengine import ApiError, UsageResult
 from .apps import AppState
 from .base import Clock, log
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import PollConfig
 
 
 def fetch(

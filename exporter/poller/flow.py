@@ -13,14 +13,17 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from typing import TYPE_CHECKING
 
-from ..config import PollConfig
 from ..scaleengine import POLL_TIMEOUT, ApiError, UsageResult
 from ..store import AppStatus, AppUsage
 from .apps import AppState, MonthTotal, day_bounds, totals
 from .base import PollerBase, log
 from .fetching import fetch
 from .folding import fold_with_limits
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import PollConfig
 
 INTERNAL_OUTCOME = "internal"  # poll error outcome of an unexpected exception inside a poll
 

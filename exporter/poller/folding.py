@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Container
+from typing import TYPE_CHECKING
 
-from ..config import DEFAULT_MAX_LABEL_LENGTH, LimitsConfig
+from ..config.defaults import DEFAULT_MAX_LABEL_LENGTH
 from ..scaleengine.parsing import cut_url, without_surrogates
 from ..store import OTHER
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import LimitsConfig
 
 Row = tuple[str, int, int]  # (video_url, bytes, requests)
 

@@ -4,11 +4,14 @@ their counters, clients rebuilt when what they were built from changed, jobs res
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-from ..config import AppConfig, Config
 from ..state import AppCounters
 from .apps import AppState, day_bounds, recent_days
 from .base import PollerBase, log
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import AppConfig, Config
 
 
 def client_limits(config: Config) -> tuple[object, ...]:

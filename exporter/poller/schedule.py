@@ -4,15 +4,18 @@ coalesced, a little jitter) on a bounded thread pool, so a slow app never delays
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from ..config import Config, PollConfig
 from .base import PollerBase, log
 from .discovery import discovery_of, listing_interval, pool_size
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import Config, PollConfig
 
 
 def _trigger(poll: PollConfig) -> IntervalTrigger:

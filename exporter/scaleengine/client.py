@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import tenacity
 
 from exporter import __version__
-from exporter.config import (
+from exporter.config.defaults import (
     DEFAULT_MAX_FETCH_BYTES,
     DEFAULT_MAX_LABEL_LENGTH,
     DEFAULT_MAX_PAGES,
@@ -28,7 +28,6 @@ from exporter.config import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
-    Config,
 )
 from exporter.phpjson import php_json_encode
 
@@ -49,6 +48,8 @@ from .transport import new_session, post, read_answer, read_error
 
 if TYPE_CHECKING:
     import requests
+
+    from exporter.config import Config
 
 log = logging.getLogger("exporter.scaleengine")
 

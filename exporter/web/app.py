@@ -17,9 +17,9 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..config import Config
 from ..metrics import Exposition, negotiate
 from ..store import Store
 from ..worker import release_memory
@@ -29,6 +29,9 @@ from .connection import Connection, Outcome, Request
 from .landing import LandingView, render_landing
 from .server import HTTPServer, parse_listen_address
 from .webconfig import WebConfig
+
+if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
+    from ..config import Config
 
 LANDING_TTL = 1.0  # the landing page is rendered at most this often
 LANDING_STALE = 5.0  # while a new one renders, the last page is served up to this age

@@ -21,11 +21,23 @@ import hmac
 import os
 import threading
 from collections.abc import Callable, Mapping
+from typing import Any
 
-import bcrypt
+# loaded with the first users (_bcrypt_lib): without basic auth the serving process spares it
+bcrypt: Any = None
 
 MAX_AUTH_PENDING = 8  # bcrypt checks queued or running in the pool (2 threads); 429 beyond
 MAX_AUTH_PENDING_PER_CLIENT = 4  # of those, from one client address
+
+
+def _bcrypt_lib() -> Any:
+    """The bcrypt module, imported on first need (users configured)."""
+    global bcrypt
+    if bcrypt is None:
+        import bcrypt as lib
+
+        bcrypt = lib
+    return bcrypt
 
 
 class BasicAuth:
@@ -34,6 +46,8 @@ class BasicAuth:
     def __init__(self, users: Mapping[str, str]) -> None:
         self._users: dict[str, bytes] = {user: h.encode("ascii") for user, h in users.items()}
         costs = [int(h[4:6]) for h in self._users.values()]
+        if costs:
+            _bcrypt_lib()
         self._dummy = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(max(costs))) if costs else b""
         self._dummy_cost = max(costs, default=0)
         self._lock = threading.Lock()

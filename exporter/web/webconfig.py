@@ -29,14 +29,14 @@ import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from ..config import ConfigError, format_validation_error, load_yaml_file, read_file
+from ..config import ConfigError
 from .basicauth import BasicAuth
-from .schema import RateLimitConfig, TLSServerConfig, WebConfigFile
 from .tls import TLSError, TLSSettings, client_allowed, server_context
+
+if TYPE_CHECKING:
+    from .schema import RateLimitConfig, TLSServerConfig
 
 __all__ = ["WebConfig", "load_web_config", "parse_web_config"]
 
@@ -65,6 +65,11 @@ class WebConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_auth", BasicAuth(self.basic_auth_users))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its settings (the daemon hands it to the serving process); the
+        password checker is built anew there."""
+        return (WebConfig, tuple(getattr(self, f.name) for f in fields(self) if f.init))
 
     def fingerprint(self) -> tuple[tuple[str, str], ...]:
         """What it serves with (TLS material, users, headers), for comparison."""
@@ -121,6 +126,8 @@ def _err(source: str, field: str, reason: str) -> ConfigError:
 
 
 def _read_pem(path: str, field: str, source: str, marker: str) -> str:
+    from ..config import read_file
+
     try:
         raw = read_file(path, MAX_PEM_BYTES)
     except ValueError as err:
@@ -139,6 +146,12 @@ def parse_web_config(
     base_dir: str | os.PathLike[str] | None = None,
 ) -> WebConfig:
     """Validate parsed web config data. Raises only ConfigError."""
+    # pydantic only here: the daemon validates in short-lived processes (see config/plain.py)
+    from pydantic import ValidationError
+
+    from ..config import format_validation_error
+    from .schema import WebConfigFile
+
     if data is None:
         return WebConfig(source=source)
     if not isinstance(data, dict):
@@ -207,6 +220,8 @@ def load_web_config(path: str | os.PathLike[str]) -> WebConfig:
 
     Relative paths inside are resolved against the web config file's directory.
     """
+    from ..config import load_yaml_file
+
     name = os.fspath(path)
     data = load_yaml_file(name, what="web config file")
     return parse_web_config(data, source=name, base_dir=os.path.dirname(os.path.abspath(name)))

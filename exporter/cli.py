@@ -18,6 +18,7 @@ from .autoreload import ConfigWatcher
 from .config import (
     Config,
     ConfigError,
+    check_config,
     load_config,
     load_yaml_file,
     parse_config,
@@ -138,7 +139,7 @@ def demo_config(api_url: str, path: str | None = None) -> Config:
         data = load_yaml_file(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        data["scaleengine"] = scaleengine
+        _demo_accounts(data, scaleengine)
         base_dir = os.path.dirname(os.path.abspath(path))
         return parse_config(data, env={}, source=path, base_dir=base_dir, warn_fast_poll=False)
     apps = []
@@ -156,6 +157,65 @@ def demo_config(api_url: str, path: str | None = None) -> Config:
     return parse_config(data, env={}, source="demo", warn_fast_poll=False)
 
 
+def _demo_accounts(data: dict[str, Any], api: dict[str, Any]) -> None:
+    """--demo with a config file: every account polls the simulator (its API settings and
+    secrets replaced by the simulator's); the single form's scaleengine section likewise."""
+    accounts = data.get("accounts")
+    if not isinstance(accounts, list):
+        data["scaleengine"] = api
+        return
+    for index, entry in enumerate(accounts):
+        if isinstance(entry, dict):
+            kept = {k: v for k, v in entry.items() if k in ("name", "apps", "discovery")}
+            accounts[index] = {**kept, **api}
+
+
+def _summary(config: Config) -> str:
+    """What --check-config says of a good config: apps, and accounts when several."""
+    apps = len(config.app_keys())
+    if len(config.accounts) == 1:
+        return f"{apps} app(s)"
+    return f"{apps} app(s) in {len(config.accounts)} accounts"
+
+
+def check_config_file(args: argparse.Namespace) -> int:
+    """--check-config: every problem of the file, one per line on stderr (exit 2), and the
+    secrets it could not check (a missing secret file or environment variable: a CI job has
+    none) as "not checked: ..." lines, which do not fail it (exit 0)."""
+    path = args.config or DEFAULT_CONFIG
+    try:
+        config, unchecked = check_config(path)
+        config = _with_flags(config, args)
+    except ConfigError as err:
+        return _fail_all(path, err)
+    problems = []
+    if config.state.path:
+        problem = check_state_path(config.state.path)
+        if problem:
+            problems.append(f"state.path: {problem}")
+    if config.web.config_file:
+        try:
+            load_web_config(config.web.config_file)
+        except ConfigError as err:
+            problems.append(str(err))
+    for note in unchecked:
+        print(f"not checked: {note}")
+    if problems:
+        for problem in problems:
+            print(f"scaleengine-exporter: error: {problem}", file=sys.stderr)
+        return 2
+    print(f"config ok: {_summary(config)}")
+    return 0
+
+
+def _fail_all(path: str, err: ConfigError) -> int:
+    """Every problem of a bad config, one line each (the first names the file)."""
+    for problem in err.problems:
+        text = problem if problem.startswith(path) else f"{path}: {problem}"
+        print(f"scaleengine-exporter: error: {text}", file=sys.stderr)
+    return 2
+
+
 class Exporter:
     """Store, poller and exposition in one process (--once, tests); the daemon splits them.
 
@@ -169,7 +229,7 @@ class Exporter:
         self.config = config
         from .poller import Poller  # not needed by the serving process of the daemon
 
-        self.store = Store([a.name for a in config.apps])
+        self.store = Store(config.app_keys())
         if state_file is None:
             state_file = open_state_file(config.state.path)
         kwargs = {"clock": clock} if clock is not None else {}
@@ -255,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = log_level_of(args)
     formatter = setup_logging(level, args.log_format)
+    if args.check_config and not args.demo:
+        return check_config_file(args)
 
     simulator = None
     try:
@@ -271,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_secrets(formatter, config.secret_values())
 
     if args.check_config:
-        print(f"config ok: {len(config.apps)} app(s)")
+        print(f"config ok: {_summary(config)}")
         return 0
     try:
         state = lock_state(config)
@@ -312,8 +374,8 @@ def _auto_reload_interval(value: str | None) -> float:
 
 def _watched_files(config_path: str, config: Config) -> list[str]:
     """The config file and the secret files it names (a rotated Secret counts too)."""
-    se = config.scaleengine
-    return [config_path, *filter(None, [se.api_key_file, se.api_secret_file])]
+    files = [f for a in config.accounts for f in (a.api_key_file, a.api_secret_file) if f]
+    return [config_path, *files]
 
 
 def _with_flags(config: Config, args: argparse.Namespace) -> Config:
@@ -486,7 +548,7 @@ def serve_forever(
     """The daemon: HTTP here, polling and rendering in the poll worker process (which is
     handed ``state``, the state file locked by :func:`lock_state`)."""
     stop, received = _catch_stop_signals()
-    store = Store([a.name for a in config.apps])
+    store = Store(config.app_keys())
     exposition = Exposition(store, config.poll.timezone, budgets_of(config))
     worker = PollWorker(config, store, exposition, state)
     app = WebApp(

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .appkey import AppKey
+
 OTHER = "__other__"
 
 
@@ -21,7 +23,7 @@ OTHER = "__other__"
 class AppUsage:
     """Usage data of one app as of its last successful poll (the big, per-video part)."""
 
-    app: str
+    key: AppKey  # (account, app)
     day: str  # ISO date of "today" in the poll timezone
     day_end: float  # unix time at which that day ends
     # (video_url, bytes, requests) after the cardinality cap and folding, bytes descending
@@ -33,12 +35,20 @@ class AppUsage:
     month_requests: int | None = None
     previous_day_bytes: int | None = None
 
+    @property
+    def app(self) -> str:
+        return self.key.app
+
+    @property
+    def account(self) -> str:
+        return self.key.account
+
 
 @dataclass(frozen=True, slots=True)
 class AppStatus:
     """Small, per-app health and counter values; rendered at scrape time."""
 
-    app: str
+    key: AppKey  # (account, app)
     polled: bool = False  # at least one poll attempt finished
     up: bool = False
     last_success: float | None = None
@@ -51,48 +61,59 @@ class AppStatus:
     last_error: str | None = None
     incomplete_rows: int = 0  # rows kept with requests 0 (requests_total null or missing)
 
+    @property
+    def app(self) -> str:
+        return self.key.app
+
+    @property
+    def account(self) -> str:
+        return self.key.account
+
 
 @dataclass(frozen=True, slots=True)
 class View:
+    """Everything keyed by :class:`~exporter.appkey.AppKey` (account, app); the counts by
+    (AppKey, outcome)."""
+
     version: int
-    usage: Mapping[str, AppUsage]
-    status: Mapping[str, AppStatus]
-    requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    poll_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    usage: Mapping[AppKey, AppUsage]
+    status: Mapping[AppKey, AppStatus]
+    requests: Mapping[tuple[AppKey, str], int] = field(default_factory=dict)
+    poll_errors: Mapping[tuple[AppKey, str], int] = field(default_factory=dict)
     # (failed saves, unix time of the last good save or None); None without a state file
     state_saves: tuple[int, float | None] | None = None
     # app.list's verdict per configured app: app -> the closest listed name when the account
     # does not list it ("" when nothing is close), None when it is listed; an app is missing
     # here while app.list has never answered (scaleengine_app_listed absent)
-    listed: Mapping[str, str | None] = field(default_factory=dict)
+    listed: Mapping[AppKey, str | None] = field(default_factory=dict)
 
 
 class Store:
     """Holds the current snapshot of every app; swaps are atomic, reads never block on polls."""
 
-    def __init__(self, apps: list[str]) -> None:
+    def __init__(self, apps: list[AppKey]) -> None:
         self._apps = list(apps)
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         # (version, usage, status), replaced as one tuple so that readers need no lock
-        self._current: tuple[int, Mapping[str, AppUsage], Mapping[str, AppStatus]] = (
+        self._current: tuple[int, Mapping[AppKey, AppUsage], Mapping[AppKey, AppStatus]] = (
             0,
             MappingProxyType({}),
-            MappingProxyType({app: AppStatus(app=app) for app in self._apps}),
+            MappingProxyType({app: AppStatus(key=app) for app in self._apps}),
         )
-        self._requests: dict[tuple[str, str], int] = {}
-        self._poll_errors: dict[tuple[str, str], int] = {}
+        self._requests: dict[tuple[AppKey, str], int] = {}
+        self._poll_errors: dict[tuple[AppKey, str], int] = {}
         self._counts_version = 0
         self._state_saves: tuple[int, float | None] | None = None
-        self._removed: set[str] = set()  # apps a reload removed: late publishes are ignored
-        self._listed: Mapping[str, str | None] = MappingProxyType({})  # see View.listed
+        self._removed: set[AppKey] = set()  # apps a reload removed: late publishes are ignored
+        self._listed: Mapping[AppKey, str | None] = MappingProxyType({})  # see View.listed
 
     @property
-    def apps(self) -> list[str]:
+    def apps(self) -> list[AppKey]:
         return list(self._apps)
 
-    def publish(self, app: str, usage: AppUsage | None, status: AppStatus) -> None:
+    def publish(self, app: AppKey, usage: AppUsage | None, status: AppStatus) -> None:
         """Replace the app's usage (None drops its series) and status in one step."""
         with self._lock:
             if app in self._removed:
@@ -108,7 +129,7 @@ class Store:
             self._current = (version + 1, MappingProxyType(new_usage), MappingProxyType(new_status))
             self._changed.notify_all()
 
-    def count_request(self, app: str, outcome: str) -> None:
+    def count_request(self, app: AppKey, outcome: str) -> None:
         """Count one API request of an app by outcome (success or an error kind)."""
         with self._count_lock:
             if app in self._removed:
@@ -117,7 +138,7 @@ class Store:
             self._requests[key] = self._requests.get(key, 0) + 1
             self._counts_version += 1
 
-    def count_poll_error(self, app: str, outcome: str) -> None:
+    def count_poll_error(self, app: AppKey, outcome: str) -> None:
         """Count one failed fetch of a poll (after retries) by outcome."""
         with self._count_lock:
             if app in self._removed:
@@ -126,7 +147,9 @@ class Store:
             self._poll_errors[key] = self._poll_errors.get(key, 0) + 1
             self._counts_version += 1
 
-    def fail_app(self, app: str, outcome: str, error: str, usage: AppUsage | None = None) -> None:
+    def fail_app(
+        self, app: AppKey, outcome: str, error: str, usage: AppUsage | None = None
+    ) -> None:
         """Drop the app's usage and mark it down, counting a poll error (e.g. it cannot be
         rendered); its counters and everything else stay. With ``usage``, only if that is
         still the app's current usage (a newer poll's is left alone)."""
@@ -138,7 +161,7 @@ class Store:
             new_usage = dict(old_usage)
             new_usage.pop(app, None)
             new_status = dict(old_status)
-            old = new_status.get(app) or AppStatus(app=app)
+            old = new_status.get(app) or AppStatus(key=app)
             new_status[app] = dataclasses.replace(
                 old, polled=True, up=False, last_error=f"{outcome}: {error}"
             )
@@ -156,7 +179,7 @@ class Store:
             self._state_saves = (failures, last)
             self._counts_version += 1
 
-    def set_listed(self, listed: Mapping[str, str | None]) -> None:
+    def set_listed(self, listed: Mapping[AppKey, str | None]) -> None:
         """app.list's verdict (see View.listed) for the configured apps it names; a change of
         the live metrics."""
         with self._lock:
@@ -165,7 +188,7 @@ class Store:
             self._current = (version + 1, usage, status)
             self._changed.notify_all()
 
-    def set_apps(self, apps: list[str]) -> None:
+    def set_apps(self, apps: list[AppKey]) -> None:
         """A reload's new app list: removed apps and all their series go, new apps start
         unpolled, the others keep everything. Always counts as a change (budgets may have
         changed), so the exposition renders again."""
@@ -175,7 +198,7 @@ class Store:
             self._removed = (self._removed | set(self._apps) | set(old_status)) - keep
             self._apps = list(apps)
             usage = {a: u for a, u in old_usage.items() if a in keep}
-            status = {a: old_status.get(a) or AppStatus(app=a) for a in apps}
+            status = {a: old_status.get(a) or AppStatus(key=a) for a in apps}
             self._listed = MappingProxyType({a: v for a, v in self._listed.items() if a in keep})
             self._current = (version + 1, MappingProxyType(usage), MappingProxyType(status))
             with self._count_lock:
@@ -186,12 +209,12 @@ class Store:
 
     def mirror(
         self,
-        usage: Mapping[str, AppUsage],
-        status: Mapping[str, AppStatus],
-        requests: Mapping[tuple[str, str], int],
-        poll_errors: Mapping[tuple[str, str], int],
+        usage: Mapping[AppKey, AppUsage],
+        status: Mapping[AppKey, AppStatus],
+        requests: Mapping[tuple[AppKey, str], int],
+        poll_errors: Mapping[tuple[AppKey, str], int],
         state_saves: tuple[int, float | None] | None = None,
-        listed: Mapping[str, str | None] | None = None,
+        listed: Mapping[AppKey, str | None] | None = None,
     ) -> None:
         """Take over another store's whole state (the serving side of a poll worker)."""
         with self._lock:
@@ -224,7 +247,7 @@ class Store:
         """Changes whenever anything the live metrics show changes (swaps and counts)."""
         return self._current[0], self._counts_version
 
-    def usage_view(self) -> tuple[int, Mapping[str, AppUsage]]:
+    def usage_view(self) -> tuple[int, Mapping[AppKey, AppUsage]]:
         """The usage mapping with its version, without copying the request counters."""
         version, usage, _ = self._current
         return version, usage

@@ -28,6 +28,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
 
+from .appkey import AppKey
 from .config import Config
 from .logs import StructuredFormatter, set_secrets, setup_logging
 from .metrics import Exposition, StoredFile, WorkerCollector
@@ -62,10 +63,10 @@ def release_memory() -> None:
 EMPTY: tuple[bytes, bytes, int] = (b"", b"", 0)
 
 
-def budgets_of(config: Config) -> dict[str, tuple[int | None, int | None]]:
+def budgets_of(config: Config) -> dict[AppKey, tuple[int | None, int | None]]:
     return {
-        a.name: (a.daily_bytes_budget, a.monthly_bytes_budget)
-        for a in config.apps
+        key: (a.daily_bytes_budget, a.monthly_bytes_budget)
+        for key, _, a in config.apps()
         if a.daily_bytes_budget is not None or a.monthly_bytes_budget is not None
     }
 
@@ -99,7 +100,7 @@ class _WorkerProcess:
         self.seed = seed
         self.stop = stop
         self.send_lock = threading.Lock()
-        self.store = Store([a.name for a in config.apps])
+        self.store = Store(config.app_keys())
         if seed is not None:
             # a restart: the request and error counters go on from what was served
             self.store.mirror(

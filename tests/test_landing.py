@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 
 from helpers import ROOT, free_port, http_get, need_binary, wait_for
 
+from exporter.appkey import AppKey
 from exporter.config import parse_config
 from exporter.metrics import Exposition
 from exporter.store import AppStatus, AppUsage, Store
@@ -42,7 +43,7 @@ def page(apps: list[dict], demo: bool = False) -> str:
         {"scaleengine": {"cdn_id": 1, "api_key": "k" * 8, "api_secret": "s" * 8}, "apps": apps},
         env={},
     )
-    names = [a["name"] for a in apps]
+    names = [AppKey("1", a["name"]) for a in apps]  # the single form's account: its cdn_id
     store = Store(names)
     store.publish(
         names[0],

@@ -2,6 +2,9 @@
 
 - ``schema``: the pydantic models (``Config`` and its sections, ``extra="forbid"``
   everywhere) and the value parsers they use (:func:`parse_duration`, :func:`parse_size`).
+- ``model``: :class:`Config` (``accounts``, ``poll``, ``limits``, ``web``, ``state``) and
+  :class:`AccountConfig`; the single form (``scaleengine:``/``apps:``/``discovery:``) becomes
+  one account.
 - ``loading``: reading the YAML file (unique keys, size cap, never blocking), ``*_file``
   secrets, ``SCALEENGINE_API_KEY``/``SCALEENGINE_API_SECRET`` from the environment and paths
   relative to the config file (:func:`load_config`, :func:`parse_config`).
@@ -12,7 +15,8 @@ Everything the rest of the exporter, the tests and the benchmarks use is importa
 """
 
 from .errors import ConfigError, format_validation_error
-from .loading import load_config, load_yaml_file, parse_config, read_file
+from .loading import check_config, load_config, load_yaml_file, parse_config, read_file
+from .model import MAX_ACCOUNT_NAME, AccountConfig, Config
 from .schema import (
     DEFAULT_MAX_FETCH_BYTES,
     DEFAULT_MAX_LABEL_LENGTH,
@@ -22,7 +26,6 @@ from .schema import (
     DEFAULT_RETRIES,
     DEFAULT_TIMEOUT,
     AppConfig,
-    Config,
     DiscoveryConfig,
     LimitsConfig,
     PollConfig,
@@ -41,6 +44,8 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
+    "MAX_ACCOUNT_NAME",
+    "AccountConfig",
     "AppConfig",
     "Config",
     "ConfigError",
@@ -50,6 +55,7 @@ __all__ = [
     "ScaleEngineConfig",
     "StateConfig",
     "WebServerConfig",
+    "check_config",
     "format_validation_error",
     "load_config",
     "load_yaml_file",

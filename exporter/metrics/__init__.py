@@ -38,7 +38,7 @@ from .exposition import (
     negotiate,
 )
 from .live import LiveCollector, WorkerCollector
-from .usage import Family, escape_label, render_app, render_budgets, usage_families
+from .usage import Family, app_labels, escape_label, render_app, render_budgets, usage_families
 
 __all__ = [
     "GZIP_LEVEL",
@@ -52,6 +52,7 @@ __all__ = [
     "LiveCollector",
     "StoredFile",
     "WorkerCollector",
+    "app_labels",
     "escape_label",
     "negotiate",
     "render_app",

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from prometheus_client import generate_latest as generate_text
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from ..appkey import AppKey
 from ..reload import ReloadStatus
 from ..store import AppUsage, Store
 from .live import LiveCollector
@@ -72,7 +73,7 @@ class Exposition:
         self,
         store: Store,
         timezone: str = "UTC",
-        budgets: Mapping[str, tuple[int | None, int | None]] | None = None,
+        budgets: Mapping[AppKey, tuple[int | None, int | None]] | None = None,
         process_metrics: bool = True,
         debounce: float = 0.05,
     ) -> None:
@@ -118,7 +119,7 @@ class Exposition:
                 except Exception as err:  # noqa: BLE001 - any failure: that app is down
                     failed = current.pop(app)
                     error = f"cannot render its usage ({type(err).__name__}: {str(err)[:200]})"
-                    log.warning("app marked down", extra={"app": app, "err": error})
+                    log.warning("app marked down", extra={**app._asdict(), "err": error})
                     self._store.fail_app(app, RENDER_OUTCOME, error, failed)
             chunks: list[bytes] = []
             for family in self._families:
@@ -148,7 +149,7 @@ class Exposition:
             return True
 
     def reconfigure(
-        self, timezone: str, budgets: Mapping[str, tuple[int | None, int | None]]
+        self, timezone: str, budgets: Mapping[AppKey, tuple[int | None, int | None]]
     ) -> None:
         """A reload's time zone (in the help texts) and budgets; the next render shows them."""
         with self._lock:

@@ -8,6 +8,8 @@ import difflib
 import threading
 import time
 
+from ..appkey import AppKey
+from ..config import AccountConfig, Config
 from ..scaleengine import ApiError, client_for
 from .base import PollerBase, log
 
@@ -29,29 +31,43 @@ def verdicts(configured: list[str], listed: list[str]) -> dict[str, str | None]:
 
 class AppListing(PollerBase):
     _app_list_lock: threading.Lock
-    _warned_unlisted: dict[str, str]
+    _warned_unlisted: dict[AppKey, str]
 
     def check_app_list(self) -> bool:
-        """Ask app.list once and publish the verdict; True when it answered. A failure logs
-        one warning and leaves the last verdict (or none) as it was; polling goes on."""
+        """Ask each account's app.list once and publish the verdicts; True when every
+        account answered. A failure logs one warning and leaves that account's last verdict
+        (or none) as it was; the other accounts and polling go on."""
         with self._app_list_lock:
             config = self.config
-            try:
-                with client_for(config, clock=self.clock) as client:
-                    entries = client.list_apps(time.monotonic() + config.poll.timeout)
-            except ApiError as err:
-                log.warning(
-                    "app.list failed: cannot check the configured app names",
-                    extra={"outcome": err.outcome, "err": err.message},
-                )
-                return False
-            configured = [a.name for a in config.apps]
-            found = verdicts(configured, [e["name"] for e in entries])
-            self._warn_unlisted(found)
-            self.store.set_listed(found)
-            return True
+            merged = dict(self.store.view().listed)
+            ok = True
+            for account in config.accounts:
+                found = self._list_account(config, account)
+                if found is None:
+                    ok = False
+                    continue
+                self._warn_unlisted(found)
+                merged.update(found)
+            self.store.set_listed(merged)
+            return ok
 
-    def _warn_unlisted(self, found: dict[str, str | None]) -> None:
+    def _list_account(
+        self, config: Config, account: AccountConfig
+    ) -> dict[AppKey, str | None] | None:
+        """The verdict of each configured app of one account, or None when app.list failed."""
+        try:
+            with client_for(config, account, clock=self.clock) as client:
+                entries = client.list_apps(time.monotonic() + config.poll.timeout)
+        except ApiError as err:
+            log.warning(
+                "app.list failed: cannot check the configured app names",
+                extra={"account": account.name, "outcome": err.outcome, "err": err.message},
+            )
+            return None
+        found = verdicts([a.name for a in account.apps], [e["name"] for e in entries])
+        return {AppKey(account.name, app): close for app, close in found.items()}
+
+    def _warn_unlisted(self, found: dict[AppKey, str | None]) -> None:
         """One warning per unlisted app (again only when its suggestion changes)."""
         for app, close in found.items():
             if close is None:
@@ -62,7 +78,7 @@ class AppListing(PollerBase):
             self._warned_unlisted[app] = close
             hint = f"; did you mean {close}?" if close else ""
             log.warning(
-                f"app {app} is not in the account's app list (app.list): its usage will read"
-                f" as zero; check its name in the config{hint}",
-                extra={"app": app},
+                f"app {app.app} is not in the app list (app.list) of account {app.account}:"
+                f" its usage will read as zero; check its name in the config{hint}",
+                extra=app._asdict(),
             )

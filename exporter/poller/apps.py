@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
+from ..appkey import AppKey
 from ..config import AppConfig
 from ..scaleengine import ApiError, ScaleEngineClient, UsageResult
 from ..state import AppCounters
@@ -28,6 +29,7 @@ class MonthTotal:
 
 @dataclass
 class AppState:
+    key: AppKey  # (account, app)
     config: AppConfig
     client: ScaleEngineClient
     counters: AppCounters

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from ..appkey import AppKey
 from ..config import Config
 from ..scaleengine import ScaleEngineClient
 from ..state import StateFile
@@ -19,7 +20,7 @@ from .apps import AppState
 log = logging.getLogger("exporter.poller")
 
 Clock = Callable[[], float]
-ClientFactory = Callable[[str], ScaleEngineClient]
+ClientFactory = Callable[[AppKey], ScaleEngineClient]
 
 
 class PollerBase:
@@ -32,7 +33,7 @@ class PollerBase:
     clock: Clock
     tz: ZoneInfo
     state_file: StateFile | None
-    _apps: dict[str, AppState]
+    _apps: dict[AppKey, AppState]
     _scheduler: BackgroundScheduler | None
     _save_lock: threading.Lock
     _flight_lock: threading.Lock

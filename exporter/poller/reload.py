@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 
-from ..config import AppConfig, Config
+from ..appkey import AppKey
+from ..config import AccountConfig, AppConfig, Config, ScaleEngineConfig
 from ..state import AppCounters
 from .apps import AppState, day_bounds, recent_days
 from .base import PollerBase, log
@@ -18,6 +19,14 @@ def client_limits(config: Config) -> tuple[object, ...]:
         poll.page_size, poll.max_pages, poll.retries,
         limits.max_label_length, limits.include, limits.exclude,
     )  # fmt: skip
+
+
+def _api_settings(account: AccountConfig, old: Config) -> bool:
+    """True when the account's API settings (URL, credentials, timeout, limits) are not
+    what they were: its apps get new clients; another account's are left alone."""
+    was = old.account(account.name)
+    fields = ScaleEngineConfig.model_fields
+    return was is None or any(getattr(account, f) != getattr(was, f) for f in fields)
 
 
 class Reconfiguring(PollerBase):
@@ -33,13 +42,16 @@ class Reconfiguring(PollerBase):
         old = self.config
         self.config = config
         self.tz = config.poll.tz
-        new_names = [a.name for a in config.apps]
-        client_settings = config.scaleengine != old.scaleengine or client_limits(
-            config
-        ) != client_limits(old)
+        new_names = config.app_keys()
+        limits_changed = client_limits(config) != client_limits(old)
         today, _, _ = day_bounds(self.clock(), self.tz)
         fresh_origin = recent_days(today)
-        apps = {a.name: self._carry_over(a, client_settings, fresh_origin) for a in config.apps}
+        apps = {
+            key: self._carry_over(
+                key, app, limits_changed or _api_settings(account, old), fresh_origin
+            )
+            for key, account, app in config.apps()
+        }
         removed = {name: st for name, st in self._apps.items() if name not in apps}
         self._apps = apps  # a new dict: readers iterating the old one are not disturbed
         self.store.set_apps(new_names)  # a poll of a removed app still running publishes nothing
@@ -52,29 +64,32 @@ class Reconfiguring(PollerBase):
             "poller reconfigured",
             extra={
                 "apps": len(apps),
-                "added": len(set(apps) - {a.name for a in old.apps}),
+                "added": len(set(apps) - set(old.app_keys())),
                 "removed": len(removed),
             },
         )
 
-    def _carry_over(self, app: AppConfig, new_client: bool, fresh_origin: set[str]) -> AppState:
+    def _carry_over(
+        self, key: AppKey, app: AppConfig, new_client: bool, fresh_origin: set[str]
+    ) -> AppState:
         """A kept app's state with its new config (and a new client when ``new_client``);
         an added app's fresh state (``fresh_origin``: the days it only takes baselines of)."""
-        st = self._apps.get(app.name)
+        st = self._apps.get(key)
         if st is None:
             return AppState(
+                key=key,
                 config=app,
-                client=self._default_client(app.name),
+                client=self._default_client(key),
                 counters=AppCounters(origin_days=set(fresh_origin)),
                 lock=threading.Lock(),
             )
         st.config = app
         if new_client:
-            old_client, st.client = st.client, self._default_client(app.name)
+            old_client, st.client = st.client, self._default_client(key)
             old_client.close()
         return st
 
-    def _reload_removed(self, name: str, st: AppState) -> None:
+    def _reload_removed(self, name: AppKey, st: AppState) -> None:
         self._unschedule(name)
 
         def close() -> None:  # after a poll still running for it has finished

@@ -3,6 +3,7 @@ coalesced, a little jitter) on a bounded thread pool, so a slow app never delays
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from ..appkey import AppKey
 from ..config import Config, PollConfig
 from .applist import APP_LIST_INTERVAL
 from .base import PollerBase, log
@@ -18,6 +20,11 @@ from .base import PollerBase, log
 def _trigger(poll: PollConfig) -> IntervalTrigger:
     jitter = min(poll.interval * 0.1, 30.0)
     return IntervalTrigger(seconds=poll.interval, jitter=jitter, timezone=UTC)
+
+
+def _job_id(key: AppKey) -> str:
+    """The app's job id: unique whatever characters the account and app names hold."""
+    return "poll:" + json.dumps(list(key))
 
 
 class Scheduling(PollerBase):
@@ -47,13 +54,13 @@ class Scheduling(PollerBase):
             extra={"apps": len(self._apps), "interval": poll.interval, "workers": workers},
         )
 
-    def _add_job(self, name: str, first_run: datetime) -> None:
+    def _add_job(self, name: AppKey, first_run: datetime) -> None:
         assert self._scheduler is not None
         self._scheduler.add_job(
             self.poll_app,
             _trigger(self.config.poll),
             args=[name],
-            id=f"poll:{name}",
+            id=_job_id(name),
             name=f"poll {name}",
             next_run_time=first_run,
         )
@@ -74,7 +81,7 @@ class Scheduling(PollerBase):
             return
         now = datetime.now(UTC)
         for name in self._apps:
-            job = self._scheduler.get_job(f"poll:{name}")
+            job = self._scheduler.get_job(_job_id(name))
             if job is None:
                 self._add_job(name, now)
             elif poll.interval != was.interval:
@@ -83,12 +90,12 @@ class Scheduling(PollerBase):
         if listing is not None:  # the new app names are checked at once
             listing.modify(next_run_time=now)
 
-    def _unschedule(self, name: str) -> None:
+    def _unschedule(self, name: AppKey) -> None:
         """A removed app's job goes (a run of it already queued does nothing)."""
         if self._scheduling:
             assert self._scheduler is not None
             try:
-                self._scheduler.remove_job(f"poll:{name}")
+                self._scheduler.remove_job(_job_id(name))
             except JobLookupError:
                 pass
 

@@ -75,7 +75,7 @@ class WebApp:
             view.usage,
             self.telemetry_path,
             __version__,
-            {a.name: (a.daily_bytes_budget, a.monthly_bytes_budget) for a in config.apps},
+            {key: (a.daily_bytes_budget, a.monthly_bytes_budget) for key, _, a in config.apps()},
             config.poll.interval,
             config.poll.timezone,
             self.demo,

@@ -184,10 +184,17 @@ def check_config_file(args: argparse.Namespace) -> int:
     none) as "not checked: ..." lines, which do not fail it (exit 0)."""
     path = args.config or DEFAULT_CONFIG
     try:
+        _auto_reload_interval(args.auto_reload_interval)
+    except ConfigError as err:
+        return _fail(str(err))
+    try:
         config, unchecked = check_config(path)
-        config = _with_flags(config, args)
     except ConfigError as err:
         return _fail_all(path, err)
+    try:
+        config = _with_flags(config, args)
+    except ConfigError as err:
+        return _fail(str(err))
     problems = []
     if config.state.path:
         problem = check_state_path(config.state.path)

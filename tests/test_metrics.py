@@ -112,9 +112,39 @@ def test_live_part_and_whole_output_is_promtool_clean(store):
     expo = Exposition(store, "UTC", BUDGETS)
     text = expo.text()
     s = samples(text)
-    assert s[("scaleengine_up", (("account", ACC), ("app", "app1"),))] == 1
-    assert s[("scaleengine_up", (("account", ACC), ("app", "app2"),))] == 0
-    assert s[("scaleengine_api_requests_total", (("account", ACC), ("app", "app2"), ("outcome", "timeout")))] == 2
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", ACC),
+                    ("app", "app1"),
+                ),
+            )
+        ]
+        == 1
+    )
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", ACC),
+                    ("app", "app2"),
+                ),
+            )
+        ]
+        == 0
+    )
+    assert (
+        s[
+            (
+                "scaleengine_api_requests_total",
+                (("account", ACC), ("app", "app2"), ("outcome", "timeout")),
+            )
+        ]
+        == 2
+    )
     assert [k for k in s if k[0] == "scaleengine_exporter_build_info"]
     assert promtool_check_metrics(text).strip() == ""
 
@@ -170,7 +200,9 @@ def test_snapshot_swap_replaces_series_whole(store):
 def test_render_skipped_when_usage_unchanged(store):
     expo = Exposition(store, "UTC", {}, process_metrics=False)
     renders = expo.renders
-    store.publish(K("app1"), store.view().usage[K("app1")], AppStatus(K("app1"), polled=True, up=True))
+    store.publish(
+        K("app1"), store.view().usage[K("app1")], AppStatus(K("app1"), polled=True, up=True)
+    )
     assert not expo.render_now()
     assert expo.renders == renders
 
@@ -237,16 +269,68 @@ def test_an_app_that_cannot_be_rendered_is_down_and_the_others_update():
         store.publish(K(app), u, AppStatus(K(app), True, True, bytes_total=7, requests_total=1))
     assert expo.render_now()
     s = samples(expo.text())
-    assert s[("scaleengine_up", (("account", ACC), ("app", "bad"),))] == 0
-    assert s[("scaleengine_poll_errors_total", (("account", ACC), ("app", "bad"), ("outcome", "render")))] == 1
-    assert s[("scaleengine_vse_bytes_total", (("account", ACC), ("app", "bad"),))] == 7  # counters stay
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", ACC),
+                    ("app", "bad"),
+                ),
+            )
+        ]
+        == 0
+    )
+    assert (
+        s[
+            (
+                "scaleengine_poll_errors_total",
+                (("account", ACC), ("app", "bad"), ("outcome", "render")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        s[
+            (
+                "scaleengine_vse_bytes_total",
+                (
+                    ("account", ACC),
+                    ("app", "bad"),
+                ),
+            )
+        ]
+        == 7
+    )  # counters stay
     assert not [k for k in s if ("app", "bad") in k[1] and "day" in k[0]]  # usage dropped
-    assert s[("scaleengine_up", (("account", ACC), ("app", "good"),))] == 1
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", ACC),
+                    ("app", "good"),
+                ),
+            )
+        ]
+        == 1
+    )
     # a later poll of the good app still shows
     store.publish(K("good"), usage("good", 4), AppStatus(K("good"), True, True, bytes_total=9))
     assert expo.render_now()
     s = samples(expo.text())
-    assert s[("scaleengine_vse_app_day_videos", (("account", ACC), ("app", "good"),))] == 4
+    assert (
+        s[
+            (
+                "scaleengine_vse_app_day_videos",
+                (
+                    ("account", ACC),
+                    ("app", "good"),
+                ),
+            )
+        ]
+        == 4
+    )
     promtool_check_metrics(expo.text())
 
 

@@ -121,11 +121,27 @@ def test_new_day_replaces_per_video_series_and_counts_on(sim):
     usage = store.view().usage[K("beta")]
     assert usage.day == "2026-03-11"
     assert (
-        s[("scaleengine_vse_app_day_bytes", (("account", ACCOUNT), ("app", "beta"),))]
+        s[
+            (
+                "scaleengine_vse_app_day_bytes",
+                (
+                    ("account", ACCOUNT),
+                    ("app", "beta"),
+                ),
+            )
+        ]
         == sim.reported("beta", date(2026, 3, 11))[0]
     )
     assert (
-        s[("scaleengine_vse_app_previous_day_bytes", (("account", ACCOUNT), ("app", "beta"),))]
+        s[
+            (
+                "scaleengine_vse_app_previous_day_bytes",
+                (
+                    ("account", ACCOUNT),
+                    ("app", "beta"),
+                ),
+            )
+        ]
         == sim.reported("beta", date(2026, 3, 10))[0]
     )
     # only the new day's videos are shown
@@ -306,7 +322,9 @@ def test_app_missing_from_the_state_file_starts_from_a_baseline(sim, tmp_path):
     poller.shutdown()
     path = tmp_path / "state.json"
     data = json.loads(path.read_text())
-    del data["accounts"][ACCOUNT]["beta"]  # ...beta, as if beta was added to the config after the save
+    del data["accounts"][ACCOUNT][
+        "beta"
+    ]  # ...beta, as if beta was added to the config after the save
     path.write_text(json.dumps(data))
     sim.clock.advance(600)
     poller2, store2 = make(sim, state=state)

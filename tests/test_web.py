@@ -60,7 +60,15 @@ def test_endpoints(stack):
     status, headers, body = http_get(url + "/probe")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
     s = samples(body)
-    assert s[("scaleengine_vse_day_bytes", (("account", "acc"), ("app", "a"), ("video_url", "v/0.mp4")))] == 500
+    assert (
+        s[
+            (
+                "scaleengine_vse_day_bytes",
+                (("account", "acc"), ("app", "a"), ("video_url", "v/0.mp4")),
+            )
+        ]
+        == 500
+    )
     assert http_get(url + "/metrics")[0] == 404
     assert http_get(url + "/-/healthy")[0] == 200
     assert http_get(url + "/-/ready")[0] == 503

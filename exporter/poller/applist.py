@@ -78,7 +78,8 @@ class AppListing(PollerBase):
             self._warned_unlisted[app] = close
             hint = f"; did you mean {close}?" if close else ""
             log.warning(
-                f"app {app.app} is not in the app list (app.list) of account {app.account}:"
-                f" its usage will read as zero; check its name in the config{hint}",
+                f"app {app.app} is not in the account's app list (app.list, account"
+                f" {app.account}): its usage will read as zero; check its name in the"
+                f" config{hint}",
                 extra=app._asdict(),
             )

@@ -113,7 +113,10 @@ def expected(sim: Simulator, days: list[date]) -> dict[tuple[str, tuple, int], i
             b, r = sim.delivered(app, day)
             month_b += b
             month_r += r
-            lab = (("account", "4242"), ("app", app),)
+            lab = (
+                ("account", "4242"),
+                ("app", app),
+            )
             out[("scaleengine_vse_app_day_bytes", lab, ts)] = b
             out[("scaleengine_vse_app_day_requests", lab, ts)] = r
             out[("scaleengine_vse_app_day_videos", lab, ts)] = len(videos)
@@ -161,7 +164,19 @@ def test_writes_each_day_exactly_as_served(sim, tmp_path):
         served = sim.reported_videos(app, whole.year, whole.month, None)
         total = sum(b for b, _ in served.values())
         ts = day_timestamp(last, ZoneInfo(TZ))
-        assert month[("scaleengine_vse_app_month_bytes", (("account", "4242"), ("app", app),), ts)] == total
+        assert (
+            month[
+                (
+                    "scaleengine_vse_app_month_bytes",
+                    (
+                        ("account", "4242"),
+                        ("app", app),
+                    ),
+                    ts,
+                )
+            ]
+            == total
+        )
     # progress: plain lines (stderr is not a terminal) with days done of days asked, per app
     lines = err.getvalue()
     for app in APPS:
@@ -518,7 +533,10 @@ def test_checkpoint_writes_the_days_read_while_others_still_run(sim, tmp_path):
         tz = ZoneInfo(TZ)
         second = (
             "scaleengine_vse_app_day_bytes",
-            (("account", "4242"), ("app", "vod-a"),),
+            (
+                ("account", "4242"),
+                ("app", "vod-a"),
+            ),
             day_timestamp(first + timedelta(days=1), tz),
         )
 
@@ -627,8 +645,32 @@ def test_include_exclude_see_a_long_url_as_sent_as_in_the_daemon(tmp_path, limit
         if name == "scaleengine_vse_day_bytes" and t == ts
     }
     assert shown == want
-    assert got[("scaleengine_vse_app_day_bytes", (("account", "4242"), ("app", "vod"),), ts)] == 850
-    assert got[("scaleengine_vse_app_day_videos", (("account", "4242"), ("app", "vod"),), ts)] == 3
+    assert (
+        got[
+            (
+                "scaleengine_vse_app_day_bytes",
+                (
+                    ("account", "4242"),
+                    ("app", "vod"),
+                ),
+                ts,
+            )
+        ]
+        == 850
+    )
+    assert (
+        got[
+            (
+                "scaleengine_vse_app_day_videos",
+                (
+                    ("account", "4242"),
+                    ("app", "vod"),
+                ),
+                ts,
+            )
+        ]
+        == 3
+    )
 
 
 def test_answer_size_cap_applies_as_in_the_daemon(tmp_path):

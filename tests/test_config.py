@@ -94,7 +94,9 @@ def test_full_fixture_values():
     assert se.api_key.get_secret_value() == "inline-key"
     assert se.api_secret.get_secret_value() == "inline-secret"
     assert se.timeout == 2.5
-    assert config.accounts[0].apps[0].name == "demo-origin" and config.accounts[0].apps[0].urls is None
+    assert (
+        config.accounts[0].apps[0].name == "demo-origin" and config.accounts[0].apps[0].urls is None
+    )
     assert config.accounts[0].apps[1].urls == ["sestore/x/a.mp4", "sestore/x/b.mp4"]
     assert config.accounts[0].apps[2].name == "2024"
     poll = config.poll

@@ -39,7 +39,6 @@ class AppListing(PollerBase):
         (or none) as it was; the other accounts and polling go on."""
         with self._app_list_lock:
             config = self.config
-            merged = dict(self.store.view().listed)
             ok = True
             for account in config.accounts:
                 found = self._list_account(config, account)
@@ -47,8 +46,8 @@ class AppListing(PollerBase):
                     ok = False
                     continue
                 self._warn_unlisted(found)
-                merged.update(found)
-            self.store.set_listed(merged)
+                # each account's verdict as it comes: a slow account does not hold it back
+                self.store.set_listed({**self.store.view().listed, **found})
             return ok
 
     def _list_account(

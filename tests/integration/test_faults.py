@@ -392,8 +392,8 @@ def test_a_dripping_app_does_not_starve_others_with_concurrency_1():
         )  # fmt: skip
         exporter = Exporter(config)
         counts = _run_scheduler(exporter, 12)
-    assert counts.get("good", 0) >= 3, counts
-    assert counts.get("drip", 0) >= 2, counts
+    assert counts.get(K("good"), 0) >= 3, counts
+    assert counts.get(K("drip"), 0) >= 2, counts
 
 
 def test_busy_app_keeps_others_on_schedule_with_the_real_scheduler():
@@ -416,8 +416,8 @@ def test_busy_app_keeps_others_on_schedule_with_the_real_scheduler():
     assert len(times) >= 3, times
     assert gaps[0] >= 2.5, gaps  # 3 s minus the latency of a loaded machine
     assert 2.5 <= gaps[1] < 5.0, gaps  # capped at 3 s: not 6 s
-    assert counts.get("good", 0) >= 4, counts
-    assert counts.get("busy", 0) >= 4, counts  # scheduled polls run, without requests
+    assert counts.get(K("good"), 0) >= 4, counts
+    assert counts.get(K("busy"), 0) >= 4, counts  # scheduled polls run, without requests
 
 
 @pytest.mark.parametrize("mode", ["shift_first", "shift_later"])
@@ -441,7 +441,7 @@ def test_pages_that_move_once_are_published_exactly(rig, mode):
     grown = sim.reported("bad", today)[0] - sim.reported("bad", today, at=START)[0]
     assert value(s, "scaleengine_vse_bytes_total", app="bad") == grown
     per_video = {
-        labels[1][1]: v
+        dict(labels)["video_url"]: v
         for (name, labels), v in s.items()
         if name == "scaleengine_vse_day_bytes"
         and labels[:2] == (("account", "4242"), ("app", "bad"))

@@ -86,6 +86,21 @@ def test_every_server_text_is_escaped():
     assert text.count("&lt;script&gt;") == 2  # the app name and its error
 
 
+def test_each_row_names_its_account_escaped():
+    """Two accounts with the same app name: two rows, each with its account (escaped)."""
+    keys = [AppKey(EVIL, "news"), AppKey("partner", "news")]
+    store = Store(keys)
+    for key in keys:
+        store.publish(key, None, AppStatus(key, polled=True, up=True))
+    expo = Exposition(store, "UTC", {}, process_metrics=False)
+    text = render_landing(WebApp(expo, store, lambda: True).landing_view(), now=1125.0)
+    parser = Tags()
+    parser.feed(text)
+    assert "script" not in parser.tags and "<th>Account</th><th>App</th>" in text
+    assert "<tr><td>partner</td><td>news</td>" in text
+    assert "<tr><td>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;</td><td>news</td>" in text
+
+
 def test_units():
     assert human_bytes(999) == "999 B" and human_bytes(500e9) == "500 GB"
     assert human_bytes(1.5e12) == "1.5 TB"

@@ -436,3 +436,45 @@ def test_daemon_sigterm_keeps_every_accounts_counters(tmp_path, sims):
         stop_process(proc)
     assert value(s, "scaleengine_vse_bytes_total", "production", "news") == 250
     assert value(s, "scaleengine_vse_bytes_total", "partner", "news") == 0
+
+
+def test_a_reload_rebuilds_only_the_changed_accounts_clients(tmp_path, sims):
+    """Poller.reconfigure: partner's secret fixed, production unchanged: partner's app gets
+    a new client (and polls up), production's keeps its client, counters and data."""
+    from exporter.appkey import AppKey
+    from exporter.cli import Exporter
+    from exporter.config import load_config
+
+    prod, partner = sims
+    cfg = write_config(tmp_path, {"accounts": accounts(prod, partner)}, "wrong-secret")
+    exporter = Exporter(load_config(cfg, env=env()))
+    poller = exporter.poller
+    prod_key, partner_key = AppKey("production", "news"), AppKey("partner", "news")
+    assert poller.poll_app(prod_key) and not poller.poll_app(partner_key)
+    prod_client = poller._apps[prod_key].client
+    partner_client = poller._apps[partner_key].client
+    write_config(tmp_path, {"accounts": accounts(prod, partner)})  # the right secret now
+    poller.reconfigure(load_config(cfg, env=env()))
+    assert poller._apps[prod_key].client is prod_client
+    assert poller._apps[partner_key].client is not partner_client
+    assert poller.poll_app(partner_key)
+    view = exporter.store.view()
+    assert view.status[partner_key].up and view.usage[partner_key].day_bytes == 700
+    assert view.status[prod_key].up and view.usage[prod_key].day_bytes == 1000
+    poller.shutdown()
+
+
+def test_demo_with_an_accounts_config_polls_the_simulator_for_every_account(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text(
+        "accounts:\n"
+        "  - {name: production, cdn_id: 1, api_key_env: NOPE, apps: [demo-origin]}\n"
+        "  - {name: partner, cdn_id: 2, api_secret_file: /nope, apps: [demo-origin, vod-library]}\n"
+    )
+    proc = run("--demo", "--once", "--config", str(path), environ=env())
+    assert proc.returncode == 0, proc.stderr
+    s = samples(proc.stdout)
+    ups = {(dict(k[1])["account"], dict(k[1])["app"]) for k in s if k[0] == "scaleengine_up"}
+    assert ups == {("production", "demo-origin"), ("partner", "demo-origin"),
+                   ("partner", "vod-library")}  # fmt: skip
+    assert all(v == 1 for k, v in s.items() if k[0] == "scaleengine_up")

@@ -15,10 +15,10 @@ from typing import Any
 
 from . import __version__
 from .autoreload import ConfigWatcher
+from .checkconfig import check_config_file, summary
 from .config import (
     Config,
     ConfigError,
-    check_config,
     load_config,
     load_yaml_file,
     parse_config,
@@ -170,59 +170,6 @@ def _demo_accounts(data: dict[str, Any], api: dict[str, Any]) -> None:
             accounts[index] = {**kept, **api}
 
 
-def _summary(config: Config) -> str:
-    """What --check-config says of a good config: apps, and accounts when several."""
-    apps = len(config.app_keys())
-    if len(config.accounts) == 1:
-        return f"{apps} app(s)"
-    return f"{apps} app(s) in {len(config.accounts)} accounts"
-
-
-def check_config_file(args: argparse.Namespace) -> int:
-    """--check-config: every problem of the file, one per line on stderr (exit 2), and the
-    secrets it could not check (a missing secret file or environment variable: a CI job has
-    none) as "not checked: ..." lines, which do not fail it (exit 0)."""
-    path = args.config or DEFAULT_CONFIG
-    try:
-        _auto_reload_interval(args.auto_reload_interval)
-    except ConfigError as err:
-        return _fail(str(err))
-    try:
-        config, unchecked = check_config(path)
-    except ConfigError as err:
-        return _fail_all(path, err)
-    try:
-        config = _with_flags(config, args)
-    except ConfigError as err:
-        return _fail(str(err))
-    problems = []
-    if config.state.path:
-        problem = check_state_path(config.state.path)
-        if problem:
-            problems.append(f"state.path: {problem}")
-    if config.web.config_file:
-        try:
-            load_web_config(config.web.config_file)
-        except ConfigError as err:
-            problems.append(str(err))
-    for note in unchecked:
-        print(f"not checked: {note}")
-    if problems:
-        for problem in problems:
-            print(f"scaleengine-exporter: error: {problem}", file=sys.stderr)
-        return 2
-    print(f"config ok: {_summary(config)}")
-    return 0
-
-
-def _fail_all(path: str, err: ConfigError) -> int:
-    """Every problem of a bad config, one line each (the first names the file)."""
-    for problem in err.problems:
-        text = problem if problem.startswith(path) else f"{path}: {problem}"
-        print(f"scaleengine-exporter: error: {text}", file=sys.stderr)
-    return 2
-
-
 class Exporter:
     """Store, poller and exposition in one process (--once, tests); the daemon splits them.
 
@@ -323,7 +270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = log_level_of(args)
     formatter = setup_logging(level, args.log_format)
     if args.check_config and not args.demo:
-        return check_config_file(args)
+        try:
+            _auto_reload_interval(args.auto_reload_interval)
+        except ConfigError as err:
+            return _fail(str(err))
+        return check_config_file(args.config or DEFAULT_CONFIG, lambda c: _with_flags(c, args))
 
     simulator = None
     try:
@@ -340,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_secrets(formatter, config.secret_values())
 
     if args.check_config:
-        print(f"config ok: {_summary(config)}")
+        print(f"config ok: {summary(config)}")
         return 0
     try:
         state = lock_state(config)

@@ -223,6 +223,24 @@ def test_rerun_over_a_partly_written_range_adds_no_duplicates(sim, tmp_path):
     parse(part.read_text())
 
 
+def test_a_file_written_before_accounts_is_the_single_accounts(sim, tmp_path):
+    """An output file without the account label (written by backfill before several
+    accounts) is read back as the single account's days: a rerun reads none again and
+    writes them with the label."""
+    first = previous_month(this_month_start())
+    out = tmp_path / "h.om"
+    cfg = make_config(sim)
+    assert backfill.run(cfg, first, first + timedelta(days=2), str(out)) == 0
+    labelled = out.read_text()
+    old = labelled.replace('account="4242",', "")  # the account: the simulator's cdn_id
+    assert old != labelled and "account=" not in old
+    out.write_text(old)
+    sim.clear_log()
+    assert backfill.run(cfg, first, first + timedelta(days=2), str(out)) == 0
+    assert not sim.request_log
+    assert out.read_text() == labelled
+
+
 def test_failing_day_exit_1_names_it_and_every_other_day_is_written(sim, tmp_path):
     first = previous_month(this_month_start())
     bad = first + timedelta(days=3)

@@ -138,7 +138,7 @@ def demo_config(api_url: str, path: str | None = None) -> Config:
         data = load_yaml_file(path)
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        data["scaleengine"] = scaleengine
+        _demo_accounts(data, scaleengine)
         base_dir = os.path.dirname(os.path.abspath(path))
         return parse_config(data, env={}, source=path, base_dir=base_dir, warn_fast_poll=False)
     apps = []
@@ -156,6 +156,19 @@ def demo_config(api_url: str, path: str | None = None) -> Config:
     return parse_config(data, env={}, source="demo", warn_fast_poll=False)
 
 
+def _demo_accounts(data: dict[str, Any], api: dict[str, Any]) -> None:
+    """--demo with a config file: every account polls the simulator (its API settings and
+    secrets replaced by the simulator's); the single form's scaleengine section likewise."""
+    accounts = data.get("accounts")
+    if not isinstance(accounts, list):
+        data["scaleengine"] = api
+        return
+    for index, entry in enumerate(accounts):
+        if isinstance(entry, dict):
+            kept = {k: v for k, v in entry.items() if k in ("name", "apps", "discovery")}
+            accounts[index] = {**kept, **api}
+
+
 class Exporter:
     """Store, poller and exposition in one process (--once, tests); the daemon splits them.
 
@@ -169,7 +182,7 @@ class Exporter:
         self.config = config
         from .poller import Poller  # not needed by the serving process of the daemon
 
-        self.store = Store([a.name for a in config.apps])
+        self.store = Store(config.app_keys())
         if state_file is None:
             state_file = open_state_file(config.state.path)
         kwargs = {"clock": clock} if clock is not None else {}
@@ -230,12 +243,6 @@ def lock_state(config: Config) -> StateFile | None:
     return state
 
 
-def _discovery_note(config: Config) -> str:
-    from .poller.discovery import discovery_of  # not loaded by the serving process
-
-    return " and those app.list names (discovery)" if discovery_of(config).enabled else ""
-
-
 def run_once(config: Config, state: StateFile | None) -> int:
     """--once: poll every app, print the exposition; 0 when every app is up, else 1."""
     exporter = Exporter(config, state_file=state)
@@ -264,6 +271,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = log_level_of(args)
     formatter = setup_logging(level, args.log_format)
+    if args.check_config and not args.demo:
+        try:
+            _auto_reload_interval(args.auto_reload_interval)
+        except ConfigError as err:
+            return _fail(str(err))
+        from .checkconfig import check_config_file  # pydantic: not in the serving process
+
+        return check_config_file(args.config or DEFAULT_CONFIG, lambda c: _with_flags(c, args))
 
     simulator = None
     try:
@@ -280,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     set_secrets(formatter, config.secret_values())
 
     if args.check_config:
-        print(f"config ok: {len(config.apps)} app(s){_discovery_note(config)}")
+        from .checkconfig import summary
+
+        print(f"config ok: {summary(config)}")
         return 0
     try:
         state = lock_state(config)
@@ -365,8 +382,8 @@ def _auto_reload_interval(value: str | None) -> float:
 
 def _watched_files(config_path: str, config: Config) -> list[str]:
     """The config file and the secret files it names (a rotated Secret counts too)."""
-    se = config.scaleengine
-    return [config_path, *filter(None, [se.api_key_file, se.api_secret_file])]
+    files = [f for a in config.accounts for f in (a.api_key_file, a.api_secret_file) if f]
+    return [config_path, *files]
 
 
 def _with_flags(config: Config, args: argparse.Namespace) -> Config:
@@ -560,7 +577,7 @@ def serve_forever(
     """The daemon: HTTP here, polling and rendering in the poll worker process (which is
     handed ``state``, the state file locked by :func:`lock_state`)."""
     stop, received = _catch_stop_signals()
-    store = Store([a.name for a in config.apps])
+    store = Store(config.app_keys())
     exposition = Exposition(
         store, config.poll.timezone, budgets_of(config), poll_interval=config.poll.interval
     )

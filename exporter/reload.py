@@ -127,8 +127,8 @@ class Reloader:
             self._apply(new)
         except Exception as err:  # e.g. the poll worker is gone
             return self._fail(f"applying the new config failed: {err}")
-        old_apps = {a.name for a in self.config.apps}
-        new_apps = {a.name for a in new.apps}
+        old_apps = {str(k) for k in self.config.app_keys()}
+        new_apps = {str(k) for k in new.app_keys()}
         self.config = new
         self.status.succeeded()
         log.info(

@@ -22,9 +22,14 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .appkey import AppKey
+
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+# version 2: counters by account, then app; version 1 (before several accounts): by app only,
+# still loaded (into the first account)
+STATE_VERSION = 2
+LEGACY_STATE_VERSION = 1
 # a real state file is a few kilobytes; anything near this is not ours
 MAX_STATE_BYTES = 64 * 2**20
 # every counter and baseline in the state file is a whole number in 0..2^63-1
@@ -249,19 +254,15 @@ class StateFile:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def save(self, day: str, counters: dict[str, AppCounters]) -> None:
-        data = {
-            "version": STATE_VERSION,
-            "day": day,
-            "apps": {
-                app: {
-                    "bytes_total": c.bytes_total,
-                    "requests_total": c.requests_total,
-                    "baselines": {d: list(v) for d, v in sorted(c.baselines.items())},
-                }
-                for app, c in sorted(counters.items())
-            },
-        }
+    def save(self, day: str, counters: dict[AppKey, AppCounters]) -> None:
+        accounts: dict[str, dict[str, object]] = {}
+        for key, c in sorted(counters.items()):
+            accounts.setdefault(key.account, {})[key.app] = {
+                "bytes_total": c.bytes_total,
+                "requests_total": c.requests_total,
+                "baselines": {d: list(v) for d, v in sorted(c.baselines.items())},
+            }
+        data = {"version": STATE_VERSION, "day": day, "accounts": accounts}
         payload = json.dumps(data, separators=(",", ":")).encode()
         with self._lock:
             atomic_write(self.path, [payload], prefix=".state-")
@@ -280,36 +281,49 @@ class StateFile:
             )
             return None
 
-    def load(self) -> tuple[str, dict[str, AppCounters]] | None:
-        """(saved day, counters by app), or None with one warning if missing or unusable."""
+    def load(self, legacy_account: str = "") -> tuple[str, dict[AppKey, AppCounters], bool] | None:
+        """(saved day, counters by (account, app), whether the file is of the earlier format),
+        or None with one warning if missing or unusable. A file of the earlier format (by app
+        only) loads into ``legacy_account``."""
         raw = self._read()
         if raw is None:
             return None
         try:
             data = json.loads(raw)
-            if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            if version not in (STATE_VERSION, LEGACY_STATE_VERSION):
                 raise ValueError("unknown state format")
             day = data["day"]
             if not isinstance(day, str):
                 raise ValueError("bad day")
-            apps: dict[str, AppCounters] = {}
-            for app, entry in data["apps"].items():
-                baselines = {}
-                for d, pair in entry["baselines"].items():
-                    b, r = pair
-                    baselines[str(d)] = (_count(b), _count(r))
-                apps[str(app)] = AppCounters(
-                    bytes_total=_count(entry["bytes_total"]),
-                    requests_total=_count(entry["requests_total"]),
-                    baselines=baselines,
-                )
-            return day, apps
+            if version == LEGACY_STATE_VERSION:
+                by_account = {legacy_account: data["apps"]}
+            else:
+                by_account = data["accounts"]
+            apps: dict[AppKey, AppCounters] = {}
+            for account, entries in by_account.items():
+                for app, entry in entries.items():
+                    apps[AppKey(str(account), str(app))] = _entry(entry)
+            return day, apps, version == LEGACY_STATE_VERSION
         except Exception as err:  # noqa: BLE001 - nesting, garbage, memory: all a fresh start
             log.warning(
                 "state file corrupt, starting fresh",
                 extra={"path": self.path, "err": f"{type(err).__name__}: {str(err)[:200]}"},
             )
             return None
+
+
+def _entry(entry: dict[str, object]) -> AppCounters:
+    """One app's counters and baselines from the state file."""
+    baselines = {}
+    for d, pair in entry["baselines"].items():  # type: ignore[attr-defined]
+        b, r = pair
+        baselines[str(d)] = (_count(b), _count(r))
+    return AppCounters(
+        bytes_total=_count(entry["bytes_total"]),
+        requests_total=_count(entry["requests_total"]),
+        baselines=baselines,
+    )
 
 
 def _count(value: object) -> int:

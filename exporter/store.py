@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from .appkey import AppKey
+
 OTHER = "__other__"
 
 
@@ -21,7 +23,7 @@ OTHER = "__other__"
 class AppUsage:
     """Usage data of one app as of its last successful poll (the big, per-video part)."""
 
-    app: str
+    key: AppKey  # (account, app)
     day: str  # ISO date of "today" in the poll timezone
     day_end: float  # unix time at which that day ends
     # (video_url, bytes, requests) after the cardinality cap and folding, bytes descending
@@ -33,12 +35,20 @@ class AppUsage:
     month_requests: int | None = None
     previous_day_bytes: int | None = None
 
+    @property
+    def app(self) -> str:
+        return self.key.app
+
+    @property
+    def account(self) -> str:
+        return self.key.account
+
 
 @dataclass(frozen=True, slots=True)
 class AppStatus:
     """Small, per-app health and counter values; rendered at scrape time."""
 
-    app: str
+    key: AppKey  # (account, app)
     polled: bool = False  # at least one poll attempt finished
     up: bool = False
     last_success: float | None = None
@@ -50,6 +60,14 @@ class AppStatus:
     skipped_rows: int = 0
     last_error: str | None = None
     incomplete_rows: int = 0  # rows kept with requests 0 (requests_total null or missing)
+
+    @property
+    def app(self) -> str:
+        return self.key.app
+
+    @property
+    def account(self) -> str:
+        return self.key.account
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,48 +82,51 @@ class DiscoveryState:
 
 @dataclass(frozen=True, slots=True)
 class View:
+    """Everything keyed by :class:`~exporter.appkey.AppKey` (account, app); the counts by
+    (AppKey, outcome)."""
+
     version: int
-    usage: Mapping[str, AppUsage]
-    status: Mapping[str, AppStatus]
-    requests: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    poll_errors: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    usage: Mapping[AppKey, AppUsage]
+    status: Mapping[AppKey, AppStatus]
+    requests: Mapping[tuple[AppKey, str], int] = field(default_factory=dict)
+    poll_errors: Mapping[tuple[AppKey, str], int] = field(default_factory=dict)
     # (failed saves, unix time of the last good save or None); None without a state file
     state_saves: tuple[int, float | None] | None = None
     # app.list's verdict per configured app: app -> the closest listed name when the account
     # does not list it ("" when nothing is close), None when it is listed; an app is missing
     # here while app.list has never answered (scaleengine_app_listed absent)
-    listed: Mapping[str, str | None] = field(default_factory=dict)
-    # None while discovery is off (no discovery series at all)
-    discovery: DiscoveryState | None = None
+    listed: Mapping[AppKey, str | None] = field(default_factory=dict)
+    # per account with discovery.enabled (none: no discovery series at all)
+    discovery: Mapping[str, DiscoveryState] = field(default_factory=dict)
 
 
 class Store:
     """Holds the current snapshot of every app; swaps are atomic, reads never block on polls."""
 
-    def __init__(self, apps: list[str]) -> None:
+    def __init__(self, apps: list[AppKey]) -> None:
         self._apps = list(apps)
         self._lock = threading.Lock()
         self._count_lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         # (version, usage, status), replaced as one tuple so that readers need no lock
-        self._current: tuple[int, Mapping[str, AppUsage], Mapping[str, AppStatus]] = (
+        self._current: tuple[int, Mapping[AppKey, AppUsage], Mapping[AppKey, AppStatus]] = (
             0,
             MappingProxyType({}),
-            MappingProxyType({app: AppStatus(app=app) for app in self._apps}),
+            MappingProxyType({app: AppStatus(key=app) for app in self._apps}),
         )
-        self._requests: dict[tuple[str, str], int] = {}
-        self._poll_errors: dict[tuple[str, str], int] = {}
+        self._requests: dict[tuple[AppKey, str], int] = {}
+        self._poll_errors: dict[tuple[AppKey, str], int] = {}
         self._counts_version = 0
         self._state_saves: tuple[int, float | None] | None = None
-        self._removed: set[str] = set()  # apps a reload removed: late publishes are ignored
-        self._listed: Mapping[str, str | None] = MappingProxyType({})  # see View.listed
-        self._discovery: DiscoveryState | None = None  # see View.discovery
+        self._removed: set[AppKey] = set()  # apps a reload removed: late publishes are ignored
+        self._listed: Mapping[AppKey, str | None] = MappingProxyType({})  # see View.listed
+        self._discovery: Mapping[str, DiscoveryState] = MappingProxyType({})  # View.discovery
 
     @property
-    def apps(self) -> list[str]:
+    def apps(self) -> list[AppKey]:
         return list(self._apps)
 
-    def publish(self, app: str, usage: AppUsage | None, status: AppStatus) -> None:
+    def publish(self, app: AppKey, usage: AppUsage | None, status: AppStatus) -> None:
         """Replace the app's usage (None drops its series) and status in one step."""
         with self._lock:
             if app in self._removed:
@@ -121,7 +142,7 @@ class Store:
             self._current = (version + 1, MappingProxyType(new_usage), MappingProxyType(new_status))
             self._changed.notify_all()
 
-    def count_request(self, app: str, outcome: str) -> None:
+    def count_request(self, app: AppKey, outcome: str) -> None:
         """Count one API request of an app by outcome (success or an error kind)."""
         with self._count_lock:
             if app in self._removed:
@@ -130,7 +151,7 @@ class Store:
             self._requests[key] = self._requests.get(key, 0) + 1
             self._counts_version += 1
 
-    def count_poll_error(self, app: str, outcome: str) -> None:
+    def count_poll_error(self, app: AppKey, outcome: str) -> None:
         """Count one failed fetch of a poll (after retries) by outcome."""
         with self._count_lock:
             if app in self._removed:
@@ -139,7 +160,9 @@ class Store:
             self._poll_errors[key] = self._poll_errors.get(key, 0) + 1
             self._counts_version += 1
 
-    def fail_app(self, app: str, outcome: str, error: str, usage: AppUsage | None = None) -> None:
+    def fail_app(
+        self, app: AppKey, outcome: str, error: str, usage: AppUsage | None = None
+    ) -> None:
         """Drop the app's usage and mark it down, counting a poll error (e.g. it cannot be
         rendered); its counters and everything else stay. With ``usage``, only if that is
         still the app's current usage (a newer poll's is left alone)."""
@@ -151,7 +174,7 @@ class Store:
             new_usage = dict(old_usage)
             new_usage.pop(app, None)
             new_status = dict(old_status)
-            old = new_status.get(app) or AppStatus(app=app)
+            old = new_status.get(app) or AppStatus(key=app)
             new_status[app] = dataclasses.replace(
                 old, polled=True, up=False, last_error=f"{outcome}: {error}"
             )
@@ -169,7 +192,7 @@ class Store:
             self._state_saves = (failures, last)
             self._counts_version += 1
 
-    def set_listed(self, listed: Mapping[str, str | None]) -> None:
+    def set_listed(self, listed: Mapping[AppKey, str | None]) -> None:
         """app.list's verdict (see View.listed) for the configured apps it names; a change of
         the live metrics."""
         with self._lock:
@@ -178,26 +201,35 @@ class Store:
             self._current = (version + 1, usage, status)
             self._changed.notify_all()
 
-    def set_discovery(self, state: DiscoveryState | None) -> None:
-        """Discovery's state (None: discovery is off); a change of the live metrics."""
+    def set_discovery(self, account: str, state: DiscoveryState | None) -> None:
+        """One account's discovery state (None: its discovery is off); a change of the live
+        metrics."""
         with self._count_lock:
-            self._discovery = state
+            states = dict(self._discovery)
+            if state is None:
+                states.pop(account, None)
+            else:
+                states[account] = state
+            self._discovery = MappingProxyType(states)
             self._counts_version += 1
 
-    def count_discovery_failure(self, outcome: str) -> None:
-        """Count one failed listing of discovery by outcome (discovery must be on)."""
+    def count_discovery_failure(self, account: str, outcome: str) -> None:
+        """Count one failed listing of an account's discovery by outcome."""
         with self._count_lock:
-            state = self._discovery or DiscoveryState()
+            state = self._discovery.get(account) or DiscoveryState()
             failures = dict(state.failures)
             failures[outcome] = failures.get(outcome, 0) + 1
-            self._discovery = dataclasses.replace(state, failures=failures)
+            states = dict(self._discovery)
+            states[account] = dataclasses.replace(state, failures=failures)
+            self._discovery = MappingProxyType(states)
             self._counts_version += 1
 
     @property
-    def discovery(self) -> DiscoveryState | None:
+    def discovery(self) -> Mapping[str, DiscoveryState]:
+        """Discovery's state per account that has it on."""
         return self._discovery
 
-    def set_apps(self, apps: list[str]) -> None:
+    def set_apps(self, apps: list[AppKey]) -> None:
         """A reload's new app list: removed apps and all their series go, new apps start
         unpolled, the others keep everything. Always counts as a change (budgets may have
         changed), so the exposition renders again."""
@@ -207,7 +239,7 @@ class Store:
             self._removed = (self._removed | set(self._apps) | set(old_status)) - keep
             self._apps = list(apps)
             usage = {a: u for a, u in old_usage.items() if a in keep}
-            status = {a: old_status.get(a) or AppStatus(app=a) for a in apps}
+            status = {a: old_status.get(a) or AppStatus(key=a) for a in apps}
             self._listed = MappingProxyType({a: v for a, v in self._listed.items() if a in keep})
             self._current = (version + 1, MappingProxyType(usage), MappingProxyType(status))
             with self._count_lock:
@@ -218,19 +250,19 @@ class Store:
 
     def mirror(
         self,
-        usage: Mapping[str, AppUsage],
-        status: Mapping[str, AppStatus],
-        requests: Mapping[tuple[str, str], int],
-        poll_errors: Mapping[tuple[str, str], int],
+        usage: Mapping[AppKey, AppUsage],
+        status: Mapping[AppKey, AppStatus],
+        requests: Mapping[tuple[AppKey, str], int],
+        poll_errors: Mapping[tuple[AppKey, str], int],
         state_saves: tuple[int, float | None] | None = None,
-        listed: Mapping[str, str | None] | None = None,
-        discovery: DiscoveryState | None = None,
+        listed: Mapping[AppKey, str | None] | None = None,
+        discovery: Mapping[str, DiscoveryState] | None = None,
     ) -> None:
         """Take over another store's whole state (the serving side of a poll worker)."""
         with self._lock:
             version = self._current[0] + 1
             self._listed = MappingProxyType(dict(listed or {}))
-            self._discovery = discovery
+            self._discovery = MappingProxyType(dict(discovery or {}))
             self._current = (version, MappingProxyType(dict(usage)), MappingProxyType(dict(status)))
             with self._count_lock:
                 self._requests = dict(requests)
@@ -259,7 +291,7 @@ class Store:
         """Changes whenever anything the live metrics show changes (swaps and counts)."""
         return self._current[0], self._counts_version
 
-    def usage_view(self) -> tuple[int, Mapping[str, AppUsage]]:
+    def usage_view(self) -> tuple[int, Mapping[AppKey, AppUsage]]:
         """The usage mapping with its version, without copying the request counters."""
         version, usage, _ = self._current
         return version, usage

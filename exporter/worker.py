@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import TYPE_CHECKING, Any
 
+from .appkey import AppKey
 from .logs import StructuredFormatter, set_secrets, setup_logging
 from .metrics.exposition import Exposition, StoredFile
 from .state import StateFile, open_state_file
@@ -65,10 +66,10 @@ def release_memory() -> None:
 EMPTY: tuple[bytes, bytes, int] = (b"", b"", 0)
 
 
-def budgets_of(config: Config) -> dict[str, tuple[int | None, int | None]]:
+def budgets_of(config: Config) -> dict[AppKey, tuple[int | None, int | None]]:
     return {
-        a.name: (a.daily_bytes_budget, a.monthly_bytes_budget)
-        for a in config.apps
+        key: (a.daily_bytes_budget, a.monthly_bytes_budget)
+        for key, _, a in config.apps()
         if a.daily_bytes_budget is not None or a.monthly_bytes_budget is not None
     }
 
@@ -102,7 +103,7 @@ class _WorkerProcess:
         self.seed = seed
         self.stop = stop
         self.send_lock = threading.Lock()
-        self.store = Store([a.name for a in config.apps])
+        self.store = Store(config.app_keys())
         if seed is not None:
             # a restart: the request and error counters go on from what was served
             self.store.mirror(
@@ -129,7 +130,7 @@ class _WorkerProcess:
             self.poller.ready,
             view.state_saves,
             dict(view.listed),
-            view.discovery,  # the discovered apps and the listings' outcomes (or None)
+            dict(view.discovery),  # per account: discovered apps and the listings' outcomes
         )
         files = [_to_file(p) for p in parts[:2]] if parts is not None else []
         with self.send_lock:
@@ -287,7 +288,7 @@ class PollWorker:
             "poll_errors": dict(view.poll_errors),
             "state_saves": view.state_saves,
             "listed": dict(view.listed),
-            "discovery": view.discovery,
+            "discovery": dict(view.discovery),
         }
         self._spawn(seed)
 

@@ -205,7 +205,11 @@ def test_list_apps_prints_the_accounts_apps(tmp_path, sim):
     assert proc.stdout == "demo-origin\nlive-events\nvod-library\n"
     proc = run("list-apps", "--config", cfg, "--format", "json")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)[1] == {"name": "live-events", "type": "origin"}
+    assert json.loads(proc.stdout)[1] == {
+        "account": "4242",
+        "name": "live-events",
+        "type": "origin",
+    }
 
 
 def test_list_apps_with_a_wrong_secret_exits_1_with_the_apis_message(tmp_path, sim):
@@ -247,9 +251,42 @@ def test_once_with_a_typo_marks_the_app_unlisted_and_suggests_the_name(tmp_path,
     cfg = write_config(tmp_path, sim, apps=["demo-origin", "demo-orgin", "live-events"])
     proc = run("--once", "--config", cfg)
     got = samples(proc.stdout)
-    assert got[("scaleengine_app_listed", (("app", "demo-orgin"),))] == 0
-    assert got[("scaleengine_app_listed", (("app", "demo-origin"),))] == 1
-    assert got[("scaleengine_app_listed", (("app", "live-events"),))] == 1
+    assert (
+        got[
+            (
+                "scaleengine_app_listed",
+                (
+                    ("account", "4242"),
+                    ("app", "demo-orgin"),
+                ),
+            )
+        ]
+        == 0
+    )
+    assert (
+        got[
+            (
+                "scaleengine_app_listed",
+                (
+                    ("account", "4242"),
+                    ("app", "demo-origin"),
+                ),
+            )
+        ]
+        == 1
+    )
+    assert (
+        got[
+            (
+                "scaleengine_app_listed",
+                (
+                    ("account", "4242"),
+                    ("app", "live-events"),
+                ),
+            )
+        ]
+        == 1
+    )
     warnings = [line for line in proc.stderr.splitlines() if "not in the account" in line]
     assert len(warnings) == 1
     assert "demo-orgin" in warnings[0] and "did you mean demo-origin" in warnings[0]
@@ -262,7 +299,18 @@ def test_once_without_an_app_list_answer_has_no_listed_gauge(tmp_path, sim):
     assert proc.returncode == 0, proc.stderr  # polling goes on as before
     got = samples(proc.stdout)
     assert not [k for k in got if k[0] == "scaleengine_app_listed"]
-    assert got[("scaleengine_up", (("app", "demo-origin"),))] == 1
+    assert (
+        got[
+            (
+                "scaleengine_up",
+                (
+                    ("account", "4242"),
+                    ("app", "demo-origin"),
+                ),
+            )
+        ]
+        == 1
+    )
     assert sum("app.list failed" in line for line in proc.stderr.splitlines()) == 1
 
 
@@ -285,12 +333,40 @@ def test_the_daemon_serves_the_verdict_and_marks_the_landing_page(tmp_path, sim)
             except OSError:
                 return None
             got = samples(body) if status == 200 else {}
-            key = ("scaleengine_app_listed", (("app", "demo-orgin"),))
+            key = (
+                "scaleengine_app_listed",
+                (
+                    ("account", "4242"),
+                    ("app", "demo-orgin"),
+                ),
+            )
             return got if key in got else None
 
         got = wait_for(listed, timeout=30, what="scaleengine_app_listed from the daemon")
-        assert got[("scaleengine_app_listed", (("app", "demo-orgin"),))] == 0
-        assert got[("scaleengine_app_listed", (("app", "demo-origin"),))] == 1
+        assert (
+            got[
+                (
+                    "scaleengine_app_listed",
+                    (
+                        ("account", "4242"),
+                        ("app", "demo-orgin"),
+                    ),
+                )
+            ]
+            == 0
+        )
+        assert (
+            got[
+                (
+                    "scaleengine_app_listed",
+                    (
+                        ("account", "4242"),
+                        ("app", "demo-origin"),
+                    ),
+                )
+            ]
+            == 1
+        )
         _, _, page = http_get(url + "/")
         assert "not in the account's app list — did you mean demo-origin?" in page.decode()
         assert page.decode().count("not in the account") == 1
@@ -302,12 +378,35 @@ def test_the_daemon_serves_the_verdict_and_marks_the_landing_page(tmp_path, sim)
         def relisted():
             _, _, body = http_get(url + "/metrics", timeout=2)
             got = samples(body)
-            key = ("scaleengine_app_listed", (("app", "live-events"),))
+            key = (
+                "scaleengine_app_listed",
+                (
+                    ("account", "4242"),
+                    ("app", "live-events"),
+                ),
+            )
             return got if key in got else None
 
         got = wait_for(relisted, timeout=30, what="app.list after the reload")
-        assert got[("scaleengine_app_listed", (("app", "live-events"),))] == 1
-        assert ("scaleengine_app_listed", (("app", "demo-orgin"),)) not in got
+        assert (
+            got[
+                (
+                    "scaleengine_app_listed",
+                    (
+                        ("account", "4242"),
+                        ("app", "live-events"),
+                    ),
+                )
+            ]
+            == 1
+        )
+        assert (
+            "scaleengine_app_listed",
+            (
+                ("account", "4242"),
+                ("app", "demo-orgin"),
+            ),
+        ) not in got
     finally:
         stop_process(proc)
         log.close()

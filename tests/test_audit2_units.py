@@ -43,6 +43,6 @@ def test_defaults_the_readme_gives_and_test_config_does_not_check():
     """The configuration reference's defaults missing from test_config.py::test_defaults,
     written as the README writes them."""
     c = config()
-    assert c.scaleengine.max_response_bytes == 64 * 1024 * 1024  # 64MiB
+    assert c.accounts[0].max_response_bytes == 64 * 1024 * 1024  # 64MiB
     assert (c.poll.busy_backoff, c.poll.busy_backoff_max) == (120.0, 900.0)  # 2m / 15m
     assert c.limits.max_label_length == 1024

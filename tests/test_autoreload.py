@@ -93,11 +93,29 @@ def test_configmap_symlink_swap_is_reloaded_and_a_broken_one_counted(tmp_path, s
             stdout=subprocess.DEVNULL, stderr=log_file, env=env, cwd=ROOT,
         )  # fmt: skip
     try:
-        up = ("scaleengine_up", (("app", "news"),))
+        up = (
+            "scaleengine_up",
+            (
+                ("account", "4242"),
+                ("app", "news"),
+            ),
+        )
         first = wait_for(lambda: (s := scrape(url)).get(up) == 1 and s, 30, "news polled")
-        assert ("scaleengine_up", (("app", "sport"),)) not in first
+        assert (
+            "scaleengine_up",
+            (
+                ("account", "4242"),
+                ("app", "sport"),
+            ),
+        ) not in first
         volume.update(config_text(sim, ["news", "sport"]))
-        sport_up = ("scaleengine_up", (("app", "sport"),))
+        sport_up = (
+            "scaleengine_up",
+            (
+                ("account", "4242"),
+                ("app", "sport"),
+            ),
+        )
         s = wait_for(lambda: (s := scrape(url)).get(sport_up) == 1 and s, 30, "sport added")
         assert s[(OK, ())] == 1 and s[(WHEN, ())] > first[(WHEN, ())]
         volume.update("apps: [\n")  # broken YAML

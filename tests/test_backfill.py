@@ -113,14 +113,17 @@ def expected(sim: Simulator, days: list[date]) -> dict[tuple[str, tuple, int], i
             b, r = sim.delivered(app, day)
             month_b += b
             month_r += r
-            lab = (("app", app),)
+            lab = (
+                ("account", "4242"),
+                ("app", app),
+            )
             out[("scaleengine_vse_app_day_bytes", lab, ts)] = b
             out[("scaleengine_vse_app_day_requests", lab, ts)] = r
             out[("scaleengine_vse_app_day_videos", lab, ts)] = len(videos)
             out[("scaleengine_vse_app_month_bytes", lab, ts)] = month_b
             out[("scaleengine_vse_app_month_requests", lab, ts)] = month_r
             for url, vb, vr in fold_videos(videos, MAX_VIDEOS):
-                vlab = (("app", app), ("video_url", url))
+                vlab = (("account", "4242"), ("app", app), ("video_url", url))
                 out[("scaleengine_vse_day_bytes", vlab, ts)] = vb
                 out[("scaleengine_vse_day_requests", vlab, ts)] = vr
     return out
@@ -161,7 +164,19 @@ def test_writes_each_day_exactly_as_served(sim, tmp_path):
         served = sim.reported_videos(app, whole.year, whole.month, None)
         total = sum(b for b, _ in served.values())
         ts = day_timestamp(last, ZoneInfo(TZ))
-        assert month[("scaleengine_vse_app_month_bytes", (("app", app),), ts)] == total
+        assert (
+            month[
+                (
+                    "scaleengine_vse_app_month_bytes",
+                    (
+                        ("account", "4242"),
+                        ("app", app),
+                    ),
+                    ts,
+                )
+            ]
+            == total
+        )
     # progress: plain lines (stderr is not a terminal) with days done of days asked, per app
     lines = err.getvalue()
     for app in APPS:
@@ -208,6 +223,24 @@ def test_rerun_over_a_partly_written_range_adds_no_duplicates(sim, tmp_path):
     parse(part.read_text())
 
 
+def test_a_file_written_before_accounts_is_the_single_accounts(sim, tmp_path):
+    """An output file without the account label (written by backfill before several
+    accounts) is read back as the single account's days: a rerun reads none again and
+    writes them with the label."""
+    first = previous_month(this_month_start())
+    out = tmp_path / "h.om"
+    cfg = make_config(sim)
+    assert backfill.run(cfg, first, first + timedelta(days=2), str(out)) == 0
+    labelled = out.read_text()
+    old = labelled.replace('account="4242",', "")  # the account: the simulator's cdn_id
+    assert old != labelled and "account=" not in old
+    out.write_text(old)
+    sim.clear_log()
+    assert backfill.run(cfg, first, first + timedelta(days=2), str(out)) == 0
+    assert not sim.request_log
+    assert out.read_text() == labelled
+
+
 def test_failing_day_exit_1_names_it_and_every_other_day_is_written(sim, tmp_path):
     first = previous_month(this_month_start())
     bad = first + timedelta(days=3)
@@ -228,7 +261,7 @@ def test_failing_day_exit_1_names_it_and_every_other_day_is_written(sim, tmp_pat
     tz = ZoneInfo(TZ)
     missing = {k for k in want if k not in got}
     # the bad day, and vod-a's month to date from that day on (it cannot be exact)
-    assert {(k[0], k[1][0][1], k[2]) for k in missing} == (
+    assert {(k[0], dict(k[1])["app"], k[2]) for k in missing} == (
         {
             (name, "vod-a", day_timestamp(bad, tz))
             for name, *_ in [k for k in want if k[2] == day_timestamp(bad, tz)]
@@ -294,7 +327,7 @@ def test_auth_error_stops_asking_for_that_app(sim, tmp_path):
     assert "could not be read: api_0001" in text and "after retries" not in text
     assert "fix the cause above" in text
     got = parse(out.read_text())
-    assert {k[1][0][1] for k in got} == {"live-b"}
+    assert {dict(k[1])["app"] for k in got} == {"live-b"}
 
 
 def test_not_our_file_is_refused_and_left_alone(sim, tmp_path):
@@ -450,7 +483,7 @@ def test_an_unexpected_error_in_one_app_is_reported_exit_1(sim, tmp_path, monkey
     out = tmp_path / "h.om"
     assert backfill.run(make_config(sim), first, first, str(out), stderr=err) == 1
     assert "app vod-a: unexpected RuntimeError" in err.getvalue()
-    assert {k[1][0][1] for k in parse(out.read_text())} == {"live-b"}
+    assert {dict(k[1])["app"] for k in parse(out.read_text())} == {"live-b"}
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])
@@ -519,7 +552,10 @@ def test_checkpoint_writes_the_days_read_while_others_still_run(sim, tmp_path):
         tz = ZoneInfo(TZ)
         second = (
             "scaleengine_vse_app_day_bytes",
-            (("app", "vod-a"),),
+            (
+                ("account", "4242"),
+                ("app", "vod-a"),
+            ),
             day_timestamp(first + timedelta(days=1), tz),
         )
 
@@ -583,7 +619,7 @@ def test_folds_like_the_daemon_label_cap_included(sim):
     config = parse_config(data, env={})
     long_url = "https://cdn.example/" + "x" * 500 + ".mp4"
     result = UsageResult(videos={long_url: (7, 1), "short.mp4": (5, 1)})
-    usage = backfill.day_usage(result, config.apps[0], config)
+    usage = backfill.day_usage(result, config.accounts[0].apps[0], config)
     labels = [v[0] for v in usage.videos]
     assert "short.mp4" in labels and long_url not in labels
     assert all(len(label.encode()) <= 64 for label in labels)
@@ -628,8 +664,32 @@ def test_include_exclude_see_a_long_url_as_sent_as_in_the_daemon(tmp_path, limit
         if name == "scaleengine_vse_day_bytes" and t == ts
     }
     assert shown == want
-    assert got[("scaleengine_vse_app_day_bytes", (("app", "vod"),), ts)] == 850
-    assert got[("scaleengine_vse_app_day_videos", (("app", "vod"),), ts)] == 3
+    assert (
+        got[
+            (
+                "scaleengine_vse_app_day_bytes",
+                (
+                    ("account", "4242"),
+                    ("app", "vod"),
+                ),
+                ts,
+            )
+        ]
+        == 850
+    )
+    assert (
+        got[
+            (
+                "scaleengine_vse_app_day_videos",
+                (
+                    ("account", "4242"),
+                    ("app", "vod"),
+                ),
+                ts,
+            )
+        ]
+        == 3
+    )
 
 
 def test_answer_size_cap_applies_as_in_the_daemon(tmp_path):
@@ -647,7 +707,7 @@ def test_answer_size_cap_applies_as_in_the_daemon(tmp_path):
     assert code == 1
     assert f"app big day {first.isoformat()}" in err.getvalue()
     assert "too_large" in err.getvalue()
-    assert {k[1][0][1] for k in parse(out.read_text())} == {"small"}
+    assert {dict(k[1])["app"] for k in parse(out.read_text())} == {"small"}
 
 
 # -- the output file: regular files only, bounded, never blocking (issue 15 item 10) --------

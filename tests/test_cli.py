@@ -110,16 +110,52 @@ def test_once_prints_a_promtool_clean_exposition_with_every_metric(tmp_path, sim
     for metric in CONTRACT:
         assert metric in names, f"{metric} missing from --once output"
     today = datetime.now(UTC).date()
-    news_bytes = s[("scaleengine_vse_app_day_bytes", (("app", "news"),))]
+    news_bytes = s[
+        (
+            "scaleengine_vse_app_day_bytes",
+            (
+                ("account", "77"),
+                ("app", "news"),
+            ),
+        )
+    ]
     # the simulator's figures move with the clock: the exporter saw them a moment ago
     assert 0 < news_bytes <= sim.reported("news", today)[0]
     per_video = sum(
         v for k, v in s.items() if k[0] == "scaleengine_vse_day_bytes" and ("app", "news") in k[1]
     )
     assert per_video == news_bytes
-    assert s[("scaleengine_vse_app_day_bytes_budget", (("app", "sport-live"),))] == 2e12
-    assert ("scaleengine_vse_app_day_bytes_budget", (("app", "news"),)) not in s
-    assert s[("scaleengine_up", (("app", "news"),))] == 1
+    assert (
+        s[
+            (
+                "scaleengine_vse_app_day_bytes_budget",
+                (
+                    ("account", "77"),
+                    ("app", "sport-live"),
+                ),
+            )
+        ]
+        == 2e12
+    )
+    assert (
+        "scaleengine_vse_app_day_bytes_budget",
+        (
+            ("account", "77"),
+            ("app", "news"),
+        ),
+    ) not in s
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", "77"),
+                    ("app", "news"),
+                ),
+            )
+        ]
+        == 1
+    )
     build = [k for k in s if k[0] == "scaleengine_exporter_build_info"][0]
     assert ("version", __version__) in build[1]
     # HELP says the values are polled and what "today" means
@@ -137,10 +173,43 @@ def test_once_exits_1_when_an_app_fails_but_prints_the_rest(tmp_path, sim):
     proc = run("--once", "--config", cfg, env={"SCALEENGINE_API_KEY": KEY})
     assert proc.returncode == 1
     s = samples(proc.stdout)
-    assert s[("scaleengine_up", (("app", "sport-live"),))] == 0
-    assert s[("scaleengine_up", (("app", "news"),))] == 1
-    assert ("scaleengine_vse_app_day_bytes", (("app", "news"),)) in s
-    assert s[("scaleengine_api_requests_total", (("app", "sport-live"), ("outcome", "api_0001")))]
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", "77"),
+                    ("app", "sport-live"),
+                ),
+            )
+        ]
+        == 0
+    )
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", "77"),
+                    ("app", "news"),
+                ),
+            )
+        ]
+        == 1
+    )
+    assert (
+        "scaleengine_vse_app_day_bytes",
+        (
+            ("account", "77"),
+            ("app", "news"),
+        ),
+    ) in s
+    assert s[
+        (
+            "scaleengine_api_requests_total",
+            (("account", "77"), ("app", "sport-live"), ("outcome", "api_0001")),
+        )
+    ]
     assert "Traceback" not in proc.stderr
     assert "0001" in proc.stderr
 
@@ -179,7 +248,12 @@ HEAD = "scaleengine: {cdn_id: 1, api_key: k, api_secret: s}\napps: [a]\n"
         ),
         ("scaleengine: {cdn_id: x, api_key: k, api_secret: s}\napps: [a]", "scaleengine.cdn_id"),
         (HEAD + "  bad: [", "line"),
-        ("scaleengine: {cdn_id: 1, api_key: k}\napps: [a]", "api_secret"),
+        # a secret missing from the environment is only "not checked" by --check-config
+        # (tests/integration/test_accounts.py); given twice, it is an error everywhere
+        (
+            "scaleengine: {cdn_id: 1, api_key: k, api_secret: s, api_secret_file: f}\napps: [a]",
+            "scaleengine.api_secret: give either api_secret or api_secret_file",
+        ),
     ],
 )
 def test_bad_config_exit_2_one_message_no_traceback(tmp_path, content, field):
@@ -234,7 +308,10 @@ def test_demo_serves_believable_data_within_seconds():
                 status, _, body = http_get(url + "/metrics", timeout=2)
             except OSError:
                 return None
-            apps = [f'scaleengine_vse_app_day_bytes{{app="{a}"}}'.encode() for a in DEMO_APPS]
+            apps = [
+                f'scaleengine_vse_app_day_bytes{{account="4242",app="{a}"}}'.encode()
+                for a in DEMO_APPS
+            ]
             if status == 200 and all(a in body for a in apps):
                 return body
             return None
@@ -244,7 +321,19 @@ def test_demo_serves_believable_data_within_seconds():
         s = samples(body)
         apps = {dict(k[1])["app"] for k in s if k[0] == "scaleengine_vse_app_day_bytes"}
         assert apps == set(DEMO_APPS)
-        assert all(s[("scaleengine_vse_app_day_bytes", (("app", a),))] > 0 for a in apps)
+        assert all(
+            s[
+                (
+                    "scaleengine_vse_app_day_bytes",
+                    (
+                        ("account", "4242"),
+                        ("app", a),
+                    ),
+                )
+            ]
+            > 0
+            for a in apps
+        )
         videos = [k for k in s if k[0] == "scaleengine_vse_day_bytes"]
         assert len(videos) > 30
         assert http_get(url + "/-/ready")[0] == 200
@@ -325,7 +414,18 @@ def test_demo_with_a_config_needs_no_scaleengine_section(tmp_path):
     assert proc.returncode == 0, proc.stderr
     s = samples(proc.stdout)
     assert {dict(k[1]).get("app") for k in s if k[0] == "scaleengine_up"} == {"live-events"}
-    assert s[("scaleengine_vse_app_day_bytes_budget", (("app", "live-events"),))] == 1000
+    assert (
+        s[
+            (
+                "scaleengine_vse_app_day_bytes_budget",
+                (
+                    ("account", "4242"),
+                    ("app", "live-events"),
+                ),
+            )
+        ]
+        == 1000
+    )
 
 
 def test_daemon_serves_over_tls_with_basic_auth(tmp_path):
@@ -356,18 +456,44 @@ def test_daemon_serves_over_tls_with_basic_auth(tmp_path):
                 body = resp.read()
         except OSError:
             return None
-        return body if b'scaleengine_vse_app_day_bytes{app="vod-library"}' in body else None
+        return (
+            body
+            if b'scaleengine_vse_app_day_bytes{account="4242",app="vod-library"}' in body
+            else None
+        )
 
     try:
         body = wait_for(scrape, 20, "a full exposition over TLS")
         s = samples(body)
-        assert s[("scaleengine_up", (("app", "vod-library"),))] == 1
+        assert (
+            s[
+                (
+                    "scaleengine_up",
+                    (
+                        ("account", "4242"),
+                        ("app", "vod-library"),
+                    ),
+                )
+            ]
+            == 1
+        )
         per_video = sum(
             v
             for k, v in s.items()
             if k[0] == "scaleengine_vse_day_bytes" and ("app", "vod-library") in k[1]
         )
-        assert per_video == s[("scaleengine_vse_app_day_bytes", (("app", "vod-library"),))]
+        assert (
+            per_video
+            == s[
+                (
+                    "scaleengine_vse_app_day_bytes",
+                    (
+                        ("account", "4242"),
+                        ("app", "vod-library"),
+                    ),
+                )
+            ]
+        )
         req = urllib.request.Request(url + "/metrics")
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(req, context=ctx, timeout=5)
@@ -449,8 +575,20 @@ def test_daemon_restarts_its_poll_worker_when_it_dies(tmp_path, sim, state):
                     seen[key] = max(value, seen.get(key, 0))
             time.sleep(0.02)
 
-    news = ("scaleengine_last_success_timestamp_seconds", (("app", "news"),))
-    bytes_news = ("scaleengine_vse_bytes_total", (("app", "news"),))
+    news = (
+        "scaleengine_last_success_timestamp_seconds",
+        (
+            ("account", "77"),
+            ("app", "news"),
+        ),
+    )
+    bytes_news = (
+        "scaleengine_vse_bytes_total",
+        (
+            ("account", "77"),
+            ("app", "news"),
+        ),
+    )
     watcher = threading.Thread(target=watch, daemon=True)
     try:
         watcher.start()
@@ -493,8 +631,20 @@ def test_a_hung_poll_worker_shows_every_app_down_not_fresh(tmp_path, sim):
     log = tmp_path / "daemon.log"
     with open(log, "w") as fh:
         proc, url = _start_logged(["--config", cfg], fh, env={"SCALEENGINE_API_KEY": KEY})
-    up = ("scaleengine_up", (("app", "news"),))
-    data = ("scaleengine_vse_app_day_bytes", (("app", "news"),))
+    up = (
+        "scaleengine_up",
+        (
+            ("account", "77"),
+            ("app", "news"),
+        ),
+    )
+    data = (
+        "scaleengine_vse_app_day_bytes",
+        (
+            ("account", "77"),
+            ("app", "news"),
+        ),
+    )
     try:
         wait_for(lambda: (_scrape(url) or {}).get(up) == 1, 30, "news up")
         pid = wait_for(lambda: _worker_pid(proc.pid), 10, "the poll worker process")
@@ -544,7 +694,16 @@ def test_daemon_restarts_a_worker_killed_at_its_very_start(tmp_path):
             os.kill(proc.pid, signal.SIGCONT)
             wait_for(
                 lambda url=url: (s := _scrape(url))
-                and s.get(("scaleengine_up", (("app", "vod-library"),))) == 1,
+                and s.get(
+                    (
+                        "scaleengine_up",
+                        (
+                            ("account", "4242"),
+                            ("app", "vod-library"),
+                        ),
+                    )
+                )
+                == 1,
                 30,
                 "data from the restarted worker",
             )

@@ -58,7 +58,7 @@ def test_fixture_dirs_are_populated():
 def test_valid_fixture_loads(path: Path):
     config = load_config(path, env=ENV)
     assert isinstance(config, Config)
-    assert config.apps
+    assert config.accounts[0].apps
     assert config.poll.stale_after >= config.poll.interval
 
 
@@ -76,10 +76,10 @@ def test_invalid_fixture_names_field(path: Path):
 
 def test_example_config_loads():
     config = load_config(ROOT / "config.example.yaml", env=ENV)
-    assert config.scaleengine.cdn_id == 158
-    assert [app.name for app in config.apps] == ["demo-origin", "vod-library"]
-    assert config.apps[1].daily_bytes_budget == 500 * 10**9
-    assert config.apps[1].monthly_bytes_budget == 10 * 1024**4
+    assert config.accounts[0].cdn_id == 158
+    assert [app.name for app in config.accounts[0].apps] == ["demo-origin", "vod-library"]
+    assert config.accounts[0].apps[1].daily_bytes_budget == 500 * 10**9
+    assert config.accounts[0].apps[1].monthly_bytes_budget == 10 * 1024**4
     assert config.poll.interval == 300.0
     assert config.poll.stale_after == 900.0
     assert config.secret_values() == ["env-key-123", "env-secret-456"]
@@ -87,16 +87,18 @@ def test_example_config_loads():
 
 def test_full_fixture_values():
     config = load_config(FIXTURES / "valid" / "full.yaml", env={})
-    se = config.scaleengine
+    se = config.accounts[0]
     assert se.api_url == "https://api.scaleengine.net/dev/"
     assert se.cdn_id == 42
     assert isinstance(se.api_key, SecretStr)
     assert se.api_key.get_secret_value() == "inline-key"
     assert se.api_secret.get_secret_value() == "inline-secret"
     assert se.timeout == 2.5
-    assert config.apps[0].name == "demo-origin" and config.apps[0].urls is None
-    assert config.apps[1].urls == ["sestore/x/a.mp4", "sestore/x/b.mp4"]
-    assert config.apps[2].name == "2024"
+    assert (
+        config.accounts[0].apps[0].name == "demo-origin" and config.accounts[0].apps[0].urls is None
+    )
+    assert config.accounts[0].apps[1].urls == ["sestore/x/a.mp4", "sestore/x/b.mp4"]
+    assert config.accounts[0].apps[2].name == "2024"
     poll = config.poll
     assert poll.interval == 5400.0
     assert poll.month_interval is None
@@ -118,8 +120,8 @@ def test_full_fixture_values():
 
 def test_defaults():
     config = parse_config(base())
-    assert config.scaleengine.api_url == "https://api.scaleengine.net/stable/"
-    assert config.scaleengine.timeout == 10.0
+    assert config.accounts[0].api_url == "https://api.scaleengine.net/stable/"
+    assert config.accounts[0].timeout == 10.0
     assert config.poll.interval == 300.0
     assert config.poll.month_interval == 3600.0
     assert config.poll.timezone == "UTC"
@@ -374,7 +376,7 @@ def test_secret_files_relative_to_config_dir(tmp_path: Path, caplog):
     with caplog.at_level(logging.WARNING, logger="exporter.config"):
         config = load_config(path, env=ENV)
     assert config.secret_values() == ["file-key", "file-secret"]
-    assert config.scaleengine.api_key_file == str(secrets / "key")
+    assert config.accounts[0].api_key_file == str(secrets / "key")
     assert not caplog.records
 
 
@@ -584,7 +586,7 @@ def test_files_that_are_not_regular_are_refused_at_once(tmp_path, kind, which):
 
 def test_config_size_cap_4_mib(tmp_path):
     path = _sized(tmp_path / "c.yaml", 4194304, CONFIG_HEAD)
-    assert load_config(path, env=ENV).apps[0].name == "a"
+    assert load_config(path, env=ENV).accounts[0].apps[0].name == "a"
     path = _sized(tmp_path / "c.yaml", 4194305, CONFIG_HEAD)
     with pytest.raises(ConfigError, match="cannot read config file: larger than 4194304 bytes"):
         load_config(path, env=ENV)
@@ -594,7 +596,7 @@ def test_secret_file_size_cap_64_kib(tmp_path):
     conf = tmp_path / "c.yaml"
     conf.write_text("scaleengine:\n  cdn_id: 9\n  api_key_file: key\napps: [a]\n")
     _sized(tmp_path / "key", 65536)
-    assert len(load_config(conf, env=ENV).scaleengine.api_key.get_secret_value()) == 65536
+    assert len(load_config(conf, env=ENV).accounts[0].api_key.get_secret_value()) == 65536
     _sized(tmp_path / "key", 65537)
     with pytest.raises(ConfigError, match="larger than 65536 bytes"):
         load_config(conf, env=ENV)

@@ -21,6 +21,7 @@ import yaml
 from helpers import ROOT, samples, sim_config, wait_for
 from pydantic import ValidationError
 
+from exporter.appkey import AppKey
 from exporter.config import AppConfig, ConfigError, DiscoveryConfig, parse_config
 from exporter.metrics import Exposition
 from exporter.poller import Poller
@@ -56,8 +57,22 @@ def config_for(sim, tmp_path=None, apps=None, **discovery):
     return parse_config(data, env={})
 
 
+def acct(sim) -> str:
+    """The single form's account: named by its cdn_id."""
+    return str(sim.cdn_id)
+
+
+def K(sim, app: str) -> AppKey:
+    return AppKey(acct(sim), app)
+
+
+def names(keys) -> list[str]:
+    """The app names of keys, sorted (every test here has one account)."""
+    return sorted(k.app for k in keys)
+
+
 def make(sim, config):
-    store = Store([a.name for a in config.apps])
+    store = Store(config.app_keys())
     state = StateFile(config.state.path) if config.state.path else None
     poller = Poller(config, store, clock=sim.clock.now, state_file=state)
     return poller, store
@@ -70,11 +85,22 @@ def exposed(store: Store, config) -> dict:
 
 
 def app_values(got: dict, name: str) -> dict[str, float]:
-    return {k[1][0][1]: v for k, v in got.items() if k[0] == name and k[1]}
+    return {dict(k[1])["app"]: v for k, v in got.items() if k[0] == name and k[1]}
 
 
 def state_apps(tmp_path) -> set[str]:
-    return set(json.loads((tmp_path / "state.json").read_text())["apps"])
+    accounts = json.loads((tmp_path / "state.json").read_text())["accounts"]
+    (apps,) = accounts.values()
+    return set(apps)
+
+
+def disc(store: Store, sim):
+    """The account's discovery state (None while its discovery is off)."""
+    return store.view().discovery.get(acct(sim))
+
+
+def acc_label(sim, **more: str) -> tuple:
+    return (("account", acct(sim)), *more.items())
 
 
 # -- which apps a listing adds ----------------------------------------------------------
@@ -118,7 +144,7 @@ def test_usable_is_the_app_configs_rule(name):
 def test_max_apps_bounds(sim, value, ok):
     data = sim_config(sim, discovery={"enabled": True, "max_apps": value})
     if ok:
-        assert parse_config(data, env={}).discovery.max_apps == value
+        assert parse_config(data, env={}).accounts[0].discovery.max_apps == value
     else:
         with pytest.raises(ConfigError, match="discovery.max_apps"):
             parse_config(data, env={})
@@ -134,11 +160,12 @@ def test_discovered_apps_are_polled_beside_configured_ones_with_their_budgets(si
     assert poller.check_app_list()
     assert poller.poll_all() and poller.ready
     view = store.view()
-    assert sorted(view.status) == ["alpha", "beta", "gamma", "typo"]
-    assert view.discovery.apps == {"beta", "gamma"}  # alpha is configured, not discovered
-    assert poller._apps["alpha"].config.daily_bytes_budget == 1_000_000_000
-    assert view.listed == {"alpha": None, "typo": ""}  # the unlisted one is still polled
-    assert view.status["typo"].up
+    assert names(view.status) == ["alpha", "beta", "gamma", "typo"]
+    assert disc(store, sim).apps == {"beta", "gamma"}  # alpha is configured, not discovered
+    assert poller._apps[K(sim, "alpha")].config.daily_bytes_budget == 1_000_000_000
+    # the unlisted one is still polled
+    assert view.listed == {K(sim, "alpha"): None, K(sim, "typo"): ""}
+    assert view.status[K(sim, "typo")].up
 
 
 def test_without_apps_ready_waits_for_the_first_listing(sim):
@@ -159,13 +186,13 @@ def test_an_app_added_starts_from_a_baseline_and_a_removed_one_leaves_series_and
     sim.add_app("delta", videos=3)
     sim.add_traffic("delta", 7_000_000, 70)  # the day so far: never counted by us
     assert poller.check_app_list()
-    assert poller.poll_app("delta")
+    assert poller.poll_app(K(sim, "delta"))
     got = exposed(store, config)
     assert app_values(got, "scaleengine_vse_app_day_bytes")["delta"] > 7_000_000
     assert app_values(got, "scaleengine_vse_bytes_total")["delta"] == 0
     sim.add_traffic("delta", 123_456, 7)
     for _ in range(2):  # growth is counted once two reads confirm it
-        assert poller.poll_app("delta")
+        assert poller.poll_app(K(sim, "delta"))
     got = exposed(store, config)
     assert app_values(got, "scaleengine_vse_bytes_total")["delta"] == 123_456
     assert app_values(got, "scaleengine_vse_requests_total")["delta"] == 7
@@ -177,7 +204,7 @@ def test_an_app_added_starts_from_a_baseline_and_a_removed_one_leaves_series_and
     assert "beta" not in app_values(got, "scaleengine_up")
     assert not [k for k in got if ("app", "beta") in k[1]]
     assert state_apps(tmp_path) == {"alpha", "delta", "gamma"}
-    assert got[("scaleengine_discovery_apps", ())] == 3
+    assert got[("scaleengine_discovery_apps", acc_label(sim))] == 3
 
 
 @pytest.mark.parametrize(
@@ -189,7 +216,7 @@ def test_a_failed_listing_keeps_the_last_good_list(sim, tmp_path, fault, outcome
     config = config_for(sim, tmp_path)
     poller, store = make(sim, config)
     assert poller.check_app_list()
-    first = store.view().discovery.last_success
+    first = disc(store, sim).last_success
     assert first == sim.clock.now()
     if fault == "bad_response":
         sim.app_list_override = json.dumps({"status": "success", "items": ["x"]}).encode()
@@ -203,14 +230,14 @@ def test_a_failed_listing_keeps_the_last_good_list(sim, tmp_path, fault, outcome
     assert not poller.check_app_list()
     assert poller.poll_all()
     view = store.view()
-    assert sorted(view.status) == ["alpha", "beta", "gamma"]
-    assert view.discovery.apps == {"alpha", "beta", "gamma"}
-    assert view.discovery.failures == {outcome: 1}
-    assert view.discovery.last_success == first
+    assert names(view.status) == ["alpha", "beta", "gamma"]
+    assert disc(store, sim).apps == {"alpha", "beta", "gamma"}
+    assert disc(store, sim).failures == {outcome: 1}
+    assert disc(store, sim).last_success == first
     assert state_apps(tmp_path) == {"alpha", "beta", "gamma"}
     got = exposed(store, config)
-    assert got[("scaleengine_discovery_failures_total", (("outcome", outcome),))] == 1
-    assert got[("scaleengine_discovery_last_success_timestamp_seconds", ())] == first
+    assert got[("scaleengine_discovery_failures_total", acc_label(sim, outcome=outcome))] == 1
+    assert got[("scaleengine_discovery_last_success_timestamp_seconds", acc_label(sim))] == first
     kept = [r for r in caplog.records if "keeps the last good list" in r.getMessage()]
     assert len(kept) == 1
 
@@ -221,7 +248,7 @@ def test_repeated_failures_are_logged_as_repeated_events_are(sim, caplog):
     caplog.set_level(logging.WARNING, logger="exporter.poller")
     for _ in range(12):
         assert not poller.check_app_list()
-    assert store.view().discovery.failures == {"api_0005": 12}
+    assert disc(store, sim).failures == {"api_0005": 12}
     counts = [r.count for r in caplog.records if "keeps the last good list" in r.getMessage()]
     assert counts == [1, 10]  # the 1st and the 10th: 1, 10, 100, every 1000th
 
@@ -232,9 +259,9 @@ def test_the_cap_just_at_and_just_past_the_listing(sim, caplog, max_apps, polled
     poller, store = make(sim, config)
     caplog.set_level(logging.WARNING, logger="exporter.poller")
     assert poller.check_app_list() and poller.check_app_list()  # twice: one warning
-    assert sorted(store.view().status) == ["alpha", "beta", "gamma"][:polled]
+    assert names(store.view().status) == ["alpha", "beta", "gamma"][:polled]
     got = exposed(store, config)
-    assert got[("scaleengine_discovery_apps_left_out", ())] == left_out
+    assert got[("scaleengine_discovery_apps_left_out", acc_label(sim))] == left_out
     warned = [r for r in caplog.records if "discovery.max_apps" in r.getMessage()]
     assert len(warned) == (1 if left_out else 0)
 
@@ -245,15 +272,15 @@ def test_a_restart_polls_the_apps_discovered_before_with_their_counters(sim, tmp
     assert poller.check_app_list() and poller.poll_all()
     sim.add_traffic("beta", 5_000, 5)
     assert poller.poll_all() and poller.poll_all()
-    before = store.view().status["beta"].bytes_total
+    before = store.view().status[K(sim, "beta")].bytes_total
     assert before == 5_000
     poller.shutdown()
     sim.set_fault("app.list", "failure_0005")  # the new one's first listing fails
     again, store2 = make(sim, config)
     assert not again.check_app_list()
-    assert sorted(again._apps) == ["alpha", "beta", "gamma"]
+    assert names(again._apps) == ["alpha", "beta", "gamma"]
     assert again.poll_all() and again.poll_all()
-    assert store2.view().status["beta"].bytes_total == before  # not reset
+    assert store2.view().status[K(sim, "beta")].bytes_total == before  # not reset
 
 
 def test_a_poll_running_while_its_app_goes_and_comes_back_publishes_nothing(sim):
@@ -263,20 +290,21 @@ def test_a_poll_running_while_its_app_goes_and_comes_back_publishes_nothing(sim)
     assert poller.check_app_list() and poller.poll_all()
     sim.add_traffic("beta", 5_000, 5)
     assert poller.poll_all() and poller.poll_all()
-    assert store.view().status["beta"].bytes_total == 5_000
+    assert store.view().status[K(sim, "beta")].bytes_total == 5_000
     sim.page_delay["beta"] = 1.0
-    old = threading.Thread(target=poller.poll_app, args=("beta",))
+    old = threading.Thread(target=poller.poll_app, args=(K(sim, "beta"),))
     old.start()
     wait_for(lambda: poller.in_flight == 1, 10, "the slow poll")
     sim.remove_app("beta")
-    assert poller.check_app_list() and "beta" not in store.view().status
+    assert poller.check_app_list() and K(sim, "beta") not in store.view().status
     sim.add_app("beta", videos=4)
     assert poller.check_app_list()
     old.join(30)
-    assert store.view().status["beta"].bytes_total is None  # the new app's: not known yet
+    # the new app's: not known yet
+    assert store.view().status[K(sim, "beta")].bytes_total is None
     sim.page_delay["beta"] = 0
-    assert poller.poll_app("beta")
-    assert store.view().status["beta"].bytes_total == 0
+    assert poller.poll_app(K(sim, "beta"))
+    assert store.view().status[K(sim, "beta")].bytes_total == 0
 
 
 def test_the_listing_runs_every_discovery_interval_and_a_reload_changes_it(sim):
@@ -301,13 +329,13 @@ def test_a_reload_applies_new_filters_and_turning_discovery_off_drops_the_discov
     config = config_for(sim, apps=["alpha"])
     poller, store = make(sim, config)
     assert poller.check_app_list()
-    assert sorted(store.view().status) == ["alpha", "beta", "gamma"]
+    assert names(store.view().status) == ["alpha", "beta", "gamma"]
     poller.reconfigure(config_for(sim, apps=["alpha"], exclude="^g"))
-    assert sorted(store.view().status) == ["alpha", "beta"]
-    assert store.view().discovery.apps == {"beta"}
+    assert names(store.view().status) == ["alpha", "beta"]
+    assert disc(store, sim).apps == {"beta"}
     poller.reconfigure(config_for(sim, apps=["alpha"], enabled=False))
-    assert sorted(store.view().status) == ["alpha"]
-    assert store.view().discovery is None
+    assert names(store.view().status) == ["alpha"]
+    assert disc(store, sim) is None
 
 
 # -- --once, as a user runs it ----------------------------------------------------------
@@ -331,7 +359,9 @@ def test_once_without_apps_polls_what_app_list_names(tmp_path):
         assert proc.returncode == 0, proc.stderr
         got = samples(proc.stdout)
         assert app_values(got, "scaleengine_up") == {"alpha": 1, "beta": 1}
-        assert re.search(r"^scaleengine_discovery_apps 2", proc.stdout, re.M)
+        assert re.search(
+            rf'^scaleengine_discovery_apps{{account="{sim.cdn_id}"}} 2', proc.stdout, re.M
+        )
         sim.set_fault("app.list", "failure_0005")
         proc = run_once(tmp_path, data)
         assert proc.returncode == 1  # nothing to poll is not a success

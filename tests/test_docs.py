@@ -56,7 +56,9 @@ def test_real_use_against_the_standalone_simulator(tmp_path):
         s = samples(proc.stdout)
         urls = [u for a in data["apps"] if isinstance(a, dict) for u in a.get("urls", [])]
         for url in urls:  # the example's urls have usage in the simulator
-            key = ("scaleengine_vse_day_bytes", (("app", "vod-library"), ("video_url", url)))
+            # the single form's account label is its cdn_id (no scaleengine.account)
+            labels = (("account", printed["cdn_id"]), ("app", "vod-library"), ("video_url", url))
+            key = ("scaleengine_vse_day_bytes", labels)
             assert s.get(key, 0) > 0, url
     finally:
         sim.send_signal(signal.SIGINT)

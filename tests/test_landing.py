@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 
 from helpers import ROOT, free_port, http_get, need_binary, wait_for
 
+from exporter.appkey import AppKey
 from exporter.config import parse_config
 from exporter.metrics import Exposition
 from exporter.store import AppStatus, AppUsage, Store
@@ -42,7 +43,7 @@ def page(apps: list[dict], demo: bool = False) -> str:
         {"scaleengine": {"cdn_id": 1, "api_key": "k" * 8, "api_secret": "s" * 8}, "apps": apps},
         env={},
     )
-    names = [a["name"] for a in apps]
+    names = [AppKey("1", a["name"]) for a in apps]  # the single form's account: its cdn_id
     store = Store(names)
     store.publish(
         names[0],
@@ -83,6 +84,21 @@ def test_every_server_text_is_escaped():
     assert "script" not in parser.tags
     assert any(EVIL in t for t in parser.text), "shown as text"
     assert text.count("&lt;script&gt;") == 2  # the app name and its error
+
+
+def test_each_row_names_its_account_escaped():
+    """Two accounts with the same app name: two rows, each with its account (escaped)."""
+    keys = [AppKey(EVIL, "news"), AppKey("partner", "news")]
+    store = Store(keys)
+    for key in keys:
+        store.publish(key, None, AppStatus(key, polled=True, up=True))
+    expo = Exposition(store, "UTC", {}, process_metrics=False)
+    text = render_landing(WebApp(expo, store, lambda: True).landing_view(), now=1125.0)
+    parser = Tags()
+    parser.feed(text)
+    assert "script" not in parser.tags and "<th>Account</th><th>App</th>" in text
+    assert "<tr><td>partner</td><td>news</td>" in text
+    assert "<tr><td>&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;</td><td>news</td>" in text
 
 
 def test_units():

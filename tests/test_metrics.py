@@ -13,8 +13,17 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
+from exporter.appkey import AppKey
 from exporter.metrics import Exposition, WorkerCollector, negotiate, usage_families
 from exporter.store import AppStatus, AppUsage, DiscoveryState, Store
+
+# an account name with the characters a label value escapes (a quote, a backslash)
+ACC = 'prod "eu"\\1'
+
+
+def K(app: str) -> AppKey:
+    return AppKey(ACC, app)
+
 
 WEIRD = ['quote"d', "back\\slash", "new\nline", "café/ü/日本.mp4", "emoji-🎬", "plain.mp4"]
 
@@ -22,7 +31,7 @@ WEIRD = ['quote"d', "back\\slash", "new\nline", "café/ü/日本.mp4", "emoji-�
 def usage(app: str, n: int = 5, day: str = "2026-11-26") -> AppUsage:
     videos = tuple((WEIRD[i % len(WEIRD)] + str(i), 1000 * (n - i) + 7, 3 * i) for i in range(n))
     return AppUsage(
-        app=app,
+        key=K(app),
         day=day,
         day_end=1_796_256_000.0,
         videos=videos,
@@ -44,14 +53,14 @@ def reference_render(store: Store, budgets) -> bytes:
             view = store.view()
             out = []
             for name, fam in families.items():
-                labels = ["app", "video_url"] if fam.per_video else ["app"]
+                labels = ["account", "app", "video_url"] if fam.per_video else ["account", "app"]
                 g = GaugeMetricFamily(name, fam.help, labels=labels)
-                for app in sorted(view.usage):
-                    u = view.usage[app]
+                for key in sorted(view.usage):
+                    u = view.usage[key]
                     if fam.per_video:
                         for url, b, r in u.videos:
                             value = b if name.endswith("bytes") else r
-                            g.add_metric([app, url], value)
+                            g.add_metric([key.account, key.app, url], value)
                         continue
                     value = {
                         "scaleengine_vse_app_day_bytes": u.day_bytes,
@@ -63,12 +72,12 @@ def reference_render(store: Store, budgets) -> bytes:
                         "scaleengine_vse_app_day_end_timestamp_seconds": u.day_end,
                     }.get(name)
                     if value is not None:
-                        g.add_metric([app], value)
-                for app, (daily, monthly) in budgets.items():
+                        g.add_metric([key.account, key.app], value)
+                for key, (daily, monthly) in budgets.items():
                     if name == "scaleengine_vse_app_day_bytes_budget" and daily is not None:
-                        g.add_metric([app], daily)
+                        g.add_metric([key.account, key.app], daily)
                     if name == "scaleengine_vse_app_month_bytes_budget" and monthly is not None:
-                        g.add_metric([app], monthly)
+                        g.add_metric([key.account, key.app], monthly)
                 out.append(g)
             return out
 
@@ -79,13 +88,13 @@ def reference_render(store: Store, budgets) -> bytes:
 
 @pytest.fixture
 def store():
-    s = Store(["app1", "app2", "app3"])
-    s.publish("app1", usage("app1", 6), AppStatus("app1", polled=True, up=True))
-    s.publish("app2", usage("app2", 3), AppStatus("app2", polled=True, up=False))
+    s = Store([K("app1"), K("app2"), K("app3")])
+    s.publish(K("app1"), usage("app1", 6), AppStatus(K("app1"), polled=True, up=True))
+    s.publish(K("app2"), usage("app2", 3), AppStatus(K("app2"), polled=True, up=False))
     return s
 
 
-BUDGETS = {"app1": (500 * 10**9, 2 * 2**40), "app3": (None, 10**12)}
+BUDGETS = {K("app1"): (500 * 10**9, 2 * 2**40), K("app3"): (None, 10**12)}
 
 
 def test_stored_part_means_what_prometheus_client_renders(store):
@@ -97,15 +106,45 @@ def test_stored_part_means_what_prometheus_client_renders(store):
 
 
 def test_live_part_and_whole_output_is_promtool_clean(store):
-    store.count_request("app1", "success")
-    store.count_request("app2", "timeout")
-    store.count_request("app2", "timeout")
+    store.count_request(K("app1"), "success")
+    store.count_request(K("app2"), "timeout")
+    store.count_request(K("app2"), "timeout")
     expo = Exposition(store, "UTC", BUDGETS)
     text = expo.text()
     s = samples(text)
-    assert s[("scaleengine_up", (("app", "app1"),))] == 1
-    assert s[("scaleengine_up", (("app", "app2"),))] == 0
-    assert s[("scaleengine_api_requests_total", (("app", "app2"), ("outcome", "timeout")))] == 2
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", ACC),
+                    ("app", "app1"),
+                ),
+            )
+        ]
+        == 1
+    )
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", ACC),
+                    ("app", "app2"),
+                ),
+            )
+        ]
+        == 0
+    )
+    assert (
+        s[
+            (
+                "scaleengine_api_requests_total",
+                (("account", ACC), ("app", "app2"), ("outcome", "timeout")),
+            )
+        ]
+        == 2
+    )
     assert [k for k in s if k[0] == "scaleengine_exporter_build_info"]
     assert promtool_check_metrics(text).strip() == ""
 
@@ -146,14 +185,14 @@ def test_snapshot_swap_replaces_series_whole(store):
     before = samples(expo.stored())
     assert any(k[0] == "scaleengine_vse_day_bytes" and ("app", "app1") in k[1] for k in before)
     new = usage("app1", 2, day="2026-11-27")
-    store.publish("app1", new, AppStatus("app1", polled=True, up=True))
+    store.publish(K("app1"), new, AppStatus(K("app1"), polled=True, up=True))
     assert expo.render_now()
     after = samples(expo.stored())
     app1_videos = [
         k for k in after if k[0] == "scaleengine_vse_day_bytes" and ("app", "app1") in k[1]
     ]
     assert len(app1_videos) == 2  # the four other series of the old day are gone
-    store.publish("app2", None, AppStatus("app2", polled=True, up=False))
+    store.publish(K("app2"), None, AppStatus(K("app2"), polled=True, up=False))
     expo.render_now()
     assert not any(("app", "app2") in k[1] for k in samples(expo.stored()))
 
@@ -161,7 +200,9 @@ def test_snapshot_swap_replaces_series_whole(store):
 def test_render_skipped_when_usage_unchanged(store):
     expo = Exposition(store, "UTC", {}, process_metrics=False)
     renders = expo.renders
-    store.publish("app1", store.view().usage["app1"], AppStatus("app1", polled=True, up=True))
+    store.publish(
+        K("app1"), store.view().usage[K("app1")], AppStatus(K("app1"), polled=True, up=True)
+    )
     assert not expo.render_now()
     assert expo.renders == renders
 
@@ -172,7 +213,7 @@ def test_background_renderer_follows_the_store(store):
     expo = Exposition(store, "UTC", {}, process_metrics=False, debounce=0.01)
     expo.start()
     try:
-        store.publish("app3", usage("app3", 1), AppStatus("app3", polled=True, up=True))
+        store.publish(K("app3"), usage("app3", 1), AppStatus(K("app3"), polled=True, up=True))
         wait_for(lambda: b'app="app3"' in expo.stored(), 5, "app3 in the stored exposition")
     finally:
         expo.stop()
@@ -204,17 +245,17 @@ def test_readme_metrics_table_matches_the_code():
 
     readme = (ROOT / "README.md").read_text()
     table = set(re.findall(r"^\| `(scaleengine_[a-z_]+)`", readme, re.M))
-    store = Store(["a"])
-    store.count_request("a", "success")
-    store.count_poll_error("a", "timeout")
-    status = AppStatus("a", True, True, last_success=1.0, poll_duration=0.1)
-    store.publish("a", usage("a", 2), replace(status, bytes_total=5, requests_total=1))
+    store = Store([K("a")])
+    store.count_request(K("a"), "success")
+    store.count_poll_error(K("a"), "timeout")
+    status = AppStatus(K("a"), True, True, last_success=1.0, poll_duration=0.1)
+    store.publish(K("a"), usage("a", 2), replace(status, bytes_total=5, requests_total=1))
     store.record_state_save(True, 1.0)  # with state.path
-    store.set_listed({"a": None})  # once app.list has answered
+    store.set_listed({K("a"): None})  # once app.list has answered
     # with discovery.enabled, after a good listing and a failed one
-    store.set_discovery(DiscoveryState(frozenset({"a"}), 0, 1.0, {"timeout": 1}))
+    store.set_discovery("acc", DiscoveryState(frozenset({"a"}), 0, 1.0, {"timeout": 1}))
     # the daemon passes its poll.interval (--once does not)
-    expo = Exposition(store, "UTC", {"a": (1, 2)}, process_metrics=False, poll_interval=300.0)
+    expo = Exposition(store, "UTC", {K("a"): (1, 2)}, process_metrics=False, poll_interval=300.0)
     # the daemon's serving process also describes its poll worker (here: this process)
     expo.process_registry.register(WorkerCollector(os.getpid))
     emitted = {k[0] for k in samples(expo.text())}
@@ -224,23 +265,75 @@ def test_readme_metrics_table_matches_the_code():
 def test_an_app_that_cannot_be_rendered_is_down_and_the_others_update():
     """Rendering is per app: one app's unencodable data drops its usage and marks it down
     (outcome render); the others, the counters and the live part keep updating."""
-    store = Store(["bad", "good"])
+    store = Store([K("bad"), K("good")])
     expo = Exposition(store, "UTC", process_metrics=False)
     bad = replace(usage("bad", 3), videos=(("x\ud800y", 5, 1),))
     for app, u in (("bad", bad), ("good", usage("good", 3))):
-        store.publish(app, u, AppStatus(app, True, True, bytes_total=7, requests_total=1))
+        store.publish(K(app), u, AppStatus(K(app), True, True, bytes_total=7, requests_total=1))
     assert expo.render_now()
     s = samples(expo.text())
-    assert s[("scaleengine_up", (("app", "bad"),))] == 0
-    assert s[("scaleengine_poll_errors_total", (("app", "bad"), ("outcome", "render")))] == 1
-    assert s[("scaleengine_vse_bytes_total", (("app", "bad"),))] == 7  # counters stay
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", ACC),
+                    ("app", "bad"),
+                ),
+            )
+        ]
+        == 0
+    )
+    assert (
+        s[
+            (
+                "scaleengine_poll_errors_total",
+                (("account", ACC), ("app", "bad"), ("outcome", "render")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        s[
+            (
+                "scaleengine_vse_bytes_total",
+                (
+                    ("account", ACC),
+                    ("app", "bad"),
+                ),
+            )
+        ]
+        == 7
+    )  # counters stay
     assert not [k for k in s if ("app", "bad") in k[1] and "day" in k[0]]  # usage dropped
-    assert s[("scaleengine_up", (("app", "good"),))] == 1
+    assert (
+        s[
+            (
+                "scaleengine_up",
+                (
+                    ("account", ACC),
+                    ("app", "good"),
+                ),
+            )
+        ]
+        == 1
+    )
     # a later poll of the good app still shows
-    store.publish("good", usage("good", 4), AppStatus("good", True, True, bytes_total=9))
+    store.publish(K("good"), usage("good", 4), AppStatus(K("good"), True, True, bytes_total=9))
     assert expo.render_now()
     s = samples(expo.text())
-    assert s[("scaleengine_vse_app_day_videos", (("app", "good"),))] == 4
+    assert (
+        s[
+            (
+                "scaleengine_vse_app_day_videos",
+                (
+                    ("account", ACC),
+                    ("app", "good"),
+                ),
+            )
+        ]
+        == 4
+    )
     promtool_check_metrics(expo.text())
 
 

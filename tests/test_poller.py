@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime
 import pytest
 from helpers import samples, sim_config
 
+from exporter.appkey import AppKey
 from exporter.config import parse_config
 from exporter.metrics import Exposition
 from exporter.poller import Poller, fold_videos, label_value
@@ -17,6 +18,11 @@ from exporter.state import StateFile
 from exporter.store import OTHER, Store
 
 APPS = {"alpha": 30, "beta": 8, "gamma": 5}
+ACCOUNT = "4242"  # the single form's account: the simulator's cdn_id (scaleengine.account unset)
+
+
+def K(app: str) -> AppKey:
+    return AppKey(ACCOUNT, app)
 
 
 def ts(*args: int) -> float:
@@ -38,7 +44,7 @@ def make(sim, store=None, **overrides):
     for section, values in overrides.items():
         data.setdefault(section, {}).update(values)
     config = parse_config(data, env={})
-    store = store or Store([a.name for a in config.apps])
+    store = store or Store(config.app_keys())
     state_file = StateFile(config.state.path) if config.state.path else None
     return Poller(config, store, clock=sim.clock.now, state_file=state_file), store
 
@@ -67,8 +73,8 @@ def test_fold_include_exclude_and_ties():
 
 def test_poll_publishes_exact_totals_with_duplicates_summed(sim):
     poller, store = make(sim)
-    assert poller.poll_app("alpha")
-    usage = store.view().usage["alpha"]
+    assert poller.poll_app(K("alpha"))
+    usage = store.view().usage[K("alpha")]
     today = date(2026, 3, 10)
     assert (usage.day_bytes, usage.day_requests) == sim.reported("alpha", today)
     assert usage.day == "2026-03-10"
@@ -85,8 +91,8 @@ def test_poll_publishes_exact_totals_with_duplicates_summed(sim):
 
 def test_cap_folds_and_still_adds_up(sim):
     poller, store = make(sim, limits={"max_videos_per_app": 4})
-    poller.poll_app("alpha")
-    usage = store.view().usage["alpha"]
+    poller.poll_app(K("alpha"))
+    usage = store.view().usage[K("alpha")]
     assert len(usage.videos) == 5 and usage.videos[-1][0] == OTHER
     assert sum(v[1] for v in usage.videos) == usage.day_bytes
     assert sum(v[2] for v in usage.videos) == usage.day_requests
@@ -95,37 +101,53 @@ def test_cap_folds_and_still_adds_up(sim):
 def test_new_day_replaces_per_video_series_and_counts_on(sim):
     poller, store = make(sim, poll={"late_data_window": "2h"})
     expo = Exposition(store, "UTC", {}, process_metrics=False)
-    poller.poll_app("beta")
-    first = store.view().status["beta"]
+    poller.poll_app(K("beta"))
+    first = store.view().status[K("beta")]
     assert first.bytes_total == 0  # a day under way at start only sets the baseline
     sim.clock.set(ts(2026, 3, 10, 23, 0))
-    poller.poll_app("beta")
-    poller.poll_app("beta")  # growth is counted once a second read confirms it
-    grown = store.view().status["beta"].bytes_total
+    poller.poll_app(K("beta"))
+    poller.poll_app(K("beta"))  # growth is counted once a second read confirms it
+    grown = store.view().status[K("beta")].bytes_total
     assert (
         grown
         == sim.reported("beta", date(2026, 3, 10))[0]
         - sim.reported("beta", date(2026, 3, 10), at=ts(2026, 3, 10, 15, 0))[0]
     )
     sim.clock.set(ts(2026, 3, 11, 0, 30))
-    poller.poll_app("beta")
-    poller.poll_app("beta")
+    poller.poll_app(K("beta"))
+    poller.poll_app(K("beta"))
     expo.render_now()
     s = samples(expo.stored())
-    usage = store.view().usage["beta"]
+    usage = store.view().usage[K("beta")]
     assert usage.day == "2026-03-11"
     assert (
-        s[("scaleengine_vse_app_day_bytes", (("app", "beta"),))]
+        s[
+            (
+                "scaleengine_vse_app_day_bytes",
+                (
+                    ("account", ACCOUNT),
+                    ("app", "beta"),
+                ),
+            )
+        ]
         == sim.reported("beta", date(2026, 3, 11))[0]
     )
     assert (
-        s[("scaleengine_vse_app_previous_day_bytes", (("app", "beta"),))]
+        s[
+            (
+                "scaleengine_vse_app_previous_day_bytes",
+                (
+                    ("account", ACCOUNT),
+                    ("app", "beta"),
+                ),
+            )
+        ]
         == sim.reported("beta", date(2026, 3, 10))[0]
     )
     # only the new day's videos are shown
-    shown = {k[1][1][1] for k in s if k[0] == "scaleengine_vse_day_bytes"}
+    shown = {dict(k[1])["video_url"] for k in s if k[0] == "scaleengine_vse_day_bytes"}
     assert shown == {u for u, _, _ in usage.videos}
-    total = store.view().status["beta"].bytes_total
+    total = store.view().status[K("beta")].bytes_total
     assert total == (
         sim.reported("beta", date(2026, 3, 10))[0]
         - sim.reported("beta", date(2026, 3, 10), at=ts(2026, 3, 10, 15, 0))[0]
@@ -139,30 +161,30 @@ def test_failing_app_is_down_others_untouched_then_stale_series_dropped(sim):
     before = store.view()
     sim.set_fault("alpha", "http_500")
     sim.clock.advance(60)
-    assert not poller.poll_app("alpha")
-    assert poller.poll_app("beta")
+    assert not poller.poll_app(K("alpha"))
+    assert poller.poll_app(K("beta"))
     view = store.view()
-    assert view.status["alpha"].up is False and view.status["beta"].up is True
-    assert view.usage["alpha"] is before.usage["alpha"]  # last good snapshot still served
-    assert view.requests[("alpha", "http_status")] == 2  # the first try and poll.retries=1
+    assert view.status[K("alpha")].up is False and view.status[K("beta")].up is True
+    assert view.usage[K("alpha")] is before.usage[K("alpha")]  # last good snapshot still served
+    assert view.requests[(K("alpha"), "http_status")] == 2  # the first try and poll.retries=1
     sim.clock.advance(200)
-    poller.poll_app("alpha")
+    poller.poll_app(K("alpha"))
     view = store.view()
-    assert "alpha" not in view.usage  # stale: dropped rather than shown forever
-    assert "beta" in view.usage and "gamma" in view.usage
+    assert K("alpha") not in view.usage  # stale: dropped rather than shown forever
+    assert K("beta") in view.usage and K("gamma") in view.usage
     sim.set_fault("alpha", None)
-    assert poller.poll_app("alpha")
-    assert store.view().usage["alpha"].day_bytes > 0
+    assert poller.poll_app(K("alpha"))
+    assert store.view().usage[K("alpha")].day_bytes > 0
 
 
 def test_month_to_date_moves_with_today(sim):
     poller, store = make(sim)
-    poller.poll_app("gamma")
-    u1 = store.view().usage["gamma"]
+    poller.poll_app(K("gamma"))
+    u1 = store.view().usage[K("gamma")]
     requests_before = sim.requests_for("gamma")
     sim.clock.advance(600)  # within month_interval: month is not fetched again
-    poller.poll_app("gamma")
-    u2 = store.view().usage["gamma"]
+    poller.poll_app(K("gamma"))
+    u2 = store.view().usage[K("gamma")]
     assert u2.month_bytes - u1.month_bytes == u2.day_bytes - u1.day_bytes
     log = [e for e in sim.request_log if e.get("app") == "gamma"]
     assert [e for e in log[:requests_before] if e.get("day") is None], "month fetched first"
@@ -176,22 +198,22 @@ def test_month_to_date_moves_with_today(sim):
 def test_restart_goes_on_from_saved_counters(sim, tmp_path):
     state = {"path": str(tmp_path / "state.json")}
     poller, store = make(sim, state=state)
-    poller.poll_app("beta")
-    poller.poll_app("beta")  # confirms the first read: the baseline
+    poller.poll_app(K("beta"))
+    poller.poll_app(K("beta"))  # confirms the first read: the baseline
     sim.clock.advance(3600)
-    poller.poll_app("beta")
-    poller.poll_app("beta")  # confirms the growth
-    counted = store.view().status["beta"].bytes_total
+    poller.poll_app(K("beta"))
+    poller.poll_app(K("beta"))  # confirms the growth
+    counted = store.view().status[K("beta")].bytes_total
     assert counted > 0
     poller.shutdown()
     sim.clock.advance(1800)  # down for half an hour
     poller2, store2 = make(sim, state=state)
     # absent until a poll confirms it (the last saves may have failed), never 0 nor lower
-    assert store2.view().status["beta"].bytes_total is None
-    poller2.poll_app("beta")  # reads today twice
+    assert store2.view().status[K("beta")].bytes_total is None
+    poller2.poll_app(K("beta"))  # reads today twice
     today = date(2026, 3, 10)
     assert (
-        store2.view().status["beta"].bytes_total
+        store2.view().status[K("beta")].bytes_total
         == sim.reported("beta", today)[0]
         - (sim.reported("beta", today, at=ts(2026, 3, 10, 15, 0))[0])
     )
@@ -200,16 +222,16 @@ def test_restart_goes_on_from_saved_counters(sim, tmp_path):
 def test_state_from_an_old_day_starts_fresh(sim, tmp_path, caplog):
     state = {"path": str(tmp_path / "state.json")}
     poller, store = make(sim, state=state)
-    poller.poll_app("beta")
+    poller.poll_app(K("beta"))
     sim.clock.advance(3600)
-    poller.poll_app("beta")
+    poller.poll_app(K("beta"))
     poller.shutdown()
     sim.clock.advance(3 * 86400)
     with caplog.at_level("WARNING"):
         poller2, store2 = make(sim, state=state)
     assert "earlier day" in caplog.text
-    poller2.poll_app("beta")
-    assert store2.view().status["beta"].bytes_total == 0  # a baseline, nothing counted twice
+    poller2.poll_app(K("beta"))
+    assert store2.view().status[K("beta")].bytes_total == 0  # a baseline, nothing counted twice
 
 
 def test_corrupt_state_file_warns_once_and_polls(sim, tmp_path, caplog):
@@ -218,8 +240,8 @@ def test_corrupt_state_file_warns_once_and_polls(sim, tmp_path, caplog):
     with caplog.at_level("WARNING"):
         poller, store = make(sim, state={"path": str(path)})
     assert [r.getMessage() for r in caplog.records] == ["state file corrupt, starting fresh"]
-    assert poller.poll_app("beta")
-    assert path.read_bytes().startswith(b'{"version":1')  # rewritten whole after the poll
+    assert poller.poll_app(K("beta"))
+    assert path.read_bytes().startswith(b'{"version":2')  # rewritten whole after the poll
 
 
 # -- label values: valid UTF-8, capped, distinct, totals exact ---------------------------
@@ -270,23 +292,24 @@ def test_reconfigure_adds_removes_and_keeps_counters(sim):
     assert poller.poll_all()
     assert poller.poll_all()
     before = store.view()
-    alpha_total = before.status["alpha"].bytes_total
+    alpha_total = before.status[K("alpha")].bytes_total
     assert alpha_total > 0
 
     data["apps"] = ["alpha", {"name": "gamma", "daily_bytes_budget": "1GB"}]
     poller.reconfigure(parse_config(data, env={}))
     view = store.view()
-    assert set(view.status) == {"alpha", "gamma"} and "beta" not in view.usage
-    assert not any(app == "beta" for app, _ in view.requests)
-    assert view.usage["alpha"] is before.usage["alpha"]  # untouched until its next poll
-    store.publish("beta", None, AppStatus("beta", polled=True, up=True))  # a late poll
-    store.count_request("beta", "success")
-    assert "beta" not in store.view().status and not store.view().requests.get(("beta", "success"))
+    assert set(view.status) == {K("alpha"), K("gamma")} and K("beta") not in view.usage
+    assert not any(app == K("beta") for app, _ in view.requests)
+    assert view.usage[K("alpha")] is before.usage[K("alpha")]  # untouched until its next poll
+    store.publish(K("beta"), None, AppStatus(K("beta"), polled=True, up=True))  # a late poll
+    store.count_request(K("beta"), "success")
+    assert K("beta") not in store.view().status
+    assert not store.view().requests.get((K("beta"), "success"))
     assert poller.poll_all()
     after = store.view()
-    assert after.status["alpha"].bytes_total == alpha_total  # not reset, nothing counted twice
-    assert after.status["gamma"].bytes_total == 0 and after.usage["gamma"].day_bytes > 0
-    assert not poller.poll_app("beta")  # a removed app's queued run does nothing
+    assert after.status[K("alpha")].bytes_total == alpha_total  # not reset, nothing counted twice
+    assert after.status[K("gamma")].bytes_total == 0 and after.usage[K("gamma")].day_bytes > 0
+    assert not poller.poll_app(K("beta"))  # a removed app's queued run does nothing
     poller.shutdown()
 
 
@@ -295,23 +318,25 @@ def test_app_missing_from_the_state_file_starts_from_a_baseline(sim, tmp_path):
     the exporter saw it is not growth the exporter saw (as on a fresh start)."""
     state = {"path": str(tmp_path / "state.json")}
     poller, _ = make(sim, state=state)
-    poller.poll_app("alpha")  # the state file now holds every configured app but...
+    poller.poll_app(K("alpha"))  # the state file now holds every configured app but...
     poller.shutdown()
     path = tmp_path / "state.json"
     data = json.loads(path.read_text())
-    del data["apps"]["beta"]  # ...beta, as if beta was added to the config after the save
+    del data["accounts"][ACCOUNT][
+        "beta"
+    ]  # ...beta, as if beta was added to the config after the save
     path.write_text(json.dumps(data))
     sim.clock.advance(600)
     poller2, store2 = make(sim, state=state)
-    assert poller2.poll_app("beta")
-    assert store2.view().status["beta"].bytes_total == 0
-    assert store2.view().usage["beta"].day_bytes > 0
+    assert poller2.poll_app(K("beta"))
+    assert store2.view().status[K("beta")].bytes_total == 0
+    assert store2.view().usage[K("beta")].day_bytes > 0
     before = sim.reported("beta", date(2026, 3, 10))[0]
     sim.clock.advance(600)
-    assert poller2.poll_app("beta")
-    assert poller2.poll_app("beta")  # confirms the growth
+    assert poller2.poll_app(K("beta"))
+    assert poller2.poll_app(K("beta"))  # confirms the growth
     grown = sim.reported("beta", date(2026, 3, 10))[0] - before
-    assert store2.view().status["beta"].bytes_total == grown
+    assert store2.view().status[K("beta")].bytes_total == grown
     poller2.shutdown()
 
 
@@ -334,17 +359,17 @@ def test_a_retry_never_sleeps_past_the_poll_deadline(sim):
 
     data = sim_config(sim, poll={"interval": "1m", "timeout": "1s", "month_interval": "off"})
     config = parse_config(data, env={})
-    store = Store([a.name for a in config.apps])
+    store = Store(config.app_keys())
     poller = Poller(config, store, clock=sim.clock.now, client_factory=slow_retrying)
     sim.set_fault("beta", "http_503")
     started = time.monotonic()
-    assert not poller.poll_app("beta")
+    assert not poller.poll_app(K("beta"))
     assert time.monotonic() - started < 20  # a sleep of up to 1000 s was cut
     view = store.view()
-    assert view.poll_errors == {("beta", "poll_timeout"): 1}
-    assert view.requests[("beta", "http_status")] >= 1
-    assert view.status["beta"].last_error.startswith("poll_timeout: ")
-    assert "poll.timeout 1s" in view.status["beta"].last_error
+    assert view.poll_errors == {(K("beta"), "poll_timeout"): 1}
+    assert view.requests[(K("beta"), "http_status")] >= 1
+    assert view.status[K("beta")].last_error.startswith("poll_timeout: ")
+    assert "poll.timeout 1s" in view.status[K("beta")].last_error
 
 
 # -- the package (issue 16) ---------------------------------------------------------------

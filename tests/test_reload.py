@@ -62,7 +62,7 @@ def scrape(url: str) -> dict:
 
 
 def value(s: dict, name: str, app: str) -> float | None:
-    return s.get((name, (("app", app),)))
+    return s.get((name, (("account", "4242"), ("app", app))))  # the simulator's cdn_id
 
 
 def post(url: str) -> tuple[int, str]:

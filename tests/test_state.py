@@ -8,6 +8,7 @@ import stat
 
 import pytest
 
+from exporter.appkey import AppKey
 from exporter.state import (
     AppCounters,
     StateFile,
@@ -55,12 +56,37 @@ def test_state_roundtrip_atomic_and_private(tmp_path):
     path = tmp_path / "state.json"
     sf = StateFile(str(path))
     c = AppCounters(bytes_total=5, requests_total=2, baselines={"2026-11-26": (5, 2)})
-    sf.save("2026-11-26", {"a": c})
+    other = AppCounters(bytes_total=9, requests_total=4, baselines={})
+    sf.save("2026-11-26", {AppKey("prod", "a"): c, AppKey("partner", "a"): other})
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
-    day, apps = sf.load()
-    assert day == "2026-11-26"
-    assert apps["a"].bytes_total == 5 and apps["a"].baselines == {"2026-11-26": (5, 2)}
+    day, apps, legacy = sf.load(legacy_account="prod")
+    assert day == "2026-11-26" and legacy is False
+    a = apps[AppKey("prod", "a")]
+    assert a.bytes_total == 5 and a.baselines == {"2026-11-26": (5, 2)}
+    b = apps[AppKey("partner", "a")]  # the same app name in another account: its own entry
+    assert (b.bytes_total, b.requests_total, b.baselines) == (9, 4, {})
+    assert set(apps) == {AppKey("prod", "a"), AppKey("partner", "a")}
+
+
+# a state file as the exporter wrote it before several accounts (version 1, by app only)
+LEGACY = (
+    b'{"version":1,"day":"2026-11-26","apps":{"news":{"bytes_total":123456789,'
+    b'"requests_total":4321,"baselines":{"2026-11-25":[1000,10],"2026-11-26":[2000,20]}},'
+    b'"sport":{"bytes_total":7,"requests_total":1,"baselines":{}}}}'
+)
+
+
+def test_a_legacy_state_file_loads_into_the_account_given(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_bytes(LEGACY)
+    day, apps, legacy = StateFile(str(path)).load(legacy_account="4242")
+    assert day == "2026-11-26" and legacy is True
+    assert set(apps) == {AppKey("4242", "news"), AppKey("4242", "sport")}
+    news = apps[AppKey("4242", "news")]
+    assert (news.bytes_total, news.requests_total) == (123456789, 4321)
+    assert news.baselines == {"2026-11-25": (1000, 10), "2026-11-26": (2000, 20)}
+    assert apps[AppKey("4242", "sport")].bytes_total == 7
 
 
 @pytest.mark.parametrize(
@@ -74,6 +100,11 @@ def test_state_roundtrip_atomic_and_private(tmp_path):
         b'{"version":1,"day":"d","apps":{"a":{"bytes_total":-1,"requests_total":0,"baselines":{}}}}',
         b'{"version":1,"day":"d","apps":{"a":{"bytes_total":1,"requests_total":0,"baselines":{"d":[1]}}}}',
         b"\xff\xfe garbage",
+        b'{"version":2,"day":"d","apps":{}}',  # version 2 keeps its apps under accounts
+        b'{"version":2,"day":"d","accounts":{"p":{"a":{}}}}',
+        b'{"version":2,"day":"d","accounts":{"p":{"a":{"bytes_total":-1,"requests_total":0,'
+        b'"baselines":{}}}}}',
+        b'{"version":3,"day":"d","accounts":{}}',
     ],
 )
 def test_corrupt_state_gives_one_warning_and_fresh_start(tmp_path, caplog, content):
@@ -87,7 +118,7 @@ def test_corrupt_state_gives_one_warning_and_fresh_start(tmp_path, caplog, conte
 def test_truncated_state_file(tmp_path, caplog):
     path = tmp_path / "state.json"
     sf = StateFile(str(path))
-    sf.save("2026-11-26", {"a": AppCounters(7, 1, {"2026-11-26": (7, 1)})})
+    sf.save("2026-11-26", {AppKey("p", "a"): AppCounters(7, 1, {"2026-11-26": (7, 1)})})
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with caplog.at_level("WARNING"):
@@ -174,6 +205,7 @@ def test_state_numbers_are_bounded(tmp_path, caplog, number, ok):
         )
         caplog.clear()
         if ok:
-            assert StateFile(str(path)).load()[1]["a"].bytes_total == int(total)
+            loaded = StateFile(str(path)).load(legacy_account="p")[1]
+            assert loaded[AppKey("p", "a")].bytes_total == int(total)
         else:
             assert "corrupt" in _one_warning(caplog, StateFile(str(path)))

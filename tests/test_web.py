@@ -17,22 +17,27 @@ import bcrypt
 import pytest
 from helpers import http_get, make_pki, samples, wait_for
 
+from exporter.appkey import AppKey
 from exporter.metrics import Exposition
 from exporter.store import AppStatus, AppUsage, Store
 from exporter.web.app import WebApp, parse_listen_address, serve
 from exporter.web.webconfig import load_web_config
 
 
+def K(app: str) -> AppKey:
+    return AppKey("acc", app)
+
+
 def make_usage(app: str, n: int, day_bytes_offset: int = 0) -> AppUsage:
     videos = tuple((f"v/{i}.mp4", 10 * (n - i) + day_bytes_offset, i) for i in range(n))
-    return AppUsage(app, "2026-11-26", 1.0e9, videos, sum(v[1] for v in videos), 0, n)
+    return AppUsage(K(app), "2026-11-26", 1.0e9, videos, sum(v[1] for v in videos), 0, n)
 
 
 @pytest.fixture
 def stack():
-    store = Store(["a", "b"])
-    store.publish("a", make_usage("a", 50), AppStatus("a", polled=True, up=True))
-    expo = Exposition(store, "UTC", {"a": (10**9, None)})
+    store = Store([K("a"), K("b")])
+    store.publish(K("a"), make_usage("a", 50), AppStatus(K("a"), polled=True, up=True))
+    expo = Exposition(store, "UTC", {K("a"): (10**9, None)})
     ready = {"value": False}
     servers = []
 
@@ -55,7 +60,15 @@ def test_endpoints(stack):
     status, headers, body = http_get(url + "/probe")
     assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
     s = samples(body)
-    assert s[("scaleengine_vse_day_bytes", (("app", "a"), ("video_url", "v/0.mp4")))] == 500
+    assert (
+        s[
+            (
+                "scaleengine_vse_day_bytes",
+                (("account", "acc"), ("app", "a"), ("video_url", "v/0.mp4")),
+            )
+        ]
+        == 500
+    )
     assert http_get(url + "/metrics")[0] == 404
     assert http_get(url + "/-/healthy")[0] == 200
     assert http_get(url + "/-/ready")[0] == 503
@@ -228,7 +241,7 @@ def test_concurrent_scrapers_while_polls_swap_snapshots(stack):
         i = 0
         while not stop.is_set():
             i += 1
-            store.publish("a", make_usage("a", 50 + i % 7, i), AppStatus("a", True, True))
+            store.publish(K("a"), make_usage("a", 50 + i % 7, i), AppStatus(K("a"), True, True))
             swaps[0] = i
             time.sleep(0.01)
 
@@ -244,7 +257,7 @@ def test_concurrent_scrapers_while_polls_swap_snapshots(stack):
                     raise AssertionError(f"status {resp.status}")
                 s = samples(body)
                 per_video = sum(v for k, v in s.items() if k[0] == "scaleengine_vse_day_bytes")
-                total = s[("scaleengine_vse_app_day_bytes", (("app", "a"),))]
+                total = s[("scaleengine_vse_app_day_bytes", (("account", "acc"), ("app", "a")))]
                 if per_video != total:
                     raise AssertionError(f"torn snapshot: {per_video} != {total}")
                 with lock:
@@ -413,9 +426,9 @@ def _flood(url: str, seconds: float, threads: int = 4) -> list[int]:
 
 def _many_apps(n: int) -> tuple[Store, Exposition]:
     names = [f"app-{i:04d}" for i in range(n)]
-    store = Store(names)
+    store = Store([K(n) for n in names])
     for name in names:
-        store.publish(name, make_usage(name, 1), AppStatus(name, polled=True, up=True))
+        store.publish(K(name), make_usage(name, 1), AppStatus(K(name), polled=True, up=True))
     return store, Exposition(store, "UTC", {}, process_metrics=False)
 
 
@@ -455,11 +468,11 @@ def test_landing_page_is_rendered_at_most_once_a_second():
         assert sum(counts) >= 20
         assert 1 <= renders <= elapsed / 1.0 + 1
         assert busy[0] < 10 * quiet + 0.1  # generous: the flood's clients share our CPU
-        store.publish("app-0000", None, AppStatus("app-0000", polled=True, up=False,
+        store.publish(K("app-0000"), None, AppStatus(K("app-0000"), polled=True, up=False,
                                                   last_error="api_0004: changed"))  # fmt: skip
         wait_for(lambda: b"changed" in http_get(server.url + "/")[2], 10, "the new status")
         # after a quiet while (over 5 s), the first request waits for a fresh page
-        store.publish("app-0000", None, AppStatus("app-0000", polled=True, up=False,
+        store.publish(K("app-0000"), None, AppStatus(K("app-0000"), polled=True, up=False,
                                                   last_error="api_0004: again"))  # fmt: skip
         time.sleep(5.5)
         assert b"again" in http_get(server.url + "/")[2]

@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from ..appkey import AppKey
 from ..config import Config
-from ..metrics import escape_label, usage_families
+from ..metrics import app_labels, escape_label, usage_families
 from ..state import atomic_write, read_regular_file
 from .plan import PROG, DayUsage, Key, day_timestamp
 
@@ -45,8 +46,9 @@ class OutputError(Exception):
     """The existing output file cannot be read back (exit 2, the file is left as it is)."""
 
 
-def read_output(path: str, tz: ZoneInfo) -> dict[Key, DayUsage]:
-    """The complete (app, day)s of a file this command wrote. Raises OutputError."""
+def read_output(path: str, tz: ZoneInfo, default_account: str = "") -> dict[Key, DayUsage]:
+    """The complete (app, day)s of a file this command wrote. Raises OutputError. A file
+    written before several accounts (no ``account`` label) holds ``default_account``'s."""
     try:
         # bytes, not text mode: a \r inside a label value is a character, not a line end
         text = read_regular_file(path, MAX_OUTPUT_BYTES).decode("utf-8")
@@ -59,7 +61,7 @@ def read_output(path: str, tz: ZoneInfo) -> dict[Key, DayUsage]:
     if not text.strip():
         return {}
     try:
-        app_values, videos = _parse(text, tz)
+        app_values, videos = _parse(text, tz, default_account)
     except (ValueError, KeyError, TypeError) as err:
         raise OutputError(
             f"{path} exists but is not a file written by {PROG} ({err}); "
@@ -68,7 +70,7 @@ def read_output(path: str, tz: ZoneInfo) -> dict[Key, DayUsage]:
     return _complete_days(app_values, videos)
 
 
-def _parse(text: str, tz: ZoneInfo) -> tuple[AppValues, VideoRows]:
+def _parse(text: str, tz: ZoneInfo, default_account: str) -> tuple[AppValues, VideoRows]:
     """Every sample of the file by family; raises ValueError/KeyError/TypeError if the file
     is not ours (an unknown family, a sample off the end of a day in ``tz``, ...)."""
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -87,7 +89,7 @@ def _parse(text: str, tz: ZoneInfo) -> tuple[AppValues, VideoRows]:
                     "was the file written with another poll.timezone?"
                 )
             value = int(s.value)
-            key = (s.labels["app"], day)
+            key = (AppKey(s.labels.get("account", default_account), s.labels["app"]), day)
             if s.name in (DAY_BYTES, DAY_REQUESTS):
                 row = videos.setdefault(key, {}).setdefault(s.labels["video_url"], [0, 0])
                 row[0 if s.name == DAY_BYTES else 1] = value
@@ -133,7 +135,7 @@ def render(data: dict[Key, DayUsage], tz: ZoneInfo, timezone: str) -> Iterable[s
     """OpenMetrics text: each family's samples together, each series' samples in time order."""
     families = {f.name: f for f in usage_families(timezone)}
     apps = sorted({app for app, _ in data})
-    days_of: dict[str, list[date]] = {app: [] for app in apps}
+    days_of: dict[AppKey, list[date]] = {app: [] for app in apps}
     for app, day in sorted(data):
         days_of[app].append(day)
     stamps: dict[date, int] = {}
@@ -147,7 +149,7 @@ def render(data: dict[Key, DayUsage], tz: ZoneInfo, timezone: str) -> Iterable[s
     for name in FAMILIES:
         yield families[name].header().decode()
         for app in apps:
-            label_app = escape_label(app)
+            labels = app_labels(app)
             if name in (DAY_BYTES, DAY_REQUESTS):
                 index = 1 if name == DAY_BYTES else 2
                 series: dict[str, list[tuple[date, int]]] = {}
@@ -155,11 +157,11 @@ def render(data: dict[Key, DayUsage], tz: ZoneInfo, timezone: str) -> Iterable[s
                     for row in data[(app, day)].videos:
                         series.setdefault(row[0], []).append((day, row[index]))
                 for url in sorted(series):
-                    prefix = f'{name}{{app="{label_app}",video_url="{escape_label(url)}"}} '
+                    prefix = f'{name}{{{labels},video_url="{escape_label(url)}"}} '
                     for day, value in series[url]:
                         yield f"{prefix}{value} {ts(day)}\n"
                 continue
-            prefix = f'{name}{{app="{label_app}"}} '
+            prefix = f"{name}{{{labels}}} "
             for day in days_of[app]:
                 usage = data[(app, day)]
                 if name == APP_DAY_BYTES:

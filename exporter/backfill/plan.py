@@ -9,6 +9,7 @@ from datetime import date, datetime, timedelta
 from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
+from ..appkey import AppKey
 from ..config import AppConfig, Config
 from ..poller import fold_with_limits
 from ..scaleengine import ApiError, ScaleEngineClient, UsageResult
@@ -31,7 +32,7 @@ class DayUsage:
     day_videos: int
 
 
-Key = tuple[str, date]  # (app, day)
+Key = tuple[AppKey, date]  # ((account, app), day)
 
 
 def day_timestamp(day: date, tz: ZoneInfo) -> int:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import TextIO
 
-from ..config import AppConfig, Config
+from ..appkey import AppKey
+from ..config import AccountConfig, AppConfig, Config
 from ..scaleengine import ApiError, ScaleEngineClient, client_for
 from .output import read_output, write_output
 from .plan import (
@@ -36,9 +37,14 @@ log = logging.getLogger("exporter.backfill")
 CHECKPOINT_SECONDS = 30.0
 
 
+def shown(key: AppKey, config: Config) -> str:
+    """An app as backfill's messages name it: its name, ``account/app`` with several accounts."""
+    return key.app if len(config.accounts) == 1 else f"{key.account}/{key.app}"
+
+
 @dataclass
 class Failure:
-    app: str
+    app: str  # as shown()
     day: date
     outcome: str
     message: str
@@ -55,7 +61,7 @@ class _Run:
     busy_wait: float
     progress: Progress
     data: dict[Key, DayUsage]
-    todo: dict[str, list[date]] = field(default_factory=dict)
+    todo: dict[AppKey, list[date]] = field(default_factory=dict)
     failures: list[Failure] = field(default_factory=list)
     dirty: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -63,10 +69,10 @@ class _Run:
 
     def plan(self, start: date, days: list[date]) -> None:
         """Each app's days not already in the output file, said on the progress stream."""
-        for app in self.config.apps:
-            missing = [d for d in days if (app.name, d) not in self.data]
-            self.todo[app.name] = missing
-            self.progress.add(app.name, len(days), len(days) - len(missing))
+        for key in self.config.app_keys():
+            missing = [d for d in days if (key, d) not in self.data]
+            self.todo[key] = missing
+            self.progress.add(shown(key, self.config), len(days), len(days) - len(missing))
         if days[0] < start:
             self.progress.message(
                 f"reading from {days[0].isoformat()}: month to date needs every day of the month"
@@ -75,24 +81,28 @@ class _Run:
         if kept:
             self.progress.message(f"{kept} app-days already in {self.output}, not read again")
 
-    def backfill_app(self, app: AppConfig) -> None:
-        """Read the app's missing days in order (the body of one pool thread)."""
-        missing = self.todo[app.name]
+    def backfill_app(self, key: AppKey, account: AccountConfig, app: AppConfig) -> None:
+        """Read the app's missing days in order with its account's client (the body of one
+        pool thread)."""
+        missing = self.todo[key]
         if not missing:
             return
-        with client_for(self.config) as client:
+        with client_for(self.config, account) as client:
             for i, day in enumerate(missing):
                 if self.stop.is_set():
                     return
-                if not self._read_day(client, app, day, len(missing) - i - 1):
+                if not self._read_day(client, key, app, day, len(missing) - i - 1):
                     return
 
-    def _read_day(self, client: ScaleEngineClient, app: AppConfig, day: date, left: int) -> bool:
+    def _read_day(
+        self, client: ScaleEngineClient, key: AppKey, app: AppConfig, day: date, left: int
+    ) -> bool:
         """Read one day into ``data``; False when the app's remaining days are not to be read."""
+        name = shown(key, self.config)
 
         def on_busy(n: int, wait: float) -> None:
             self.progress.message(
-                f"app {app.name} {day.isoformat()}: the API is busy (error 1000),"
+                f"app {name} {day.isoformat()}: the API is busy (error 1000),"
                 f" waiting {wait:g}s (busy try {n} of {BUSY_TRIES})"
             )
 
@@ -102,24 +112,24 @@ class _Run:
             if self.stop.is_set():
                 return False
             rest = left if err.outcome in FATAL_OUTCOMES else 0
-            self._failed(app, day, err, rest)
+            self._failed(name, day, err, rest)
             return not rest
         usage = day_usage(result, app, self.config)
         with self.lock:
-            self.data[(app.name, day)] = usage
+            self.data[(key, day)] = usage
             self.dirty = True
-        self.progress.day(app.name, day, ok=True)
+        self.progress.day(name, day, ok=True)
         return True
 
-    def _failed(self, app: AppConfig, day: date, err: ApiError, rest: int) -> None:
-        failure = Failure(app.name, day, err.outcome, str(err), rest, err.retryable or err.busy)
+    def _failed(self, name: str, day: date, err: ApiError, rest: int) -> None:
+        failure = Failure(name, day, err.outcome, str(err), rest, err.retryable or err.busy)
         with self.lock:
             self.failures.append(failure)
-        self.progress.day(app.name, day, ok=False)
-        self.progress.message(f"app {app.name} {day.isoformat()}: {err.outcome}: {err}")
+        self.progress.day(name, day, ok=False)
+        self.progress.message(f"app {name} {day.isoformat()}: {err.outcome}: {err}")
         if rest:
             self.progress.message(
-                f"app {app.name}: {rest} later day(s) not tried: {err.outcome} would fail them all"
+                f"app {name}: {rest} later day(s) not tried: {err.outcome} would fail them all"
             )
 
     def snapshot(self) -> dict[Key, DayUsage]:
@@ -148,12 +158,15 @@ def _sigint_as_event() -> Iterator[threading.Event]:
 def _read_all(state: _Run, checkpoint_seconds: float) -> tuple[dict[str, Future[None]], bool]:
     """Run every app's thread, checkpointing meanwhile; (the futures, whether interrupted)."""
     config = state.config
-    workers = max(1, min(config.poll.concurrency, len(config.apps)))
+    workers = max(1, min(config.poll.concurrency, len(config.app_keys())))
     interrupted = False
     last_checkpoint = time.monotonic()
     with _sigint_as_event() as sigint:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="backfill")
-        submitted = {app.name: pool.submit(state.backfill_app, app) for app in config.apps}
+        submitted = {
+            shown(key, config): pool.submit(state.backfill_app, key, account, app)
+            for key, account, app in config.apps()
+        }
         futures: set[Future[None]] = set(submitted.values())
         try:
             while futures:
@@ -216,7 +229,8 @@ def run(
     stream = stderr or sys.stderr
     if busy_wait is None:
         busy_wait = getattr(config.poll, "busy_backoff", None) or DEFAULT_BUSY_BACKOFF
-    data = read_output(output, config.poll.tz) if output != "-" else {}
+    default_account = config.accounts[0].name  # a file written before several accounts
+    data = read_output(output, config.poll.tz, default_account) if output != "-" else {}
     progress = Progress(stream, tty=stream.isatty())
     state = _Run(config, output, busy_wait, progress, data)
     days = plan_days(start, end)
@@ -231,7 +245,7 @@ def run(
     written = sum(1 for key in snapshot if start <= key[1] <= end)
     where = "stdout" if output == "-" else output
     progress.message(
-        f"{written} of {len(asked) * len(config.apps)} app-days of {start.isoformat()}.."
+        f"{written} of {len(asked) * len(config.app_keys())} app-days of {start.isoformat()}.."
         f"{end.isoformat()} in {where}"
     )
     if interrupted:

@@ -1,20 +1,25 @@
 """The exporter's configuration: YAML file -> validated, frozen :class:`Config`.
 
-- ``schema``: the pydantic models (``Config`` and its sections, ``extra="forbid"``
-  everywhere) and the value parsers they use (:func:`parse_duration`, :func:`parse_size`).
-- ``loading``: reading the YAML file (unique keys, size cap, never blocking), ``*_file``
-  secrets, ``SCALEENGINE_API_KEY``/``SCALEENGINE_API_SECRET`` from the environment and paths
-  relative to the config file (:func:`load_config`, :func:`parse_config`).
+- ``schema``: the pydantic models of the sections (``extra="forbid"`` everywhere) and the
+  value parsers they use (:func:`parse_duration`, :func:`parse_size`).
+- ``model``: :class:`Config` and :class:`AccountConfig`: both file forms (``scaleengine:`` +
+  ``apps:``, or ``accounts:``) load into ``Config.accounts``.
+- ``views``: what the code asks of a config (its apps with their keys, an account by name),
+  written once for the model and its plain copy.
+- ``loading``: reading the YAML file (unique keys, size cap, never blocking), ``*_file`` and
+  ``*_env`` secrets, ``SCALEENGINE_API_KEY``/``SCALEENGINE_API_SECRET`` from the environment
+  and paths relative to the config file (:func:`load_config`, :func:`parse_config`,
+  :func:`check_config`).
 - ``errors``: :class:`ConfigError` and :func:`format_validation_error`, which turns pydantic's
-  errors into one line naming the field with a dotted path (``apps[2].name``), never a secret.
+  errors into lines naming the field with a dotted path (``apps[2].name``), never a secret.
 - ``defaults``: the client's ``DEFAULT_*`` constants.
 - ``plain``: :func:`to_plain`, a validated config as pydantic-free :class:`Settings` (secrets
   as :class:`Secret`), what the daemon's long-lived processes run on.
 
 Everything the rest of the exporter, the tests and the benchmarks use is importable from here.
-The names load on first use: pydantic is loaded by what validates (``schema``, ``loading``),
-never by what only takes ``ConfigError``, the defaults or plain settings (the daemon's serving
-process and poll worker stay without it; tests/test_footprint.py checks).
+The names load on first use: pydantic is loaded by what validates (``schema``, ``model``,
+``loading``), never by what only takes ``ConfigError``, the defaults or plain settings (the
+daemon's serving process and poll worker stay without it; tests/test_footprint.py checks).
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ if TYPE_CHECKING:
         DEFAULT_TIMEOUT,
     )
     from .errors import ConfigError, format_validation_error
-    from .loading import load_config, load_yaml_file, parse_config, read_file
+    from .loading import check_config, load_config, load_yaml_file, parse_config, read_file
+    from .model import MAX_ACCOUNT_NAME, AccountConfig, Config
     from .plain import Secret, Settings, to_plain
     from .schema import (
         AppConfig,
-        Config,
         DiscoveryConfig,
         LimitsConfig,
         PollConfig,
@@ -59,11 +64,11 @@ _MODULES = {
         "DEFAULT_TIMEOUT",
     ],
     "errors": ["ConfigError", "format_validation_error"],
-    "loading": ["load_config", "load_yaml_file", "parse_config", "read_file"],
+    "loading": ["check_config", "load_config", "load_yaml_file", "parse_config", "read_file"],
+    "model": ["MAX_ACCOUNT_NAME", "AccountConfig", "Config"],
     "plain": ["Secret", "Settings", "to_plain"],
     "schema": [
         "AppConfig",
-        "Config",
         "DiscoveryConfig",
         "LimitsConfig",
         "PollConfig",
@@ -84,6 +89,8 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_RETRIES",
     "DEFAULT_TIMEOUT",
+    "MAX_ACCOUNT_NAME",
+    "AccountConfig",
     "AppConfig",
     "Config",
     "ConfigError",
@@ -95,6 +102,7 @@ __all__ = [
     "Settings",
     "StateConfig",
     "WebServerConfig",
+    "check_config",
     "format_validation_error",
     "load_config",
     "load_yaml_file",

@@ -6,24 +6,35 @@ that could be a secret.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pydantic is loaded by the validating process only, never for ConfigError
     from pydantic import ValidationError
 
-__all__ = ["ConfigError", "format_validation_error", "show"]
+__all__ = [
+    "ConfigError",
+    "format_validation_error",
+    "problems_error",
+    "show",
+    "validation_problems",
+]
 
 
 class ConfigError(Exception):
     """A configuration problem, with a one-line human message naming the field.
 
-    ``field`` is the dotted path of the (first) offending field when there is one.
+    ``field`` is the dotted path of the (first) offending field when there is one;
+    ``problems`` every problem found, one line each (``path: reason``), for
+    ``--check-config``, which prints them all (the message shows the first five).
     """
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(
+        self, message: str, field: str | None = None, problems: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.field = field
+        self.problems = problems or (message,)
 
 
 def show(value: object, limit: int = 60) -> str:
@@ -44,12 +55,20 @@ def _loc_path(loc: tuple[Any, ...]) -> str:
     return path
 
 
-def _error_text(err: Mapping[str, Any]) -> tuple[str, str]:
+def _error_text(
+    err: Mapping[str, Any], rename: Callable[[str], str] | None = None
+) -> tuple[str, str]:
     """(path, reason) for one pydantic error dict."""
     loc = tuple(err.get("loc", ()))
     kind = err.get("type", "")
     msg = str(err.get("msg", "invalid value"))
     path = _loc_path(loc)
+    if msg.startswith("Value error, @") and ": " in msg:  # a model-level validator's field
+        sub, rest = msg[len("Value error, @") :].split(": ", 1)
+        path = f"{path}{sub}" if sub.startswith("[") else f"{path}.{sub}" if path else sub
+        msg = rest
+    if rename is not None:
+        path = rename(path)
     if kind == "extra_forbidden":
         return path, f"unknown field {path!r}"
     if kind == "missing":
@@ -68,27 +87,37 @@ def _error_text(err: Mapping[str, Any]) -> tuple[str, str]:
         msg = msg[len("Value error, ") :]
     if msg.startswith("Input should be "):  # pydantic's bounds and choices, in our voice
         msg = "must be " + msg[len("Input should be ") :]
-    # A model-level validator names the field itself ("stale_after: ...").
-    if msg.startswith("@") and ": " in msg:
-        sub, msg = msg[1:].split(": ", 1)
-        path = f"{path}{sub}" if sub.startswith("[") else f"{path}.{sub}" if path else sub
     return path, msg
 
 
-def format_validation_error(exc: ValidationError, source: str) -> ConfigError:
-    """Turn a pydantic ValidationError into a one-line ConfigError."""
-    parts: list[str] = []
-    first_path: str | None = None
-    errors = exc.errors(include_input=False, include_url=False)
-    for err in errors[:5]:
-        path, reason = _error_text(err)
-        if first_path is None:
-            first_path = path
+def validation_problems(
+    exc: ValidationError, rename: Callable[[str], str] | None = None
+) -> list[tuple[str, str]]:
+    """Every pydantic error as (path, "path: reason" or "unknown field ..."); ``rename``
+    maps a path of the validated data to the one the user wrote."""
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_input=False, include_url=False):
+        path, reason = _error_text(err, rename)
         if reason.startswith("unknown field"):
-            parts.append(reason)
+            out.append((path, reason))
         else:
-            parts.append(f"{path}: {reason}" if path else reason)
-    text = "; ".join(parts)
-    if len(errors) > 5:
-        text += f"; and {len(errors) - 5} more"
-    return ConfigError(f"{source}: {text}", field=first_path)
+            out.append((path, f"{path}: {reason}" if path else reason))
+    return out
+
+
+def problems_error(source: str, problems: list[tuple[str, str]]) -> ConfigError:
+    """One ConfigError for all ``problems`` ((path, text) pairs, in order, duplicates
+    dropped): the message joins the first five on one line."""
+    texts = list(dict.fromkeys(text for _, text in problems))
+    text = "; ".join(texts[:5])
+    if len(texts) > 5:
+        text += f"; and {len(texts) - 5} more"
+    first = problems[0][0] if problems else None
+    return ConfigError(f"{source}: {text}", field=first or None, problems=tuple(texts))
+
+
+def format_validation_error(
+    exc: ValidationError, source: str, rename: Callable[[str], str] | None = None
+) -> ConfigError:
+    """Turn a pydantic ValidationError into a one-line ConfigError (with every problem)."""
+    return problems_error(source, validation_problems(exc, rename))

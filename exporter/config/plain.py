@@ -21,6 +21,8 @@ import pickle
 from collections.abc import Iterator
 from typing import Any
 
+from .views import VIEWS
+
 __all__ = ["Secret", "Settings", "to_plain"]
 
 
@@ -84,6 +86,9 @@ class Settings:
             object.__setattr__(self, "_derived", derived)
         if name in derived:
             return derived[name]
+        view = VIEWS.get(self._kind)  # what the model answers beyond its fields (views.py)
+        if view is not None and callable(getattr(view, name, None)):
+            return getattr(view, name).__get__(self)
         raise AttributeError(f"{self._kind} settings have no attribute {name!r}")
 
     def __setattr__(self, name: str, value: object) -> None:

@@ -11,6 +11,7 @@ write instead; a bare ``B``/``b`` (bytes, no multiplier) is accepted.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import zoneinfo
@@ -41,13 +42,13 @@ from .errors import show as _show
 
 __all__ = [
     "AppConfig",
-    "Config",
     "DiscoveryConfig",
     "LimitsConfig",
     "PollConfig",
     "ScaleEngineConfig",
     "StateConfig",
     "WebServerConfig",
+    "apps_before",
     "parse_duration",
     "parse_size",
 ]
@@ -196,8 +197,10 @@ _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=Tru
 
 
 class ScaleEngineConfig(BaseModel):
-    """How to reach the API. ``api_key``/``api_secret`` are resolved from inline values,
-    ``*_file`` files or the environment by :func:`parse_config` before validation."""
+    """How to reach the API: one account's settings (today's ``scaleengine:`` section, and
+    each entry of ``accounts:``). ``api_key``/``api_secret`` are resolved from inline values,
+    ``*_file`` files or ``*_env`` environment variables by :func:`parse_config` before
+    validation; ``*_file``/``*_env`` then record where they came from."""
 
     model_config = _MODEL_CONFIG
 
@@ -205,14 +208,28 @@ class ScaleEngineConfig(BaseModel):
     cdn_id: Int = Field(gt=0)
     api_key: SecretStr
     api_key_file: Str | None = None
+    api_key_env: Str | None = None
     api_secret: SecretStr
     api_secret_file: Str | None = None
+    api_secret_env: Str | None = None
     timeout: Duration = DEFAULT_TIMEOUT
     # a bigger answer (counted after decompression) is refused: outcome too_large
     max_response_bytes: Size = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
     # what one fetch (all pages of one app and period) may hold: each distinct video counts
     # its video_url (cut to limits.max_label_length) plus 256 bytes; past it: too_large
     max_fetch_bytes: Size = Field(default=DEFAULT_MAX_FETCH_BYTES, ge=1024 * 1024)
+
+    @property
+    def api_fingerprint(self) -> str:
+        """A digest of every API setting of this section (secrets included, never shown): a
+        reload gives an account's apps new clients when it changes."""
+        parts = []
+        for name in ScaleEngineConfig.model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            parts.append(repr(value))
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
     @field_validator("api_url")
     @classmethod
@@ -444,7 +461,7 @@ class StateConfig(BaseModel):
     path: Str | None = None
 
 
-def _apps_before(value: object) -> object:
+def apps_before(value: object) -> object:
     if not isinstance(value, list):
         raise ValueError("must be a list of app names or mappings")
     out: list[object] = []
@@ -483,40 +500,3 @@ class DiscoveryConfig(BaseModel):
         if value < 60:
             raise ValueError("must be at least 60s (app.list is asked this often)")
         return value
-
-
-class Config(BaseModel):
-    """The whole exporter configuration."""
-
-    model_config = _MODEL_CONFIG
-
-    scaleengine: ScaleEngineConfig
-    apps: Annotated[list[AppConfig], BeforeValidator(_apps_before)] = []
-    discovery: DiscoveryConfig = DiscoveryConfig()
-    poll: PollConfig = PollConfig()
-    limits: LimitsConfig = LimitsConfig()
-    web: WebServerConfig = WebServerConfig()
-    state: StateConfig = StateConfig()
-
-    @field_validator("apps")
-    @classmethod
-    def _unique_apps(cls, value: list[AppConfig]) -> list[AppConfig]:
-        seen: set[str] = set()
-        for index, app in enumerate(value):
-            if app.name in seen:
-                raise ValueError(f"@[{index}].name: app {_show(app.name)} is listed twice")
-            seen.add(app.name)
-        return value
-
-    @model_validator(mode="after")
-    def _some_apps(self) -> Config:
-        if not self.apps and not self.discovery.enabled:
-            raise ValueError("apps: must list at least one app (or set discovery.enabled)")
-        return self
-
-    def secret_values(self) -> list[str]:
-        """The API key and secret, for a log redaction filter."""
-        return [
-            self.scaleengine.api_key.get_secret_value(),
-            self.scaleengine.api_secret.get_secret_value(),
-        ]

@@ -47,7 +47,14 @@ if TYPE_CHECKING:
         negotiate,
     )
     from .live import LiveCollector, WorkerCollector
-    from .usage import Family, escape_label, render_app, render_budgets, usage_families
+    from .usage import (
+        Family,
+        app_labels,
+        escape_label,
+        render_app,
+        render_budgets,
+        usage_families,
+    )
 
 _MODULES = {
     "exposition": [
@@ -62,7 +69,14 @@ _MODULES = {
         "negotiate",
     ],
     "live": ["LiveCollector", "WorkerCollector"],
-    "usage": ["Family", "escape_label", "render_app", "render_budgets", "usage_families"],
+    "usage": [
+        "Family",
+        "app_labels",
+        "escape_label",
+        "render_app",
+        "render_budgets",
+        "usage_families",
+    ],
 }
 _EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
 
@@ -78,6 +92,7 @@ __all__ = [
     "LiveCollector",
     "StoredFile",
     "WorkerCollector",
+    "app_labels",
     "escape_label",
     "negotiate",
     "render_app",

@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
+from ..appkey import AppKey
 from ..store import AppUsage, Store
 from .usage import render_app, render_budgets, usage_families
 
@@ -66,7 +67,7 @@ class Exposition:
         self,
         store: Store,
         timezone: str = "UTC",
-        budgets: Mapping[str, tuple[int | None, int | None]] | None = None,
+        budgets: Mapping[AppKey, tuple[int | None, int | None]] | None = None,
         process_metrics: bool = True,
         debounce: float = 0.05,
         poll_interval: float | None = None,
@@ -107,7 +108,7 @@ class Exposition:
                 except Exception as err:  # noqa: BLE001 - any failure: that app is down
                     failed = current.pop(app)
                     error = f"cannot render its usage ({type(err).__name__}: {str(err)[:200]})"
-                    log.warning("app marked down", extra={"app": app, "err": error})
+                    log.warning("app marked down", extra={**app._asdict(), "err": error})
                     self._store.fail_app(app, RENDER_OUTCOME, error, failed)
             chunks: list[bytes] = []
             for family in self._families:
@@ -137,7 +138,7 @@ class Exposition:
             return True
 
     def reconfigure(
-        self, timezone: str, budgets: Mapping[str, tuple[int | None, int | None]]
+        self, timezone: str, budgets: Mapping[AppKey, tuple[int | None, int | None]]
     ) -> None:
         """A reload's time zone (in the help texts) and budgets; the next render shows them."""
         with self._lock:

@@ -54,36 +54,38 @@ def _new_app_families() -> _AppFamilies:
             "scaleengine_vse_bytes",
             "Bytes delivered, counted from the growth of each app's day totals seen since the "
             "exporter started (late data of yesterday included); a new day starts from zero.",
-            labels=["app"],
+            labels=["account", "app"],
         ),
         CounterMetricFamily(
             "scaleengine_vse_requests",
             "Play, pause and stop commands, counted from the growth of each app's day totals.",
-            labels=["app"],
+            labels=["account", "app"],
         ),
         GaugeMetricFamily(
-            "scaleengine_up", "1 when the app's last poll of usage.vse succeeded.", labels=["app"]
+            "scaleengine_up",
+            "1 when the app's last poll of usage.vse succeeded.",
+            labels=["account", "app"],
         ),
         GaugeMetricFamily(
             "scaleengine_last_success_timestamp_seconds",
             "Unix time of the app's last successful poll.",
-            labels=["app"],
+            labels=["account", "app"],
         ),
         GaugeMetricFamily(
             "scaleengine_poll_duration_seconds",
             "Wall time of the app's last poll (all pages, retries included).",
-            labels=["app"],
+            labels=["account", "app"],
         ),
         CounterMetricFamily(
             "scaleengine_vse_skipped_rows",
             "usage.vse rows skipped because their numbers were unusable.",
-            labels=["app"],
+            labels=["account", "app"],
         ),
         CounterMetricFamily(
             "scaleengine_vse_incomplete_rows",
             "usage.vse rows kept with 0 requests because their requests_total was null or "
             "missing (their bytes are counted).",
-            labels=["app"],
+            labels=["account", "app"],
         ),
     )
 
@@ -91,18 +93,18 @@ def _new_app_families() -> _AppFamilies:
 def _app_families(statuses: Sequence[AppStatus]) -> _AppFamilies:
     f = _new_app_families()
     for st in statuses:
-        f.incomplete.add_metric([st.app], st.incomplete_rows)
+        f.incomplete.add_metric([*st.key], st.incomplete_rows)
         # absent until the worker has its counters (state loaded): never a false reset
         if st.bytes_total is not None:
-            f.bytes_total.add_metric([st.app], st.bytes_total)
+            f.bytes_total.add_metric([*st.key], st.bytes_total)
         if st.requests_total is not None:
-            f.requests_total.add_metric([st.app], st.requests_total)
-        f.up.add_metric([st.app], 1 if st.up else 0)
+            f.requests_total.add_metric([*st.key], st.requests_total)
+        f.up.add_metric([*st.key], 1 if st.up else 0)
         if st.last_success is not None:
-            f.last_success.add_metric([st.app], st.last_success)
+            f.last_success.add_metric([*st.key], st.last_success)
         if st.poll_duration is not None:
-            f.duration.add_metric([st.app], st.poll_duration)
-        f.skipped.add_metric([st.app], st.skipped_rows)
+            f.duration.add_metric([*st.key], st.poll_duration)
+        f.skipped.add_metric([*st.key], st.skipped_rows)
     return f
 
 
@@ -113,66 +115,66 @@ def _listed_family(view: View) -> Metric:
         "scaleengine_app_listed",
         "1 when the account's app list (app.list) names the configured app, 0 when it does "
         "not (check the app's name in the config); absent until app.list has answered.",
-        labels=["app"],
+        labels=["account", "app"],
     )
-    for app in sorted(view.listed):
-        listed.add_metric([app], 0 if view.listed[app] is not None else 1)
+    for key in sorted(view.listed):
+        listed.add_metric([*key], 0 if view.listed[key] is not None else 1)
     return listed
 
 
 def _discovery_families(view: View) -> list[Metric]:
-    """Discovery's listings (app.list); none while discovery is off."""
-    state = view.discovery
-    if state is None:
+    """Discovery's listings (app.list) per account; none while no account has it on."""
+    if not view.discovery:
         return []
     apps = GaugeMetricFamily(
         "scaleengine_discovery_apps",
         "Apps polled because app.list names them (discovery), beside the configured ones.",
-        value=len(state.apps),
+        labels=["account"],
     )
     left_out = GaugeMetricFamily(
         "scaleengine_discovery_apps_left_out",
         "Apps app.list names that discovery's filters keep but discovery.max_apps left out.",
-        value=state.left_out,
+        labels=["account"],
     )
     failures = CounterMetricFamily(
         "scaleengine_discovery_failures",
         "Listings of discovery (app.list) that failed, by outcome; the last good list of "
         "apps is kept meanwhile.",
-        labels=["outcome"],
+        labels=["account", "outcome"],
     )
-    for outcome, count in sorted(state.failures.items()):
-        failures.add_metric([outcome], count)
-    out: list[Metric] = [apps, left_out, failures]
-    if state.last_success is not None:
-        out.append(
-            GaugeMetricFamily(
-                "scaleengine_discovery_last_success_timestamp_seconds",
-                "Unix time of discovery's last good listing (app.list).",
-                value=state.last_success,
-            )
-        )
-    return out
+    last = GaugeMetricFamily(
+        "scaleengine_discovery_last_success_timestamp_seconds",
+        "Unix time of discovery's last good listing (app.list).",
+        labels=["account"],
+    )
+    for account, state in sorted(view.discovery.items()):
+        apps.add_metric([account], len(state.apps))
+        left_out.add_metric([account], state.left_out)
+        for outcome, count in sorted(state.failures.items()):
+            failures.add_metric([account, outcome], count)
+        if state.last_success is not None:
+            last.add_metric([account], state.last_success)
+    return [apps, left_out, failures] + ([last] if last.samples else [])
 
 
 def _outcome_families(view: View) -> list[Metric]:
     """API requests and failed fetches, by app and outcome."""
     api = CounterMetricFamily(
         "scaleengine_api_requests",
-        "HTTP requests made to the ScaleEngine API, by app and outcome "
+        "HTTP requests made to the ScaleEngine API, by account, app and outcome "
         "(success, or the kind of error).",
-        labels=["app", "outcome"],
+        labels=["account", "app", "outcome"],
     )
-    for (app, outcome), count in sorted(view.requests.items()):
-        api.add_metric([app, outcome], count)
+    for (key, outcome), count in sorted(view.requests.items()):
+        api.add_metric([*key, outcome], count)
     poll_errors = CounterMetricFamily(
         "scaleengine_poll_errors",
-        "Fetches of a poll that failed after retries, by app and outcome (the kind of "
+        "Fetches of a poll that failed after retries, by account, app and outcome (the kind of "
         "error); the app's last good data is kept until poll.stale_after.",
-        labels=["app", "outcome"],
+        labels=["account", "app", "outcome"],
     )
-    for (app, outcome), count in sorted(view.poll_errors.items()):
-        poll_errors.add_metric([app, outcome], count)
+    for (key, outcome), count in sorted(view.poll_errors.items()):
+        poll_errors.add_metric([*key, outcome], count)
     return [api, poll_errors]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..appkey import AppKey
 from ..store import AppUsage
 
 _POLLED = "Polled from ScaleEngine usage.vse every poll.interval, not fetched at scrape time."
@@ -131,9 +132,9 @@ def _format_float(value: float) -> str:
 
 def render_app(usage: AppUsage) -> dict[str, bytes]:
     """The app's lines of every stored usage family (without headers), by family name."""
-    app = escape_label(usage.app)
-    prefix_b = 'scaleengine_vse_day_bytes{app="' + app + '",video_url="'
-    prefix_r = 'scaleengine_vse_day_requests{app="' + app + '",video_url="'
+    labels = app_labels(usage.key)
+    prefix_b = "scaleengine_vse_day_bytes{" + labels + ',video_url="'
+    prefix_r = "scaleengine_vse_day_requests{" + labels + ',video_url="'
     bytes_lines = []
     request_lines = []
     for url, nbytes, nrequests in usage.videos:
@@ -155,19 +156,26 @@ def render_app(usage: AppUsage) -> dict[str, bytes]:
     ]
     for name, value in app_values:
         if value is not None:
-            out[name] = f'{name}{{app="{app}"}} {_format_float(value)}\n'.encode()
+            out[name] = f"{name}{{{labels}}} {_format_float(value)}\n".encode()
     return out
 
 
-def render_budgets(budgets: Mapping[str, tuple[int | None, int | None]]) -> dict[str, bytes]:
+def app_labels(key: AppKey) -> str:
+    """The labels of one app's series, account first: ``account="..",app=".."``."""
+    return f'account="{escape_label(key.account)}",app="{escape_label(key.app)}"'
+
+
+def render_budgets(
+    budgets: Mapping[AppKey, tuple[int | None, int | None]],
+) -> dict[str, bytes]:
     day = []
     month = []
-    for app, (daily, monthly) in budgets.items():
-        label = escape_label(app)
+    for key, (daily, monthly) in budgets.items():
+        labels = app_labels(key)
         if daily is not None:
-            day.append(f'scaleengine_vse_app_day_bytes_budget{{app="{label}"}} {daily}\n')
+            day.append(f"scaleengine_vse_app_day_bytes_budget{{{labels}}} {daily}\n")
         if monthly is not None:
-            month.append(f'scaleengine_vse_app_month_bytes_budget{{app="{label}"}} {monthly}\n')
+            month.append(f"scaleengine_vse_app_month_bytes_budget{{{labels}}} {monthly}\n")
     return {
         "scaleengine_vse_app_day_bytes_budget": "".join(day).encode(),
         "scaleengine_vse_app_month_bytes_budget": "".join(month).encode(),

@@ -10,6 +10,7 @@ from datetime import time as dtime
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
+from ..appkey import AppKey
 from ..scaleengine import ApiError, ScaleEngineClient, UsageResult
 from ..state import AppCounters
 from ..store import AppUsage
@@ -31,6 +32,7 @@ class MonthTotal:
 
 @dataclass
 class AppState:
+    key: AppKey  # (account, app)
     config: AppConfig
     client: ScaleEngineClient
     counters: AppCounters

@@ -6,24 +6,26 @@ import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from ..appkey import AppKey
 from ..scaleengine import ApiError, ScaleEngineClient
 from ..state import StateFile
 from ..store import Store
 from .apps import AppState
 
 if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
-    from ..config import AppConfig, Config
+    from ..config import AccountConfig, Config
+    from .discovery import AccountListing
 
 # one logger for the package, named as before it was split
 log = logging.getLogger("exporter.poller")
 
 Clock = Callable[[], float]
-ClientFactory = Callable[[str], ScaleEngineClient]
+ClientFactory = Callable[[AppKey], ScaleEngineClient]
 
 
 class PollerBase:
@@ -36,7 +38,7 @@ class PollerBase:
     clock: Clock
     tz: ZoneInfo
     state_file: StateFile | None
-    _apps: dict[str, AppState]
+    _apps: dict[AppKey, AppState]
     _scheduler: BackgroundScheduler | None
     _save_lock: threading.Lock
     _flight_lock: threading.Lock
@@ -45,22 +47,30 @@ class PollerBase:
     _watcher: threading.Thread | None
     _apps_lock: threading.RLock
 
-    def check_app_list(self) -> bool:  # AppListing
+    def check_app_list(self, force: bool = True) -> bool:  # AppListing
         raise NotImplementedError
 
-    def _take_listing(self, names: list[str]) -> bool:  # Discovering
+    def _take_listing(self, account: AccountConfig, names: list[str]) -> bool:  # Discovering
         raise NotImplementedError
 
-    def _listing_failed(self, err: ApiError) -> None:  # Discovering
+    def _listing_failed(self, account: AccountConfig, err: ApiError) -> None:  # Discovering
         raise NotImplementedError
 
-    def _app_configs(self) -> list[AppConfig]:  # Discovering: configured and discovered
+    def _listing_due(self, account: AccountConfig) -> bool:  # Discovering
         raise NotImplementedError
 
-    def _swap_apps(self, new_client: bool) -> tuple[set[str], set[str]]:  # Reconfiguring
+    def _listing_of(self, account: str) -> AccountListing:  # Discovering
         raise NotImplementedError
 
-    def _add_job(self, name: str, first_run: datetime) -> None:  # Scheduling
+    def _app_configs(self) -> list[tuple[AppKey, Any, Any]]:  # Discovering: configured+found
+        raise NotImplementedError
+
+    def _swap_apps(  # Reconfiguring
+        self, new_client: Callable[[AccountConfig], bool] = lambda account: False
+    ) -> tuple[set[AppKey], set[AppKey]]:
+        raise NotImplementedError
+
+    def _add_job(self, name: AppKey, first_run: datetime) -> None:  # Scheduling
         raise NotImplementedError
 
     def save_state(self) -> None:  # CounterKeeping

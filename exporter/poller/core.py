@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor as FuturesPool
 from typing import TYPE_CHECKING
 
+from ..appkey import AppKey
 from ..scaleengine import ScaleEngineClient, client_for, warn_if_cleartext
 from ..state import AppCounters, StateFile
 from ..store import Store
@@ -49,20 +50,22 @@ class Poller(
         self._watch_stop = threading.Event()
         self._watcher = None
         self._app_list_lock = threading.Lock()
-        self._warned_unlisted: dict[str, str] = {}
+        self._warned_unlisted: dict[AppKey, str] = {}
         if client_factory is None:
-            warn_if_cleartext(config.scaleengine.api_url)
+            for account in config.accounts:
+                warn_if_cleartext(account.api_url)
         factory = client_factory or self._default_client
         counters = self._load_counters()
         self._init_discovery(list(counters))  # discovery on: the apps discovered before
-        self._apps: dict[str, AppState] = {
-            app.name: AppState(
+        self._apps: dict[AppKey, AppState] = {
+            key: AppState(
+                key=key,
                 config=app,
-                client=factory(app.name),
-                counters=counters.get(app.name) or AppCounters(),
+                client=factory(key),
+                counters=counters.get(key) or AppCounters(),
                 lock=threading.Lock(),
             )
-            for app in self._app_configs()
+            for key, _, app in self._app_configs()
         }
         # fresh counters are exported from here on; loaded ones once confirmed by a poll
         for name, st in self._apps.items():
@@ -70,9 +73,13 @@ class Poller(
         if state_file is not None:
             self.store.record_state_save(None)
 
-    def _default_client(self, app: str) -> ScaleEngineClient:
+    def _default_client(self, app: AppKey) -> ScaleEngineClient:
+        """The app's client, with its account's API settings and credentials."""
+        account = self.config.account(app.account)
+        assert account is not None
         return client_for(
             self.config,
+            account,
             clock=self.clock,
             on_request=lambda outcome: self.store.count_request(app, outcome),
         )

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from ..appkey import AppKey
 from ..state import AppCounters
 from .apps import day_bounds, recent_days
 from .base import PollerBase, log
 
 
 class CounterKeeping(PollerBase):
-    def _load_counters(self) -> dict[str, AppCounters]:
+    def _load_counters(self) -> dict[AppKey, AppCounters]:
         """Counters from the state file when its day is recent enough; else a fresh start."""
         today, start, _ = day_bounds(self.clock(), self.tz)
         yesterday = (today - timedelta(days=1)).isoformat()
         fresh_origin = {today.isoformat(), yesterday}
-        loaded = self.state_file.load() if self.state_file else None
+        loaded = self._load_state()
         if loaded is not None:
             saved_day, apps = loaded
             in_window = (
@@ -31,16 +32,31 @@ class CounterKeeping(PollerBase):
                     counters.pending = set(counters.baselines) | {today.isoformat()}
                 # an app the state file does not know (added since) starts as on a fresh
                 # start: the day so far only sets its baseline, it was never ours to count
-                for app in self.config.apps:
-                    apps.setdefault(app.name, AppCounters(origin_days=set(fresh_origin)))
+                for key in self.config.app_keys():
+                    apps.setdefault(key, AppCounters(origin_days=set(fresh_origin)))
                 return apps
             log.warning(
                 "state file is from an earlier day, counters start fresh",
                 extra={"path": self.state_file.path, "day": saved_day},
             )
-        return {app.name: AppCounters(origin_days=set(fresh_origin)) for app in self.config.apps}
+        return {k: AppCounters(origin_days=set(fresh_origin)) for k in self.config.app_keys()}
 
-    def continue_counters(self, totals: dict[str, tuple[int | None, int | None]]) -> None:
+    def _load_state(self) -> tuple[str, dict[AppKey, AppCounters]] | None:
+        """The state file's day and counters; a file of the earlier format (by app only)
+        goes to the first account, with a warning when there are several."""
+        if self.state_file is None:
+            return None
+        first = self.config.accounts[0].name
+        loaded = self.state_file.load(legacy_account=first)
+        if loaded is not None and loaded[2] and len(self.config.accounts) > 1:
+            log.warning(
+                "the state file is of the earlier format (by app only, no account): its"
+                " counters go to the first account",
+                extra={"path": self.state_file.path, "account": first},
+            )
+        return None if loaded is None else loaded[:2]
+
+    def continue_counters(self, totals: dict[AppKey, tuple[int | None, int | None]]) -> None:
         """Go on from the counters a previous poll worker served (a restart after it died):
         an app whose loaded counters are lower (no state file, or a save that failed) takes
         the served values with fresh day baselines, so its counters never go down and no

@@ -62,5 +62,5 @@ def back_off(st: AppState, poll: PollConfig, err: ApiError, now: float) -> None:
     st.busy_error = err
     log.warning(
         "API busy, backing off",
-        extra={"app": st.config.name, "outcome": err.outcome, "seconds": round(delay)},
+        extra={**st.key._asdict(), "outcome": err.outcome, "seconds": round(delay)},
     )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import TYPE_CHECKING
 
+from ..appkey import AppKey
 from ..scaleengine import POLL_TIMEOUT, ApiError, UsageResult
 from ..store import AppStatus, AppUsage
 from .apps import AppState, MonthTotal, day_bounds, totals
@@ -32,7 +33,7 @@ INTERNAL_OUTCOME = "internal"  # poll error outcome of an unexpected exception i
 class _Run:
     """One run of one app: what its steps share."""
 
-    name: str
+    name: AppKey
     st: AppState
     poll: PollConfig  # as the run started: a reload meanwhile does not change it
     now: float
@@ -43,7 +44,7 @@ class _Run:
 
 
 class PollFlow(PollerBase):
-    def poll_app(self, name: str) -> bool:
+    def poll_app(self, name: AppKey) -> bool:
         """Poll one app now (today, late yesterday, month when due); True if all succeeded."""
         st = self._apps.get(name)
         if st is None:  # removed by a reload while its run was queued
@@ -64,7 +65,7 @@ class PollFlow(PollerBase):
                 self._in_flight -= 1
         return ok
 
-    def _poll_crashed(self, name: str, st: AppState, err: Exception) -> None:
+    def _poll_crashed(self, name: AppKey, st: AppState, err: Exception) -> None:
         """An unexpected exception inside a poll: the app is down, the error counted."""
         error = f"{type(err).__name__}: {str(err)[:200]}"
         now = self.clock()
@@ -77,14 +78,16 @@ class PollFlow(PollerBase):
             st.usage = None
         st.polled = True
         self.store.count_poll_error(name, INTERNAL_OUTCOME)
-        log.error("poll failed", extra={"app": name, "outcome": INTERNAL_OUTCOME, "err": error})
+        log.error(
+            "poll failed", extra={**name._asdict(), "outcome": INTERNAL_OUTCOME, "err": error}
+        )
         status = dataclasses.replace(
             self._status(st, up=False, duration=None),
             last_error=f"{INTERNAL_OUTCOME}: {error}",
         )
         self._publish_poll(name, st, status)
 
-    def _publish_poll(self, name: str, st: AppState, status: AppStatus) -> None:
+    def _publish_poll(self, name: AppKey, st: AppState, status: AppStatus) -> None:
         """A poll's end: its usage and status, and the app is on time again."""
         with st.publish_lock:
             st.last_end = time.monotonic()
@@ -98,7 +101,7 @@ class PollFlow(PollerBase):
     ) -> UsageResult:
         return fetch(st, self.config.poll, self.clock, year, month, day, deadline)
 
-    def _poll_locked(self, name: str, st: AppState) -> bool:
+    def _poll_locked(self, name: AppKey, st: AppState) -> bool:
         started = time.perf_counter()
         now = self.clock()
         today, midnight, day_end = day_bounds(now, self.tz)
@@ -128,7 +131,7 @@ class PollFlow(PollerBase):
         self._publish_poll(name, st, status)
         log.debug(
             "polled",
-            extra={"app": name, "ok": not errors, "seconds": round(duration, 3)},
+            extra={**name._asdict(), "ok": not errors, "seconds": round(duration, 3)},
         )
         return not errors
 
@@ -183,7 +186,7 @@ class PollFlow(PollerBase):
             log.warning(
                 "dropping the app's usage series",
                 extra={
-                    "app": run.name,
+                    **run.name._asdict(),
                     "reason": "stale" if st.usage.day == today_iso else "new day",
                 },
             )
@@ -203,7 +206,7 @@ class PollFlow(PollerBase):
             self.store.count_poll_error(run.name, err.outcome)
             log.warning(
                 "poll failed",
-                extra={"app": run.name, "outcome": err.outcome, "err": str(err)},
+                extra={**run.name._asdict(), "outcome": err.outcome, "err": str(err)},
             )
 
     def _confirm_pending(self, st: AppState, deadline: float) -> list[ApiError]:
@@ -242,7 +245,7 @@ class PollFlow(PollerBase):
         if st.previous_day is not None and st.previous_day[0] == yesterday:
             previous = st.previous_day[1]
         return AppUsage(
-            app=st.config.name,
+            key=st.key,
             day=today.isoformat(),
             day_end=day_end,
             videos=videos,
@@ -262,7 +265,7 @@ class PollFlow(PollerBase):
         errors: list[ApiError] | None = None,
     ) -> AppStatus:
         return AppStatus(
-            app=st.config.name,
+            key=st.key,
             polled=st.polled,
             up=up,
             last_success=st.last_success,

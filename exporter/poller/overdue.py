@@ -7,6 +7,7 @@ import dataclasses
 import threading
 import time
 
+from ..appkey import AppKey
 from ..store import AppStatus
 from .apps import AppState
 from .base import PollerBase, log
@@ -31,7 +32,7 @@ class OverdueWatch(PollerBase):
                 except Exception:  # noqa: BLE001 - a bug here must not end the watch
                     log.exception("checking for overdue polls failed")
 
-    def _check_overdue(self, name: str, st: AppState) -> None:
+    def _check_overdue(self, name: AppKey, st: AppState) -> None:
         """No poll of the app has ended for 2 x poll.interval + poll.timeout: it is down
         (``overdue``, counted once), and its usage goes once it is older than stale_after."""
         poll = self.config.poll
@@ -52,10 +53,10 @@ class OverdueWatch(PollerBase):
                 self.store.count_poll_error(name, OVERDUE_OUTCOME)
                 log.warning(
                     "poll overdue: no poll of the app ended in time",
-                    extra={"app": name, "seconds": round(late), "limit": round(limit)},
+                    extra={**name._asdict(), "seconds": round(late), "limit": round(limit)},
                 )
             status = dataclasses.replace(
-                view.status.get(name) or AppStatus(app=name),
+                view.status.get(name) or AppStatus(key=name),
                 up=False,
                 last_error=f"{OVERDUE_OUTCOME}: no poll ended for {late:.0f}s"
                 f" (2 x poll.interval + poll.timeout = {limit:g}s)",

@@ -3,6 +3,7 @@ coalesced, a little jitter) on a bounded thread pool, so a slow app never delays
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -11,8 +12,9 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from ..appkey import AppKey
 from .base import PollerBase, log
-from .discovery import discovery_of, listing_interval, pool_size
+from .discovery import discovering, listing_interval, pool_size
 
 if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
     from ..config import Config, PollConfig
@@ -21,6 +23,11 @@ if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Sett
 def _trigger(poll: PollConfig) -> IntervalTrigger:
     jitter = min(poll.interval * 0.1, 30.0)
     return IntervalTrigger(seconds=poll.interval, jitter=jitter, timezone=UTC)
+
+
+def _job_id(key: AppKey) -> str:
+    """The app's job id: unique whatever characters the account and app names hold."""
+    return "poll:" + json.dumps(list(key))
 
 
 class Scheduling(PollerBase):
@@ -39,6 +46,7 @@ class Scheduling(PollerBase):
         self._scheduler.add_job(
             self.check_app_list,
             IntervalTrigger(seconds=listing_interval(self.config), timezone=UTC),
+            kwargs={"force": False},  # each account when its own interval has passed
             id="app.list",
             name="app.list",
             next_run_time=now,
@@ -50,13 +58,13 @@ class Scheduling(PollerBase):
             extra={"apps": len(self._apps), "interval": poll.interval, "workers": workers},
         )
 
-    def _add_job(self, name: str, first_run: datetime) -> None:
+    def _add_job(self, name: AppKey, first_run: datetime) -> None:
         assert self._scheduler is not None
         self._scheduler.add_job(
             self.poll_app,
             _trigger(self.config.poll),
             args=[name],
-            id=f"poll:{name}",
+            id=_job_id(name),
             name=f"poll {name}",
             next_run_time=first_run,
         )
@@ -70,7 +78,7 @@ class Scheduling(PollerBase):
         concurrency makes a new scheduler (running polls finish in the old one)."""
         poll, was = self.config.poll, old.poll
         assert self._scheduler is not None
-        toggled = discovery_of(self.config).enabled != discovery_of(old).enabled
+        toggled = discovering(self.config) != discovering(old)
         if poll.concurrency != was.concurrency or toggled:
             # the pool's size is fixed: a new scheduler; running polls finish in the old one
             self._scheduler.shutdown(wait=False)
@@ -78,7 +86,7 @@ class Scheduling(PollerBase):
             return
         now = datetime.now(UTC)
         for name in self._apps:
-            job = self._scheduler.get_job(f"poll:{name}")
+            job = self._scheduler.get_job(_job_id(name))
             if job is None:
                 self._add_job(name, now)
             elif poll.interval != was.interval:
@@ -91,12 +99,12 @@ class Scheduling(PollerBase):
                 )
             listing.modify(next_run_time=now)
 
-    def _unschedule(self, name: str) -> None:
+    def _unschedule(self, name: AppKey) -> None:
         """A removed app's job goes (a run of it already queued does nothing)."""
         if self._scheduling:
             assert self._scheduler is not None
             try:
-                self._scheduler.remove_job(f"poll:{name}")
+                self._scheduler.remove_job(_job_id(name))
             except JobLookupError:
                 pass
 

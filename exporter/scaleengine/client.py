@@ -49,7 +49,7 @@ from .transport import new_session, post, read_answer, read_error
 if TYPE_CHECKING:
     import requests
 
-    from exporter.config import Config
+    from exporter.config import Config, ScaleEngineConfig
 
 log = logging.getLogger("exporter.scaleengine")
 
@@ -428,11 +428,13 @@ class ScaleEngineClient:
 
 def client_for(
     config: Config,
+    account: ScaleEngineConfig,
     clock: Callable[[], float] = time.time,
     on_request: Callable[[str], None] | None = None,
 ) -> ScaleEngineClient:
-    """The API client as the config sets it up (the daemon's polls and backfill alike)."""
-    se = config.scaleengine
+    """The API client of one account (its URL, credentials, timeout and answer limits) as
+    the config sets it up (the daemon's polls, app.list and backfill alike)."""
+    se = account
     return ScaleEngineClient(
         api_url=se.api_url,
         cdn_id=se.cdn_id,

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import __version__
+from ..appkey import AppKey
 from ..metrics import Exposition, negotiate
 from ..store import Store
 from ..worker import release_memory
@@ -68,7 +69,9 @@ class WebApp:
         """What the landing page shows, as of now."""
         view = self.store.view()
         config = self.config
-        discovered = view.discovery.apps if view.discovery is not None else frozenset()
+        discovered = frozenset(
+            AppKey(account, app) for account, st in view.discovery.items() for app in st.apps
+        )
         if config is None:
             return LandingView(
                 view.status, view.usage, self.telemetry_path, __version__, demo=self.demo,
@@ -79,7 +82,7 @@ class WebApp:
             view.usage,
             self.telemetry_path,
             __version__,
-            {a.name: (a.daily_bytes_budget, a.monthly_bytes_budget) for a in config.apps},
+            {key: (a.daily_bytes_budget, a.monthly_bytes_budget) for key, _, a in config.apps()},
             config.poll.interval,
             config.poll.timezone,
             self.demo,

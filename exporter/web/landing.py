@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..appkey import AppKey
     from ..store import AppStatus, AppUsage
 
 Budgets = tuple[int | None, int | None]  # daily, monthly bytes
@@ -24,18 +25,18 @@ Budgets = tuple[int | None, int | None]  # daily, monthly bytes
 class LandingView:
     """What the page shows, gathered by the web app (app.py's WebApp.landing_view)."""
 
-    status: Mapping[str, AppStatus]  # every app, by name
-    usage: Mapping[str, AppUsage]  # the apps with data
+    status: Mapping[AppKey, AppStatus]  # every app, by (account, app)
+    usage: Mapping[AppKey, AppUsage]  # the apps with data
     telemetry_path: str
     version: str
-    budgets: Mapping[str, Budgets] = field(default_factory=dict)
+    budgets: Mapping[AppKey, Budgets] = field(default_factory=dict)
     interval: float | None = None  # poll.interval, seconds
     timezone: str | None = None  # poll.timezone: where "today" is
     demo: bool = False  # the built-in simulator stands in for the API
     # app.list's verdict (store.View.listed): app -> closest listed name when not listed
-    listed: Mapping[str, str | None] = field(default_factory=dict)
+    listed: Mapping[AppKey, str | None] = field(default_factory=dict)
     # the apps polled because app.list names them (discovery), not because the config does
-    discovered: frozenset[str] = frozenset()
+    discovered: frozenset[AppKey] = frozenset()
 
 
 _STYLE = """
@@ -121,7 +122,7 @@ def _name_cell(name: str, close: str | None, discovered: bool = False) -> str:
 
 
 def _row(
-    name: str,
+    key: AppKey,
     close: str | None,
     discovered: bool,
     st: AppStatus,
@@ -137,7 +138,8 @@ def _row(
         else "never"
     )
     return (
-        f"<tr>{_name_cell(name, close, discovered)}{_status_cell(st)}"
+        f"<tr><td>{_e(key.account)}</td>{_name_cell(key.app, close, discovered)}"
+        f"{_status_cell(st)}"
         + _budget_cell(usage.day_bytes if usage else None, budgets[0])
         + _budget_cell(usage.month_bytes if usage else None, budgets[1])
         + f'<td class="num">{_e(usage.day_videos) if usage else "-"}</td>'
@@ -159,10 +161,10 @@ def render_landing(view: LandingView, now: float | None = None) -> str:
     """The landing page "/": what the exporter is and where each app stands."""
     now = time.time() if now is None else now
     rows = "".join(
-        _row(name, view.listed.get(name), name in view.discovered, view.status[name],
-             view.usage.get(name),
-             view.budgets.get(name, (None, None)), view.interval, now)
-        for name in sorted(view.status)
+        _row(key, view.listed.get(key), key in view.discovered, view.status[key],
+             view.usage.get(key),
+             view.budgets.get(key, (None, None)), view.interval, now)
+        for key in sorted(view.status)
     )  # fmt: skip
     banner = ""
     if view.demo:
@@ -184,7 +186,7 @@ schedule; a scrape never calls the API.
 <a href="{path}">Metrics</a> · <a href="/-/healthy">Health</a> · <a href="/-/ready">Readiness</a>
 </p>
 {banner}<table>
-<tr><th>App</th><th>Last poll</th><th>Today{zone}</th><th>Month to date</th>
+<tr><th>Account</th><th>App</th><th>Last poll</th><th>Today{zone}</th><th>Month to date</th>
 <th>Videos today</th><th>Poll interval</th><th>Data age</th><th>Poll duration</th></tr>
 {rows}
 </table>

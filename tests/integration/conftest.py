@@ -145,7 +145,7 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
             status, body = http_get(exp.url + "/metrics")
             text = body.decode()
             return status == 200 and all(
-                f'scaleengine_up{{app="{app}"}} 1' in text for app in DEMO_APPS
+                f'scaleengine_up{{account="4242",app="{app}"}} 1' in text for app in DEMO_APPS
             )
 
         wait_for("the exporter's first successful polls", polled, 30, proc, log)

@@ -39,6 +39,7 @@ DAY = 86400
 # What Prometheus holds for a day the exporter served live: a sample every SCRAPE seconds, and
 # for STALE seconds after midnight still the previous day's values (until the next poll).
 LIVE_APP = "scraped-live"
+ACCOUNT = "4242"  # the single form's account label: the simulator's cdn_id
 SCRAPE = 300
 BACKFILLED = f'app!="{LIVE_APP}"'
 STALE = 300
@@ -109,10 +110,9 @@ def live_like(sim: Simulator, app: str, days: list[date]) -> str:
             if t < start + STALE and i:
                 continue  # the previous day's values are still served
             b = sim.reported(app, day, at=min(t, last_served(sim, days, i)))[0]
-            lines["day"].append(f'scaleengine_vse_app_day_bytes{{app="{LIVE_APP}"}} {b} {t}')
-            lines["month"].append(
-                f'scaleengine_vse_app_month_bytes{{app="{LIVE_APP}"}} {before + b} {t}'
-            )
+            labels = f'account="{ACCOUNT}",app="{LIVE_APP}"'
+            lines["day"].append(f"scaleengine_vse_app_day_bytes{{{labels}}} {b} {t}")
+            lines["month"].append(f"scaleengine_vse_app_month_bytes{{{labels}}} {before + b} {t}")
         before += sim.delivered(app, day)[0]
     return (
         "# TYPE scaleengine_vse_app_day_bytes gauge\n"
@@ -230,13 +230,17 @@ def test_each_days_total(history):
             f"max_over_time(scaleengine_vse_app_day_bytes{{{BACKFILLED}}}[23h])",
             midnight_after(day),
         )
-        want = {(("app", app),): history.sim.delivered(app, day)[0] for app in APPS}
+        want = {
+            (("account", ACCOUNT), ("app", app)): history.sim.delivered(app, day)[0] for app in APPS
+        }
         assert got == want, day
         got = history.at(
             f"max_over_time(scaleengine_vse_app_day_requests{{{BACKFILLED}}}[23h])",
             midnight_after(day),
         )
-        assert got == {(("app", app),): history.sim.delivered(app, day)[1] for app in APPS}
+        assert got == {
+            (("account", ACCOUNT), ("app", app)): history.sim.delivered(app, day)[1] for app in APPS
+        }
 
 
 def test_each_videos_bytes(history):
@@ -249,7 +253,7 @@ def test_each_videos_bytes(history):
         for app in APPS:
             served = history.sim.reported_videos(app, day.year, day.month, day.day)
             for url, nbytes, _ in fold_videos(served, MAX_VIDEOS):
-                want[(("app", app), ("video_url", url))] = nbytes
+                want[(("account", ACCOUNT), ("app", app), ("video_url", url))] = nbytes
                 folded_seen |= url == "__other__"
         assert got == want, day
     assert folded_seen, "the cap never folded a video into __other__: the test proves less"
@@ -268,7 +272,7 @@ def test_month_to_date(history):
             f"max_over_time(scaleengine_vse_app_month_bytes{{{BACKFILLED}}}[23h])",
             midnight_after(day),
         )
-        assert got == {(("app", app),): totals[app] for app in APPS}, day
+        assert got == {(("account", ACCOUNT), ("app", app)): totals[app] for app in APPS}, day
     # the complete month equals what the API answers for the month as a whole
     month = history.days[0]
     last = (month.replace(day=28) + timedelta(days=4)).replace(day=1) - timedelta(days=1)
@@ -277,7 +281,7 @@ def test_month_to_date(history):
     )
     for app in APPS:
         served = history.sim.reported_videos(app, month.year, month.month, None)
-        assert got[(("app", app),)] == sum(b for b, _ in served.values())
+        assert got[(("account", ACCOUNT), ("app", app))] == sum(b for b, _ in served.values())
 
 
 def _panels() -> dict[str, dict]:

@@ -25,6 +25,7 @@ from helpers import (
     wait_for,
 )
 
+from exporter.appkey import AppKey
 from exporter.cli import Exporter
 from exporter.config import parse_config
 from exporter.simulator import FAULT_MODES, LABEL_FAULTS, ROW_FAULTS, SimClock, Simulator
@@ -74,7 +75,13 @@ def scrape(url: str) -> dict:
     return samples(body)
 
 
+def K(app: str) -> AppKey:
+    return AppKey("4242", app)  # the single form's account: the simulator's cdn_id
+
+
 def value(s: dict, name: str, **labels) -> float | None:
+    if "app" in labels:  # the single form's account: the cdn_id (no scaleengine.account)
+        labels = {"account": "4242", **labels}
     return s.get((name, tuple(sorted(labels.items()))))
 
 
@@ -86,7 +93,7 @@ def test_fault_mode(rig, mode, caplog):
     assert poller.poll_all()
     sim.clock.advance(600)
     sim.set_fault("bad", mode)
-    good_before = exporter.store.view().usage["good"]
+    good_before = exporter.store.view().usage[K("good")]
     requests_before = sim.requests_for("bad")
     with caplog.at_level(logging.DEBUG):
         ok = poller.poll_all()
@@ -95,7 +102,7 @@ def test_fault_mode(rig, mode, caplog):
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
     s = scrape(url)
     assert value(s, "scaleengine_up", app="good") == 1
-    assert exporter.store.view().usage["good"] is not good_before  # polled as usual
+    assert exporter.store.view().usage[K("good")] is not good_before  # polled as usual
     assert value(s, "scaleengine_vse_app_day_bytes", app="good") == sim.reported("good", today)[0]
     if mode in LABEL_FAULTS:
         # a hostile video_url with good numbers: kept, labelled as valid UTF-8, still up
@@ -144,7 +151,7 @@ def test_fault_mode(rig, mode, caplog):
         assert warning, "the failure was logged"
         # server text reaches the landing page cut and cleaned (long_reason,
         # failure_long_message send kilobytes of control characters)
-        last_error = exporter.store.view().status["bad"].last_error
+        last_error = exporter.store.view().status[K("bad")].last_error
         assert last_error and len(last_error) < 1000
         assert all(ch.isprintable() for ch in last_error), repr(last_error)
         said = " ".join(str(r.__dict__.get("err", "")) for r in warning)
@@ -168,7 +175,7 @@ def test_fault_mode(rig, mode, caplog):
 def test_transient_errors_retried_within_the_poll(rig):
     sim, exporter, url = rig
     sim.set_fault("bad", "http_503", times=2)
-    assert exporter.poller.poll_app("bad")  # two failures, then the third try succeeds
+    assert exporter.poller.poll_app(K("bad"))  # two failures, then the third try succeeds
     s = scrape(url)
     assert value(s, "scaleengine_up", app="bad") == 1
     assert value(s, "scaleengine_api_requests_total", app="bad", outcome="http_status") == 2
@@ -196,10 +203,10 @@ def test_slow_app_does_not_delay_the_others(rig):
     real_poll = exporter.poller.poll_app
     lock = threading.Lock()
 
-    def counting(name: str) -> bool:
-        result = real_poll(name)
+    def counting(key: AppKey) -> bool:
+        result = real_poll(key)
         with lock:
-            counts[name] = counts.get(name, 0) + 1
+            counts[key.app] = counts.get(key.app, 0) + 1
         return result
 
     exporter.poller.poll_app = counting  # type: ignore[method-assign]
@@ -319,8 +326,8 @@ def test_busy_backs_off_doubling_and_honours_retry_after(rig):
     made = []
     for _ in range(12):  # a poll every minute for 12 minutes of simulated time
         before = sim.requests_for("bad")
-        assert not poller.poll_app("bad")
-        assert poller.poll_app("good")
+        assert not poller.poll_app(K("bad"))
+        assert poller.poll_app(K("good"))
         made.append(sim.requests_for("bad") - before)
         sim.clock.advance(60)
     # requests at 0, 2 min (backoff 2m), 6 min (4m), 14 min (8m): none in between
@@ -332,21 +339,21 @@ def test_busy_backs_off_doubling_and_honours_retry_after(rig):
     # counted once per busy answer, not once per skipped poll
     assert value(s, "scaleengine_poll_errors_total", app="bad", outcome="api_1000") == 3
     assert value(s, "scaleengine_api_requests_total", app="bad", outcome="api_1000") == 3
-    assert "backing off" in exporter.store.view().status["bad"].last_error
+    assert "backing off" in exporter.store.view().status[K("bad")].last_error
     # once the API answers again the back-off is over
     sim.set_fault("bad", None)
     sim.clock.advance(8 * 60)
-    assert poller.poll_app("bad")
+    assert poller.poll_app(K("bad"))
     # 429 with Retry-After longer than the back-off: the Retry-After wins
     sim.retry_after = 600
     sim.set_fault("bad", "http_429", times=1)
-    assert not poller.poll_app("bad")
+    assert not poller.poll_app(K("bad"))
     before = sim.requests_for("bad")
     sim.clock.advance(590)
-    assert not poller.poll_app("bad")
+    assert not poller.poll_app(K("bad"))
     assert sim.requests_for("bad") == before
     sim.clock.advance(20)
-    assert poller.poll_app("bad")
+    assert poller.poll_app(K("bad"))
 
 
 def _run_scheduler(exporter, seconds: float, interval: float = 1.0) -> dict[str, int]:
@@ -385,8 +392,8 @@ def test_a_dripping_app_does_not_starve_others_with_concurrency_1():
         )  # fmt: skip
         exporter = Exporter(config)
         counts = _run_scheduler(exporter, 12)
-    assert counts.get("good", 0) >= 3, counts
-    assert counts.get("drip", 0) >= 2, counts
+    assert counts.get(K("good"), 0) >= 3, counts
+    assert counts.get(K("drip"), 0) >= 2, counts
 
 
 def test_busy_app_keeps_others_on_schedule_with_the_real_scheduler():
@@ -409,8 +416,8 @@ def test_busy_app_keeps_others_on_schedule_with_the_real_scheduler():
     assert len(times) >= 3, times
     assert gaps[0] >= 2.5, gaps  # 3 s minus the latency of a loaded machine
     assert 2.5 <= gaps[1] < 5.0, gaps  # capped at 3 s: not 6 s
-    assert counts.get("good", 0) >= 4, counts
-    assert counts.get("busy", 0) >= 4, counts  # scheduled polls run, without requests
+    assert counts.get(K("good"), 0) >= 4, counts
+    assert counts.get(K("busy"), 0) >= 4, counts  # scheduled polls run, without requests
 
 
 @pytest.mark.parametrize("mode", ["shift_first", "shift_later"])
@@ -423,20 +430,21 @@ def test_pages_that_move_once_are_published_exactly(rig, mode):
     assert poller.poll_all()
     sim.clock.advance(600)
     sim.set_fault("bad", mode, times=1)
-    assert poller.poll_app("bad")
+    assert poller.poll_app(K("bad"))
     exporter.exposition.render_now()
     s = scrape(url)
     assert value(s, "scaleengine_up", app="bad") == 1
     assert value(s, "scaleengine_vse_app_day_bytes", app="bad") == sim.reported("bad", today)[0]
-    assert poller.poll_app("bad")  # growth counts once a second read confirms it
+    assert poller.poll_app(K("bad"))  # growth counts once a second read confirms it
     exporter.exposition.render_now()
     s = scrape(url)
     grown = sim.reported("bad", today)[0] - sim.reported("bad", today, at=START)[0]
     assert value(s, "scaleengine_vse_bytes_total", app="bad") == grown
     per_video = {
-        labels[1][1]: v
+        dict(labels)["video_url"]: v
         for (name, labels), v in s.items()
-        if name == "scaleengine_vse_day_bytes" and labels[0] == ("app", "bad")
+        if name == "scaleengine_vse_day_bytes"
+        and labels[:2] == (("account", "4242"), ("app", "bad"))
     }
     truth = sim.reported_videos("bad", today.year, today.month, today.day)
     assert per_video == {u: b for u, (b, _) in truth.items()}

@@ -563,7 +563,7 @@ def test_a_big_body_to_a_slow_reader_arrives_whole(tmp_path):
                 if line.lower().startswith(b"content-length:")
             ))  # fmt: skip
             assert length > 2_000_000 and len(body) == length
-            assert body.count(b'scaleengine_vse_day_bytes{app="big"') == 80000
+            assert body.count(b'scaleengine_vse_day_bytes{account="4242",app="big"') == 80000
         finally:
             stop_daemon(daemon)
 

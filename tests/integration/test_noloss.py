@@ -49,7 +49,10 @@ def config(sim: Simulator, state_path: str):
 
 def counters(exporter: Exporter) -> dict[str, int]:
     s = samples(exporter.exposition.text())
-    return {app: int(s[("scaleengine_vse_bytes_total", (("app", app),))]) for app in APPS}
+    return {
+        app: int(s[("scaleengine_vse_bytes_total", (("account", "4242"), ("app", app)))])
+        for app in APPS
+    }
 
 
 def test_no_loss_over_three_days_exact_to_the_byte(tmp_path, capsys):

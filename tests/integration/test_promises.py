@@ -106,6 +106,8 @@ def once(config: Path, *args: str, env: dict[str, str] | None = None):
 
 
 def value(s: dict, name: str, **labels: str) -> float | None:
+    if "app" in labels:  # the single form's account: the cdn_id (no scaleengine.account)
+        labels = {"account": str(CDN), **labels}
     return s.get((name, tuple(sorted(labels.items()))))
 
 
@@ -409,7 +411,7 @@ def test_daemon_ready_auth_headers_and_month_refresh(tmp_path, make_sim):
 
         def fast_up() -> bool:
             status, _, body = http_get(url + "/metrics", auth("prom", password), timeout=2)
-            return status == 200 and b'scaleengine_up{app="fast"} 1' in body
+            return status == 200 and b'scaleengine_up{account="31",app="fast"} 1' in body
 
         wait_for(fast_up, 15, "the fast app's poll on /metrics")
         status, headers, body = http_get(url + "/-/ready")

@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 import yaml
@@ -411,3 +411,64 @@ def test_a_discovered_app_has_the_models_defaults_without_pydantic():
 
     for name in ("demo-origin", "ünïcode app"):
         assert discovered_app(name) == to_plain(AppConfig(name=name))
+
+
+# -- several accounts -------------------------------------------------------------------
+
+
+def two_accounts(prod: Simulator, partner: Simulator, **partner_discovery: object):
+    def entry(name: str, sim: Simulator, apps: list, **discovery: object) -> dict:
+        return {
+            "name": name, "api_url": sim.url, "cdn_id": sim.cdn_id, "api_key": sim.api_key,
+            "api_secret": sim.api_secret, "timeout": "1s", "apps": apps,
+            "discovery": {"enabled": True, **discovery},
+        }  # fmt: skip
+
+    data = {
+        "accounts": [
+            entry("prod", prod, ["alpha"]),
+            entry("partner", partner, [], **partner_discovery),
+        ],
+        "poll": {"interval": "1m", "retries": 0},
+    }
+    return parse_config(data, env={})
+
+
+def test_each_account_discovers_on_its_own(tmp_path):
+    """Two accounts with discovery: each polls what its own app.list names (the same name
+    in both is two apps), its filters are its own, and one account's failed listing keeps
+    its own apps and counts for it alone."""
+    clock = SimClock(ts(2026, 3, 10, 15, 0))
+    with Simulator(apps={"alpha": 2, "beta": 2}, clock=clock, cdn_id=158,
+                   api_key="prod-key-0001", api_secret="prod-secret-0001") as prod, \
+         Simulator(apps={"beta": 1, "gamma": 1, "test-x": 1}, clock=clock, cdn_id=9,
+                   api_key="partner-key-0002", api_secret="partner-secret-0002") as partner:  # fmt: skip
+        config = two_accounts(prod, partner, exclude="^test-")
+        store = Store(config.app_keys())
+        poller = Poller(config, store, clock=clock.now)
+        assert poller.check_app_list() and poller.poll_all()
+        view = store.view()
+        assert sorted(view.status) == [
+            AppKey("partner", "beta"), AppKey("partner", "gamma"),
+            AppKey("prod", "alpha"), AppKey("prod", "beta"),
+        ]  # fmt: skip
+        assert view.discovery["prod"].apps == {"beta"}  # alpha is configured there
+        assert view.discovery["partner"].apps == {"beta", "gamma"}  # its exclude: test-x
+        day = lambda acc, app: view.usage[AppKey(acc, app)].day_bytes  # noqa: E731
+        today = date(2026, 3, 10)
+        assert day("prod", "beta") == prod.reported("beta", today)[0]
+        assert day("partner", "beta") == partner.reported("beta", today)[0]
+        assert day("prod", "beta") != day("partner", "beta")
+
+        partner.set_fault("app.list", "failure_0005")
+        prod.add_app("delta", videos=1)
+        assert not poller.check_app_list()  # the partner's failed
+        view = store.view()
+        assert view.discovery["partner"].failures == {"api_0005": 1}
+        assert view.discovery["prod"].failures == {}
+        assert view.discovery["prod"].apps == {"beta", "delta"}  # prod goes on
+        assert view.discovery["partner"].apps == {"beta", "gamma"}  # kept
+        got = exposed(store, config)
+        assert got[("scaleengine_discovery_apps", (("account", "partner"),))] == 2
+        assert got[("scaleengine_discovery_apps", (("account", "prod"),))] == 2
+        poller.shutdown()

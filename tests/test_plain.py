@@ -12,6 +12,7 @@ import pytest
 from helpers import ROOT
 from pydantic import BaseModel, ConfigDict, SecretStr
 
+from exporter.appkey import AppKey
 from exporter.config import Secret, Settings, parse_config, to_plain
 
 KEY = "PLAINKEY000000000000000000000001"
@@ -31,8 +32,17 @@ def _config():
 def test_plain_settings_read_as_the_model_does():
     config = _config()
     plain = to_plain(config)
-    assert plain.scaleengine.cdn_id == 7 and plain.apps[1].daily_bytes_budget == 10**9
-    assert plain.apps[1].urls == ["x.mp4"] and plain.limits.include.search("keep/v.mp4")
+    account = plain.accounts[0]
+    assert account.cdn_id == 7 and account.apps[1].daily_bytes_budget == 10**9
+    assert account.apps[1].urls == ["x.mp4"] and plain.limits.include.search("keep/v.mp4")
+    # what the code asks beyond the fields (config/views.py), answered as the model does
+    assert plain.app_keys() == config.app_keys() == [AppKey("7", "a"), AppKey("7", "b")]
+    assert [(k, a.name, app.name) for k, a, app in plain.apps()] == [
+        (k, a.name, app.name) for k, a, app in config.apps()
+    ]
+    assert plain.account("7") == account and plain.account("8") is None
+    assert account.keys() == config.accounts[0].keys()
+    assert account.api_fingerprint == config.accounts[0].api_fingerprint
     # the validators' resolved values and the properties
     assert plain.poll.timeout == config.poll.timeout == 480.0
     assert plain.poll.stale_after == 1800.0
@@ -47,10 +57,11 @@ def test_plain_settings_read_as_the_model_does():
 
 def test_secrets_never_show_in_repr_or_pickle_text():
     plain = to_plain(_config())
-    assert isinstance(plain.scaleengine.api_key, Secret)
-    text = repr(plain) + str(plain.scaleengine.api_secret) + repr(plain.scaleengine)
+    account = plain.accounts[0]
+    assert isinstance(account.api_key, Secret)
+    text = repr(plain) + str(account.api_secret) + repr(account) + account.api_fingerprint
     assert KEY not in text and SECRET not in text and "Secret('**********')" in text
-    assert plain.scaleengine.api_key.get_secret_value() == KEY
+    assert account.api_key.get_secret_value() == KEY
 
 
 def test_plain_settings_pickle_and_compare_without_pydantic():
@@ -60,7 +71,8 @@ def test_plain_settings_pickle_and_compare_without_pydantic():
     # a fresh interpreter reads them, poll.tz included, without importing pydantic
     code = (
         "import pickle, sys; c = pickle.loads(sys.stdin.buffer.read());"
-        " assert c.poll.tz.key == 'Europe/Berlin' and c.apps[0].name == 'a';"
+        " assert c.poll.tz.key == 'Europe/Berlin' and c.accounts[0].apps[0].name == 'a';"
+        " assert [k.app for k in c.app_keys()] == ['a', 'b'];"
         " assert 'pydantic' not in sys.modules, 'pydantic loaded'; print('ok')"
     )
     out = subprocess.run(

@@ -19,7 +19,6 @@ from .apps import AppState
 
 if TYPE_CHECKING:  # pydantic-free at run time: the config arrives as plain Settings
     from ..config import AccountConfig, Config
-    from .discovery import AccountListing
 
 # one logger for the package, named as before it was split
 log = logging.getLogger("exporter.poller")
@@ -59,7 +58,7 @@ class PollerBase:
     def _listing_due(self, account: AccountConfig) -> bool:  # Discovering
         raise NotImplementedError
 
-    def _listing_of(self, account: str) -> AccountListing:  # Discovering
+    def _listing_of(self, account: str) -> Any:  # Discovering: its AccountListing
         raise NotImplementedError
 
     def _app_configs(self) -> list[tuple[AppKey, Any, Any]]:  # Discovering: configured+found

@@ -49,6 +49,12 @@ def scrape(url: str) -> dict:
     return samples(body)
 
 
+def state_apps(path: Path) -> set[str]:
+    """The apps of the state file's one account (the simulator's cdn_id)."""
+    (apps,) = json.loads(path.read_text())["accounts"].values()
+    return set(apps)
+
+
 def per_app(got: dict, name: str) -> dict[str, float]:
     return {dict(k[1])["app"]: v for k, v in got.items() if k[0] == name and k[1]}
 
@@ -108,7 +114,7 @@ def test_the_daemon_follows_the_accounts_apps(tmp_path, sim, daemon):
     )
     assert per_app(scrape(url), "scaleengine_vse_bytes_total")["weather"] == 250_000
     state = tmp_path / "state.json"
-    wait_for(lambda: "weather" in json.loads(state.read_text())["apps"], 10, "its state entry")
+    wait_for(lambda: "weather" in state_apps(state), 10, "its state entry")
 
     # an app deleted in the account: its series and its state entry go
     sim.remove_app("sport")
@@ -116,15 +122,18 @@ def test_the_daemon_follows_the_accounts_apps(tmp_path, sim, daemon):
     wait_for(lambda: up_apps(url) == {"news", "weather"}, 30, "the deleted app gone")
     got = scrape(url)
     assert not [k for k in got if ("app", "sport") in k[1]]
-    wait_for(lambda: "sport" not in json.loads(state.read_text())["apps"], 10, "state entry")
-    count = ("scaleengine_discovery_apps", ())
+    wait_for(lambda: "sport" not in state_apps(state), 10, "state entry")
+    count = ("scaleengine_discovery_apps", (("account", str(sim.cdn_id)),))
     wait_for(lambda: scrape(url)[count] == 2, 10, "scaleengine_discovery_apps 2")
 
     # a failed listing keeps the apps, and says so
     sim.set_fault("app.list", "failure_0005")
     sim.remove_app("news")
     proc.send_signal(signal.SIGHUP)
-    failures = ("scaleengine_discovery_failures_total", (("outcome", "api_0005"),))
+    failures = (
+        "scaleengine_discovery_failures_total",
+        (("account", str(sim.cdn_id)), ("outcome", "api_0005")),
+    )
     got = wait_for(lambda: (g := scrape(url)).get(failures) and g, 30, "the failure counted")
     assert got[failures] == 1
     assert up_apps(url) == {"news", "weather"}
@@ -153,11 +162,14 @@ def test_a_restarted_worker_goes_on_with_the_discovered_apps_and_failure_counts(
     proc, url, _ = daemon
     wait_for(lambda: up_apps(url) == {"news", "sport"}, 30, "the simulator's apps")
     sim.add_traffic("news", 1_000, 1)
-    total = ("scaleengine_vse_bytes_total", (("app", "news"),))
+    total = ("scaleengine_vse_bytes_total", (("account", str(sim.cdn_id)), ("app", "news")))
     wait_for(lambda: scrape(url).get(total) == 1_000, 30, "news counted")
     sim.set_fault("app.list", "failure_0005")
     proc.send_signal(signal.SIGHUP)
-    failures = ("scaleengine_discovery_failures_total", (("outcome", "api_0005"),))
+    failures = (
+        "scaleengine_discovery_failures_total",
+        (("account", str(sim.cdn_id)), ("outcome", "api_0005")),
+    )
     wait_for(lambda: scrape(url).get(failures) == 1, 30, "the first failure counted")
     first = wait_for(lambda: _worker_pid(proc.pid), 10, "the poll worker")
     os.kill(first, signal.SIGKILL)

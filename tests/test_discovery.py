@@ -439,10 +439,15 @@ def test_each_account_discovers_on_its_own(tmp_path):
     in both is two apps), its filters are its own, and one account's failed listing keeps
     its own apps and counts for it alone."""
     clock = SimClock(ts(2026, 3, 10, 15, 0))
-    with Simulator(apps={"alpha": 2, "beta": 2}, clock=clock, cdn_id=158,
-                   api_key="prod-key-0001", api_secret="prod-secret-0001") as prod, \
-         Simulator(apps={"beta": 1, "gamma": 1, "test-x": 1}, clock=clock, cdn_id=9,
-                   api_key="partner-key-0002", api_secret="partner-secret-0002") as partner:  # fmt: skip
+    prod_sim = Simulator(
+        apps={"alpha": 2, "beta": 2}, clock=clock, cdn_id=158,
+        api_key="prod-key-0001", api_secret="prod-secret-0001",
+    )  # fmt: skip
+    partner_sim = Simulator(
+        apps={"beta": 1, "gamma": 1, "test-x": 1}, clock=clock, cdn_id=9,
+        api_key="partner-key-0002", api_secret="partner-secret-0002",
+    )  # fmt: skip
+    with prod_sim as prod, partner_sim as partner:
         config = two_accounts(prod, partner, exclude="^test-")
         store = Store(config.app_keys())
         poller = Poller(config, store, clock=clock.now)

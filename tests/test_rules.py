@@ -100,10 +100,14 @@ def test_alert_rules_shape():
         assert rule["labels"]["severity"] in {"warning", "critical"}, name
         annotations = rule["annotations"]
         assert set(annotations) >= {"summary", "description"}, name
-        # per-app metrics name the app; the exporter's own (scaleengine_state_*,
-        # scaleengine_exporter_*) the instance
-        per_app = re.search(r"scaleengine_(?!state_|exporter_)", rule["expr"])
-        subject = "$labels.app" if per_app else "$labels.instance"
+        # per-app metrics name the app; per-account ones (scaleengine_discovery_*) the
+        # account; the exporter's own (scaleengine_state_*, scaleengine_exporter_*) the
+        # instance
+        per_app = re.search(r"scaleengine_(?!state_|exporter_|discovery_)", rule["expr"])
+        per_account = "scaleengine_discovery_" in rule["expr"]
+        subject = (
+            "$labels.app" if per_app else "$labels.account" if per_account else "$labels.instance"
+        )
         for key in ("summary", "description"):
             assert subject in annotations[key], f"{name} {key} should name {subject}"
         if "Exceeded" in name:

@@ -767,3 +767,28 @@ def test_carriage_return_in_a_video_url_round_trips(tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert blocks.returncode == 0, blocks.stdout + blocks.stderr
+
+
+def test_with_discovery_every_app_app_list_names_is_read(tmp_path):
+    """discovery.enabled without apps: backfill reads the apps app.list names (filtered);
+    a failed listing reads nothing and exits 1 naming the account."""
+    with Simulator(apps={"vod-a": 2, "live-b": 2, "vod-c": 1}, tz=TZ) as sim:
+        data = config_data(sim)
+        del data["apps"]
+        data["discovery"] = {"enabled": True, "exclude": "^live-"}
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(data))
+        path.chmod(0o600)
+        day = (this_month_start() - timedelta(days=1)).replace(day=1)
+        out = tmp_path / "history.om"
+        args = ["--config", str(path), "--from", day.isoformat(), "--to", day.isoformat()]
+        proc = run_cli(*args, "--output", str(out))
+        assert proc.returncode == 0, proc.stderr
+        apps = {dict(k[1])["app"] for k in parse(out.read_text())}
+        assert apps == {"vod-a", "vod-c"}
+        sim.set_fault("app.list", "failure_0005")
+        again = tmp_path / "again.om"
+        proc = run_cli(*args, "--output", str(again))
+    assert proc.returncode == 1
+    assert f"cannot list the apps of account {sim.cdn_id} (discovery)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not again.exists()

@@ -16,6 +16,7 @@ from typing import IO
 from .. import __version__
 from ..config import Config, ConfigError, load_config
 from ..logs import add_log_flags, log_level_of, set_secrets, setup_logging
+from .discover import DiscoveryError, with_discovered
 from .output import OutputError
 from .plan import PROG, check_range
 from .runner import run
@@ -23,7 +24,8 @@ from .runner import run
 _DATE_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 DESCRIPTION = (
-    "Read past days of usage.vse for every configured app and write them as OpenMetrics "
+    "Read past days of usage.vse for every configured app (and, with discovery.enabled, "
+    "every app app.list names) and write them as OpenMetrics "
     "with timestamps (one sample per series at the last second of each day in "
     "poll.timezone), for `promtool tsdb create-blocks-from openmetrics`. Month-to-date "
     "series need every day of the month, so reading starts on the first day of "
@@ -33,7 +35,8 @@ DESCRIPTION = (
 )
 EPILOG = (
     "Exit status: 0 every day was read; 1 some app-day could not be read after retries "
-    "(named on stderr; every other day is written: rerun to fill the gaps); 2 bad "
+    "(named on stderr; every other day is written: rerun to fill the gaps), or an "
+    "account's app.list failed with discovery on (nothing read); 2 bad "
     "arguments or config. Progress goes to stderr."
 )
 
@@ -137,6 +140,11 @@ def main(
         parser.error(str(err))
     _check_output(parser, args.output)
     _warn_late_data(config, end, today, now(), stream)
+    try:
+        config = with_discovered(config)
+    except DiscoveryError as err:
+        stream.write(f"{PROG}: error: {err}\n")
+        return 1
     try:
         return run(config, args.start, end, args.output, stderr=stream)
     except OutputError as err:

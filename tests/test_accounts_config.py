@@ -292,3 +292,21 @@ def test_check_config_notes_missing_secrets_and_checks_the_rest(tmp_path):
     assert config.app_keys() == [AppKey("prod", "a"), AppKey("partner", "b")]
     with pytest.raises(ConfigError):  # loading for real still needs them
         load_config(path, env={})
+
+
+def test_the_accounts_form_shown_in_config_example_loads(tmp_path):
+    """config.example.yaml shows the accounts form commented out: uncommented, it loads
+    (its secret files do not exist here: only noted, as --check-config does)."""
+    import re
+
+    from helpers import ROOT
+
+    text = (ROOT / "config.example.yaml").read_text()
+    block = re.search(r"^# accounts:\n(?:#   .*\n)+", text, re.M)
+    assert block, "config.example.yaml shows the accounts form"
+    path = tmp_path / "accounts.yaml"
+    path.write_text("\n".join(line[2:] for line in block.group(0).splitlines()) + "\n")
+    env = {"PROD_API_KEY": "k-1", "PROD_API_SECRET": "s-1"}
+    config, unchecked = check_config(str(path), env)
+    assert [a.name for a in config.accounts] == ["production", "partner"]
+    assert config.accounts[1].discovery.enabled and len(unchecked) == 2

@@ -290,9 +290,10 @@ def _panels() -> dict[str, dict]:
 
 
 def _grafana_query(expr: str, apps: list[str]) -> str:
-    """The expression as Grafana sends it with $app set to these apps (multi-select)."""
+    """The expression as Grafana sends it with $app set to these apps (multi-select) and
+    $account to All (its all value, .*)."""
     escaped = [re.sub(r"([\\^$*+?.()|\[\]{}/])", r"\\\\\1", a) for a in apps]
-    expr = expr.replace("$app", "(" + "|".join(escaped) + ")")
+    expr = expr.replace("$app", "(" + "|".join(escaped) + ")").replace("$account", ".*")
     assert "$" not in expr, expr
     return expr
 

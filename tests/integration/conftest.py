@@ -121,6 +121,9 @@ def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exporter]:
             for name in DEMO_APPS
         ],
         "poll": {"interval": "2s", "month_interval": "10s", "timezone": "UTC"},
+        # discovery on (the demo's app list names these apps): its metrics are used by the
+        # rules too
+        "discovery": {"enabled": True},
         # with a state file, as in production: its metrics are used by the rules too
         "state": {"path": str(tmp / "state.json")},
     }

@@ -89,11 +89,14 @@ def rule_exprs() -> list[tuple[str, str]]:
 
 
 def exporter_sample_names(exporter) -> set[str]:
-    return {
-        sample.name
-        for family in text_string_to_metric_families(exporter.metrics())
-        for sample in family.samples
-    }
+    """The sample names the exporter serves, and those of the counters it declares without
+    a sample yet (e.g. scaleengine_discovery_failures_total before any failure)."""
+    names = set()
+    for family in text_string_to_metric_families(exporter.metrics()):
+        names.update(sample.name for sample in family.samples)
+        if family.type == "counter" and not family.samples:
+            names.add(family.name + "_total")
+    return names
 
 
 def app_values(prometheus) -> list[str]:

@@ -539,16 +539,18 @@ def test_max_pages(simulator):
 
 
 def test_connection_refused():
+    # bound but not listening: connects are refused, and no neighbour (pytest-xdist) can take
+    # the port while the test runs
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    seen = []
-    client = ScaleEngineClient(
-        f"http://127.0.0.1:{port}/stable/", 1, "k" * 32, "s" * 64, timeout=0.5, retries=1,
-        backoff_base=0.01, on_request=seen.append,
-    )  # fmt: skip
-    with client, pytest.raises(ApiError) as ei:
-        client.fetch_usage("a", None, 2025, 1, 1)
+        seen = []
+        client = ScaleEngineClient(
+            f"http://127.0.0.1:{port}/stable/", 1, "k" * 32, "s" * 64, timeout=0.5, retries=1,
+            backoff_base=0.01, on_request=seen.append,
+        )  # fmt: skip
+        with client, pytest.raises(ApiError) as ei:
+            client.fetch_usage("a", None, 2025, 1, 1)
     assert ei.value.outcome == "connection" and ei.value.retryable
     assert seen == ["connection", "connection"]
 

@@ -414,6 +414,7 @@ def test_open_files_limit_raised_and_idle_connections_do_not_starve(tmp_path, si
         stop_daemon(daemon)
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_basic_auth_time_does_not_tell_users_apart(tmp_path, sim):
     """An unknown user and a wrong password cost the same bcrypt time, even for a user whose
     hash has a lower cost than the others'."""
@@ -675,6 +676,7 @@ def _closed_by_server(s: socket.socket) -> bool:
         s.setblocking(True)
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_idle_connections_give_way_to_a_scraper_at_the_cap(tmp_path, sim):
     """With a hard open-files limit of 400, the cap is 272 connections (400 - 128). 272 idle
     keep-alive connections fill it and all stay open; then a scraper still gets its answer,
@@ -727,6 +729,7 @@ def _statuses_of_simultaneous_checks(
             c.close()
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_pending_password_checks_are_bounded(tmp_path, sim):
     """At most 8 bcrypt checks wait or run at once, 4 from one address: the next gets 429
     (with Retry-After) at once instead of queueing."""
@@ -951,6 +954,7 @@ def test_answers_under_way_are_bounded_and_stalled_ones_give_way(tmp_path, big_s
         stop_daemon(daemon)
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_a_flood_of_landing_pages_does_not_slow_scrapes(tmp_path):
     """5,000 apps (a landing page of 2 MB, about 90 ms to render): 8 connections asking for
     "/" back to back leave the scrapes' median within a generous multiple of the quiet one

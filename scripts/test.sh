@@ -14,8 +14,8 @@ ensure_venv '.[test]'
 echo "== ruff check" && .venv/bin/ruff check .
 echo "== ruff format --check" && .venv/bin/ruff format --check .
 echo "== pytest"
-# Most tests wait on subprocesses and deadlines, not the CPU: 4 workers, each taking whole
-# files (a file's module fixtures start once). Tests marked `alone` run with no neighbour
-# (tests/conftest.py). Later flags win: `./scripts/test.sh -n 0 tests/test_web.py` runs one
-# file in one process.
-.venv/bin/python -m pytest -n 4 --dist loadfile "$@"
+# Most tests wait on subprocesses and deadlines, not the CPU: 4 workers, each test to the
+# next free one (a file whose tests share a daemon stays together; tests/conftest.py). Tests
+# marked `alone` run with no neighbour. Later flags win: `./scripts/test.sh -n 0
+# tests/test_web.py` runs one file in one process.
+.venv/bin/python -m pytest -n 4 --dist loadgroup "$@"

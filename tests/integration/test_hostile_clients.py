@@ -31,9 +31,9 @@ from helpers import ROOT, free_port, make_pki, need_binary, sim_config, wait_for
 
 from exporter.simulator import Simulator
 
-# Floods of hundreds of connections, each with a scraper's deadline: one at a time under
-# pytest-xdist (one worker runs the group), so no flood runs beside another.
-FLOODS = pytest.mark.xdist_group("floods")
+# Floods of hundreds of connections, each with a scraper's deadline: never two at once
+# (tests/parallel.py).
+FLOODS = pytest.mark.serial("floods")
 
 ATTACK_CONNECTIONS = 1500
 

@@ -4,8 +4,9 @@ tests/conftest.py imports these hooks; a test written in the usual style needs n
 here (its ports come from helpers.free_port, its files from tmp_path). Two markers:
 
 - ``@pytest.mark.alone``: a test that measures latency or a timing ratio, which a neighbour's
-  CPU load would disturb. It waits for the running tests to end, and none starts until it
-  is done.
+  CPU load would disturb. scripts/test.sh runs these after the others, in one process
+  (``-m alone``); in a parallel run that has them too, one waits for the running tests to
+  end, and none starts until it is done.
 - ``@pytest.mark.serial("name")``: tests of the same name never run at the same time (e.g.
   floods of connections, each with a scraper's deadline), while other tests run beside them.
 

@@ -412,7 +412,11 @@ class PollWorker:
                 "the connection to the poll worker broke",
                 extra={"err": f"{type(err).__name__}: {str(err)[:200]}"},
             )
-        conn.close()
+        # Not while a send is under way (every send holds the lock): the freed descriptor
+        # number may at once be a scraper's socket, and the rest of a config (the API secret
+        # in it) written there. A send after the close raises OSError instead.
+        with self._send_lock:
+            conn.close()
         if conn is self._conn:
             self.exited.set()
 

@@ -449,10 +449,15 @@ def supervise(worker: PollWorker, stop: threading.Event) -> None:
         delay = min(delay * 2, RESTART_MAX)
 
 
+# A SIGHUP before the reloader exists (the port already answers): noted, and reloaded as soon
+# as the reloader exists, not lost.
+_early_hangup = threading.Event()
+
+
 def _catch_stop_signals() -> tuple[threading.Event, list[int]]:
-    """SIGTERM and SIGINT set the event (and are noted in the list); SIGHUP is ignored until
+    """SIGTERM and SIGINT set the event (and are noted in the list); SIGHUP is noted until
     the reloader exists. Installed first: a signal as soon as the port answers must stop us
-    cleanly, and a SIGHUP before the reloader exists must not kill us."""
+    cleanly, and a SIGHUP before the reloader exists must not kill us, nor be lost."""
     stop = threading.Event()
     received: list[int] = []
 
@@ -462,7 +467,7 @@ def _catch_stop_signals() -> tuple[threading.Event, list[int]]:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: _early_hangup.set())
     return stop, received
 
 
@@ -514,6 +519,8 @@ def _start_reloading(reloader: Reloader, auto_reload: float, config_path: str | 
         threading.Thread(target=reloader, name="reload", daemon=True).start()
 
     signal.signal(signal.SIGHUP, on_hangup)
+    if _early_hangup.is_set():  # one came before the line above: reload now
+        on_hangup(signal.SIGHUP, None)
     if auto_reload > 0 and config_path is not None:
         # reloader.config is the running config after each reload
         ConfigWatcher(

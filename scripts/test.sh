@@ -14,4 +14,17 @@ ensure_venv '.[test]'
 echo "== ruff check" && .venv/bin/ruff check .
 echo "== ruff format --check" && .venv/bin/ruff format --check .
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
+# Most tests wait on subprocesses and deadlines, not the CPU: 4 workers, each test to the
+# next free one (tests/parallel.py). Then the tests marked `alone` (they measure timing),
+# with nothing beside them. Arguments go to both runs; later flags win, so
+# `./scripts/test.sh -n 0 tests/test_web.py` runs a file in one process. A run that selects
+# no test (exit 5) counts as passed when the other one ran tests.
+parallel=0 alone=0
+.venv/bin/python -m pytest -n 4 --dist loadgroup -m "not alone" "$@" || parallel=$?
+echo "== pytest: the tests marked alone"
+.venv/bin/python -m pytest -m alone "$@" || alone=$?
+if [ "$parallel" = 5 ] && [ "$alone" = 5 ]; then exit 5; fi
+[ "$parallel" = 5 ] && parallel=0
+[ "$alone" = 5 ] && alone=0
+[ "$parallel" = 0 ] || exit "$parallel"
+exit "$alone"

@@ -6,6 +6,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from parallel import (  # noqa: F401  (hooks: tests beside each other under xdist)
+    pytest_collection_modifyitems,
+    pytest_configure,
+    pytest_runtest_protocol,
+    pytest_unconfigure,
+)
 
 from exporter.simulator import SimClock, Simulator
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
 import socket
 import subprocess
@@ -71,10 +73,41 @@ def sim_config(sim, **sections: dict) -> dict:
     return data
 
 
+# free_port's ports: a block per pytest-xdist worker (PYTEST_XDIST_WORKER "gw0", "gw1", ...;
+# unset without xdist), all below the kernel's ephemeral range (32768-60999 by default). A
+# port the kernel hands out for bind(("", 0)) or an outgoing connection (the simulator, every
+# client, a neighbour worker's) is never one of them, and two workers never pick the same one,
+# so the gap between our check and the started process's own bind is safe beside neighbours.
+_PORT_BASE, _PORT_BLOCK, _PORT_BLOCKS = 20000, 600, 20
+_port_next: list[int] = []
+
+
+def _port_block() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) % (_PORT_BLOCKS - 1) if worker[2:].isdigit() else _PORT_BLOCKS - 1
+    start = _PORT_BASE + index * _PORT_BLOCK
+    return range(start, start + _PORT_BLOCK)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nobody listens on now, for a process the test starts to bind.
+
+    Taken in turn from this worker's own block (see _PORT_BASE), starting at a random place
+    (another pytest run on the same machine starts elsewhere) and skipping any port that
+    cannot be bound now (in use, or in TIME_WAIT from an earlier test)."""
+    block = _port_block()
+    if not _port_next:
+        _port_next.append(block.start + random.randrange(len(block)))
+    for _ in range(len(block)):
+        port = _port_next[0]
+        _port_next[0] = block.start + (port + 1 - block.start) % len(block)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    pytest.fail(f"no free loopback port in {block.start}-{block.stop - 1}")
 
 
 def need_binary(name: str, package: str = "prometheus") -> str:

@@ -412,7 +412,9 @@ def test_400_days_are_accepted(sim, tmp_path):
 
 def test_bad_config_exit_2(tmp_path):
     cfg = tmp_path / "c.yaml"
+    # only apps is wrong (without a scaleengine section, that is the first error named)
     cfg.write_text("scaleengine: {cdn_id: 1, api_key: k, api_secret: s}\napps: []\n")
+    cfg.chmod(0o600)
     proc = run_cli("--config", str(cfg), "--from", "2026-01-01", "--output", "-")
     assert proc.returncode == 2
     assert "apps: must list at least one app" in proc.stderr

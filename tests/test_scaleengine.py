@@ -471,8 +471,11 @@ def test_fault_modes(simulator, mode):
     simulator.set_fault("demo-origin", mode)
     seen = []
     day = today(simulator)
-    # reading 64 MiB on a busy machine may take longer than 0.3 s
-    timeout = 20 if outcome == "too_large" else 0.3
+    # reading 64 MiB on a busy machine may take longer than 0.3 s; the timeout modes wait out
+    # 0.3 s (the simulator's fault_delay is 1 s); the others get an answer at once, which on
+    # a busy machine (tests run beside each other) may still take longer than 0.3 s: a
+    # timeout there would be retried and the request count not tell the mode's own outcome
+    timeout = {"too_large": 20.0, "timeout": 0.3}.get(outcome, 5.0)
     with make_client(
         simulator, page_size=10, retries=2, timeout=timeout, on_request=seen.append
     ) as c:
@@ -539,16 +542,18 @@ def test_max_pages(simulator):
 
 
 def test_connection_refused():
+    # bound but not listening: connects are refused, and no neighbour (pytest-xdist) can take
+    # the port while the test runs
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    seen = []
-    client = ScaleEngineClient(
-        f"http://127.0.0.1:{port}/stable/", 1, "k" * 32, "s" * 64, timeout=0.5, retries=1,
-        backoff_base=0.01, on_request=seen.append,
-    )  # fmt: skip
-    with client, pytest.raises(ApiError) as ei:
-        client.fetch_usage("a", None, 2025, 1, 1)
+        seen = []
+        client = ScaleEngineClient(
+            f"http://127.0.0.1:{port}/stable/", 1, "k" * 32, "s" * 64, timeout=0.5, retries=1,
+            backoff_base=0.01, on_request=seen.append,
+        )  # fmt: skip
+        with client, pytest.raises(ApiError) as ei:
+            client.fetch_usage("a", None, 2025, 1, 1)
     assert ei.value.outcome == "connection" and ei.value.retryable
     assert seen == ["connection", "connection"]
 

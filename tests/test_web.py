@@ -432,6 +432,7 @@ def _many_apps(n: int) -> tuple[Store, Exposition]:
     return store, Exposition(store, "UTC", {}, process_metrics=False)
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_landing_page_is_rendered_at_most_once_a_second():
     """A flood of "/" with 5,000 apps renders the page at most once a second (each render
     takes about 90 ms), and a change still shows within a few seconds."""
@@ -481,6 +482,7 @@ def test_landing_page_is_rendered_at_most_once_a_second():
         server.server_close()
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_landing_page_renders_out_of_the_loop(stack, monkeypatch):
     """A landing render that takes 3 s holds up neither scrapes nor, once a page exists, the
     next landing requests (they get the last page while the new one renders)."""

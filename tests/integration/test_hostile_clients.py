@@ -31,6 +31,10 @@ from helpers import ROOT, free_port, make_pki, need_binary, sim_config, wait_for
 
 from exporter.simulator import Simulator
 
+# Floods of hundreds of connections, each with a scraper's deadline: never two at once
+# (tests/parallel.py).
+FLOODS = pytest.mark.serial("floods")
+
 ATTACK_CONNECTIONS = 1500
 
 
@@ -272,6 +276,7 @@ def report(name: str, results: list[float | None], attack: Attack) -> None:
     assert len(ok) >= 18, f"{name}: only {len(ok)} of {len(results)} scrapes answered in 2 s"
 
 
+@FLOODS
 def test_slow_request_heads_do_not_lock_out_scrapers(tmp_path, sim, raised_nofile):
     daemon = start_daemon(tmp_path, sim)
     try:
@@ -284,6 +289,7 @@ def test_slow_request_heads_do_not_lock_out_scrapers(tmp_path, sim, raised_nofil
         stop_daemon(daemon)
 
 
+@FLOODS
 def test_stalled_tls_handshakes_do_not_lock_out_scrapers(tmp_path, sim, raised_nofile):
     pki = make_pki(tmp_path)
     web = (
@@ -298,6 +304,7 @@ def test_stalled_tls_handshakes_do_not_lock_out_scrapers(tmp_path, sim, raised_n
         stop_daemon(daemon)
 
 
+@FLOODS
 def test_huge_request_heads_are_cut_and_memory_stays_bounded(tmp_path, sim, raised_nofile):
     """200 connections each sending 6 MB of header lines: 431, and under 200 MB RSS."""
     daemon = start_daemon(tmp_path, sim)
@@ -414,6 +421,7 @@ def test_open_files_limit_raised_and_idle_connections_do_not_starve(tmp_path, si
         stop_daemon(daemon)
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_basic_auth_time_does_not_tell_users_apart(tmp_path, sim):
     """An unknown user and a wrong password cost the same bcrypt time, even for a user whose
     hash has a lower cost than the others'."""
@@ -460,7 +468,10 @@ def test_worker_memory_and_cpu_are_visible(tmp_path, sim):
             )
             # the live part is rendered at most once a second: the first may predate the
             # worker's first clock tick of CPU on a loaded machine
-            return lines if float(lines["scaleengine_worker_cpu_seconds_total"]) > 0 else None
+            # (or come before the daemon knows the worker's pid: no line yet)
+            return (
+                lines if float(lines.get("scaleengine_worker_cpu_seconds_total", 0)) > 0 else None
+            )
 
         lines = wait_for(worker_lines, 10, "the worker's CPU time above 0")
         rss = float(lines["scaleengine_worker_resident_memory_bytes"])
@@ -469,6 +480,7 @@ def test_worker_memory_and_cpu_are_visible(tmp_path, sim):
         stop_daemon(daemon)
 
 
+@FLOODS
 def test_pipelining_clients_do_not_hold_the_loop(tmp_path, sim):
     """6 connections pipelining thousands of cheap requests (reading the answers): each gets
     only a few answers in a row before other connections' turn, so scrapes stay quick."""
@@ -612,6 +624,7 @@ def _non_reader(daemon: Daemon, path: str = "/metrics") -> ssl.SSLSocket:
     return s
 
 
+@FLOODS
 def test_tls_clients_that_never_read_hold_little_memory(tmp_path, big_sim, raised_nofile):
     """100 TLS clients ask for a 12 MB exposition and never read: the serving process sends
     it in pieces as the client reads, so it holds a few pieces per client, not the answer;
@@ -675,6 +688,7 @@ def _closed_by_server(s: socket.socket) -> bool:
         s.setblocking(True)
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_idle_connections_give_way_to_a_scraper_at_the_cap(tmp_path, sim):
     """With a hard open-files limit of 400, the cap is 272 connections (400 - 128). 272 idle
     keep-alive connections fill it and all stay open; then a scraper still gets its answer,
@@ -727,6 +741,7 @@ def _statuses_of_simultaneous_checks(
             c.close()
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_pending_password_checks_are_bounded(tmp_path, sim):
     """At most 8 bcrypt checks wait or run at once, 4 from one address: the next gets 429
     (with Retry-After) at once instead of queueing."""
@@ -756,6 +771,7 @@ def test_pending_password_checks_are_bounded(tmp_path, sim):
         stop_daemon(daemon)
 
 
+@FLOODS
 def test_a_flood_of_wrong_passwords_does_not_hold_up_a_scraper(tmp_path, sim, raised_nofile):
     """300 connections sending wrong passwords as fast as they are answered: without a bound
     the checks queue up for many seconds; with it, a scraper at another address is
@@ -918,6 +934,7 @@ def test_a_cross_site_form_in_a_real_browser_cannot_reload(tmp_path, sim):
         stop_daemon(daemon)
 
 
+@FLOODS
 def test_answers_under_way_are_bounded_and_stalled_ones_give_way(tmp_path, big_sim, raised_nofile):
     """At most 256 answers are sent in pieces at once. 255 TLS clients that never read the
     12 MB exposition leave a place for a scraper; with 256, the scraper's answer takes the
@@ -951,6 +968,7 @@ def test_answers_under_way_are_bounded_and_stalled_ones_give_way(tmp_path, big_s
         stop_daemon(daemon)
 
 
+@pytest.mark.alone  # timing: no neighbour (tests/conftest.py)
 def test_a_flood_of_landing_pages_does_not_slow_scrapes(tmp_path):
     """5,000 apps (a landing page of 2 MB, about 90 ms to render): 8 connections asking for
     "/" back to back leave the scrapes' median within a generous multiple of the quiet one

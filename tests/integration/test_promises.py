@@ -134,8 +134,9 @@ def day_requests(sim: Simulator, app: str) -> list[dict]:
 
 def test_today_and_day_end_follow_poll_timezone(tmp_path, make_sim):
     # a zone whose date is not UTC's right now and whose midnight is hours away: UTC+14 from
-    # 11:00 UTC on (its midnight is at 10:00 UTC), UTC-12 before (its midnight is at noon UTC)
-    zone = fixed_zone(14 if datetime.now(UTC).hour >= 11 else -12)
+    # 12:00 UTC on (its midnight is at 10:00 UTC, and yesterday is polled too until the default
+    # late_data_window of 2 h has passed), UTC-12 before (its midnight is at noon UTC)
+    zone = fixed_zone(14 if datetime.now(UTC).hour >= 12 else -12)
     sim = make_sim({"vod": 8}, tz=zone)
     cfg = write_config(tmp_path / "c.yaml", sim, poll={"timezone": zone})
     before = time.time()

@@ -24,8 +24,9 @@ daemon's serving process and poll worker stay without it; tests/test_footprint.p
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 if TYPE_CHECKING:
     from .defaults import (
@@ -79,8 +80,6 @@ _MODULES = {
         "parse_size",
     ],
 }
-_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
-
 __all__ = [
     "DEFAULT_MAX_FETCH_BYTES",
     "DEFAULT_MAX_LABEL_LENGTH",
@@ -114,14 +113,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _MODULES, globals())

@@ -31,8 +31,9 @@ which renders the stored part only, never loads it (about 1.5 MB of its memory).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 if TYPE_CHECKING:
     from .exposition import (
@@ -78,8 +79,6 @@ _MODULES = {
         "usage_families",
     ],
 }
-_EXPORTS = {name: module for module, names in _MODULES.items() for name in names}
-
 __all__ = [
     "GZIP_LEVEL",
     "LIVE_TTL",
@@ -101,14 +100,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _MODULES, globals())

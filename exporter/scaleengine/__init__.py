@@ -25,8 +25,9 @@ The names below are imported on first use: the simulator, which signs and checks
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..lazy import lazy_names
 
 if TYPE_CHECKING:
     from .client import ScaleEngineClient, client_for, warn_if_cleartext
@@ -34,23 +35,11 @@ if TYPE_CHECKING:
     from .parsing import Page, UsageResult, cut_url, parse_page
     from .protocol import COMMAND, build_request, encode_body, sign
 
-_EXPORTS = {
-    "ScaleEngineClient": "client",
-    "client_for": "client",
-    "warn_if_cleartext": "client",
-    "API_CODES": "errors",
-    "OUTCOMES": "errors",
-    "POLL_TIMEOUT": "errors",
-    "ApiError": "errors",
-    "api_failure": "errors",
-    "Page": "parsing",
-    "UsageResult": "parsing",
-    "cut_url": "parsing",
-    "parse_page": "parsing",
-    "COMMAND": "protocol",
-    "build_request": "protocol",
-    "encode_body": "protocol",
-    "sign": "protocol",
+_MODULES = {
+    "client": ["ScaleEngineClient", "client_for", "warn_if_cleartext"],
+    "errors": ["API_CODES", "OUTCOMES", "POLL_TIMEOUT", "ApiError", "api_failure"],
+    "parsing": ["Page", "UsageResult", "cut_url", "parse_page"],
+    "protocol": ["COMMAND", "build_request", "encode_body", "sign"],
 }
 
 __all__ = [
@@ -73,14 +62,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _MODULES, globals())

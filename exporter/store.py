@@ -19,8 +19,23 @@ from .appkey import AppKey
 OTHER = "__other__"
 
 
+class _Keyed:
+    """``app`` and ``account`` of a record kept by its :class:`AppKey` ``key``."""
+
+    __slots__ = ()
+    key: AppKey
+
+    @property
+    def app(self) -> str:
+        return self.key.app
+
+    @property
+    def account(self) -> str:
+        return self.key.account
+
+
 @dataclass(frozen=True, slots=True)
-class AppUsage:
+class AppUsage(_Keyed):
     """Usage data of one app as of its last successful poll (the big, per-video part)."""
 
     key: AppKey  # (account, app)
@@ -35,17 +50,9 @@ class AppUsage:
     month_requests: int | None = None
     previous_day_bytes: int | None = None
 
-    @property
-    def app(self) -> str:
-        return self.key.app
-
-    @property
-    def account(self) -> str:
-        return self.key.account
-
 
 @dataclass(frozen=True, slots=True)
-class AppStatus:
+class AppStatus(_Keyed):
     """Small, per-app health and counter values; rendered at scrape time."""
 
     key: AppKey  # (account, app)
@@ -60,14 +67,6 @@ class AppStatus:
     skipped_rows: int = 0
     last_error: str | None = None
     incomplete_rows: int = 0  # rows kept with requests 0 (requests_total null or missing)
-
-    @property
-    def app(self) -> str:
-        return self.key.app
-
-    @property
-    def account(self) -> str:
-        return self.key.account
 
 
 @dataclass(frozen=True, slots=True)

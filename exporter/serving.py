@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .cli import serve_forever
 from .config import ConfigError
+from .daemon import serve_forever
 from .handoff import read_payload, run_child
 from .logs import setup_logging
 from .state import open_state_file

@@ -123,7 +123,7 @@ def test_serving_process_and_worker_fit_64_mb_and_serving_loads_no_poll_stack(tm
         code = proc.wait(15)
     assert code == 0, log_path.read_text()
     loaded = set(modules_file.read_text().split())
-    assert {"exporter.web.server", "exporter.cli"} <= loaded  # the real list, written at exit
+    assert {"exporter.web.server", "exporter.daemon"} <= loaded  # the real list, written at exit
     top = {name.split(".")[0] for name in loaded}
     assert not top.intersection(NOT_SERVING), sorted(top.intersection(NOT_SERVING))
     assert "Traceback" not in log_path.read_text()

@@ -136,7 +136,8 @@ def test_single_form_errors_keep_their_names():
         ({"scaleengine": {**se, "apps": ["a"]}}, "unknown field 'scaleengine.apps'"),
         ({"scaleengine": se, "apps": [""]}, "apps[0].name: app name must not be empty"),
         ({"scaleengine": se, "apps": ["a", "a"]}, "apps[1].name: app 'a' is listed twice"),
-        ({"scaleengine": se}, "apps: must list at least one app (or set discovery.enabled)"),
+        ({"scaleengine": se},
+         "apps: must list at least one app (or set discovery.enabled beside it)"),
         ({"scaleengine": se, "apps": ["a"], "discovery": {"interval": "1s"}},
          "discovery.interval: must be at least 60s"),
         ({"scaleengine": "x", "apps": ["a"]}, "scaleengine: must be a mapping"),
@@ -278,7 +279,8 @@ def test_check_config_notes_missing_secrets_and_checks_the_rest(tmp_path):
     with pytest.raises(ConfigError) as info:  # the rest is still checked: prod has no apps
         check_config(path, env={})
     assert info.value.problems == (
-        "accounts[0].apps: must list at least one app (or set discovery.enabled)",)  # fmt: skip
+        "accounts[0].apps: must list at least one app (or set discovery.enabled beside it)",
+    )
     text = path.read_text().replace(
         "api_secret_file: /run/x", "api_secret_file: /run/x\n  apps: [a]"
     )

@@ -249,7 +249,12 @@ def test_repeated_failures_are_logged_as_repeated_events_are(sim, caplog):
     for _ in range(12):
         assert not poller.check_app_list()
     assert disc(store, sim).failures == {"api_0005": 12}
-    counts = [r.count for r in caplog.records if "keeps the last good list" in r.getMessage()]
+    # no good listing yet: nothing is kept, and the line says so
+    logged = [r for r in caplog.records if "app.list failed: discovery" in r.getMessage()]
+    assert {r.getMessage() for r in logged} == {
+        "app.list failed: discovery has no list of apps yet"
+    }
+    counts = [r.count for r in logged]
     assert counts == [1, 10]  # the 1st and the 10th: 1, 10, 100, every 1000th
 
 
@@ -365,7 +370,7 @@ def test_once_without_apps_polls_what_app_list_names(tmp_path):
         sim.set_fault("app.list", "failure_0005")
         proc = run_once(tmp_path, data)
         assert proc.returncode == 1  # nothing to poll is not a success
-        assert "discovery keeps the last good list" in proc.stderr
+        assert "discovery has no list of apps yet" in proc.stderr
         assert "Traceback" not in proc.stderr
 
 

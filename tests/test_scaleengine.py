@@ -1073,3 +1073,20 @@ def test_signing_alone_does_not_load_the_http_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[:2] == ["[]", "True"]
+
+
+def test_a_404_names_the_setting_to_check():
+    """A 404 is most likely a wrong api_url (e.g. without its trailing /stable/): the error
+    says where the address is set; other statuses do not get the hint."""
+    from exporter.scaleengine.parsing import http_failure
+
+    def scrub(text: str) -> str:
+        return text
+
+    err = http_failure(404, "Not Found", None, b"<html>nope</html>", scrub)
+    assert err.outcome == "http_status" and not err.retryable
+    assert err.message == (
+        "API answered HTTP 404 Not Found (check scaleengine.api_url: the API's address ends"
+        " in /stable/ or /dev/)"
+    )
+    assert "api_url" not in http_failure(500, "Oops", None, b"", scrub).message

@@ -75,7 +75,7 @@ def _error_text(
         return path, "required field missing"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return path, "must be a mapping"
-    if kind == "list_type":
+    if kind in ("list_type", "tuple_type"):  # accounts: is a tuple in the model
         return path, "must be a list"
     if kind == "int_parsing":
         return path, "expected a whole number, not text"

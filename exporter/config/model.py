@@ -80,7 +80,9 @@ class AccountConfig(AccountViews, ScaleEngineConfig):
     @model_validator(mode="after")
     def _some_apps(self) -> AccountConfig:
         if not self.apps and not self.discovery.enabled:
-            raise ValueError("@apps: must list at least one app (or set discovery.enabled)")
+            raise ValueError(
+                "@apps: must list at least one app (or set discovery.enabled beside it)"
+            )
         return self
 
 

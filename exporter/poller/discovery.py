@@ -279,7 +279,7 @@ class Discovering(PollerBase):
             "discovery: app set changed",
             extra={
                 "account": account,
-                "apps": len(self._apps),
+                "apps": sum(1 for key in self._apps if key.account == account),
                 "added": _names({k.app for k in added}),
                 "removed": _names({k.app for k in removed}),
             },
@@ -318,8 +318,11 @@ class Discovering(PollerBase):
         self.store.count_discovery_failure(account.name, err.outcome)
         n = listing.fail_counts[err.outcome] = listing.fail_counts.get(err.outcome, 0) + 1
         if should_log(n):
+            kept = listing.listing is not None or listing.discovered
             log.warning(
-                "app.list failed: discovery keeps the last good list of apps",
+                "app.list failed: discovery keeps the last good list of apps"
+                if kept
+                else "app.list failed: discovery has no list of apps yet",
                 extra={
                     "account": account.name,
                     "outcome": err.outcome,

@@ -398,6 +398,8 @@ def http_failure(
             busy=True,
             retry_after=wait,
         )
+    if status == 404:  # most likely a wrong address: say where it is set
+        what += " (check scaleengine.api_url: the API's address ends in /stable/ or /dev/)"
     return ApiError(what, "http_status", status >= 500 or status == 429)
 
 

@@ -312,3 +312,12 @@ def test_the_accounts_form_shown_in_config_example_loads(tmp_path):
     config, unchecked = check_config(str(path), env)
     assert [a.name for a in config.accounts] == ["production", "partner"]
     assert config.accounts[1].discovery.enabled and len(unchecked) == 2
+
+
+def test_accounts_written_as_a_mapping_is_told_to_be_a_list():
+    """A new user's slip (accounts: as one mapping, not a list of `- name:` entries) gets a
+    message in the config's words, not the model's ("a valid tuple")."""
+    with pytest.raises(ConfigError) as info:
+        parse_config({"accounts": {"name": "p", "cdn_id": 1}}, env={})
+    assert "accounts: must be a list" in str(info.value)
+    assert "tuple" not in str(info.value)

@@ -238,8 +238,8 @@ def run_once(config: Config, state: StateFile | None) -> int:
     return 0 if ok else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _subcommand(argv: list[str]) -> int | None:
+    """`backfill` and `list-apps`: their own flags and main; None for the daemon's."""
     if argv[:1] == ["backfill"]:
         from .backfill import main as backfill_main
 
@@ -248,17 +248,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .listapps import main as list_apps_main
 
         return list_apps_main(argv[1:])
+    return None
+
+
+def _check_config_only(args: argparse.Namespace) -> int:
+    """--check-config (without --demo): the file checked without its secrets."""
+    try:
+        _auto_reload_interval(args.auto_reload_interval)
+    except ConfigError as err:
+        return fail(str(err))
+    from .checkconfig import check_config_file  # pydantic: not in the serving process
+
+    return check_config_file(args.config or DEFAULT_CONFIG, lambda c: _with_flags(c, args))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    code = _subcommand(argv)
+    if code is not None:
+        return code
     args = build_parser().parse_args(argv)
     level = log_level_of(args)
     formatter = setup_logging(level, args.log_format)
     if args.check_config and not args.demo:
-        try:
-            _auto_reload_interval(args.auto_reload_interval)
-        except ConfigError as err:
-            return fail(str(err))
-        from .checkconfig import check_config_file  # pydantic: not in the serving process
-
-        return check_config_file(args.config or DEFAULT_CONFIG, lambda c: _with_flags(c, args))
+        return _check_config_only(args)
 
     simulator = None
     try:

@@ -16,7 +16,7 @@ from typing import IO
 
 from . import __version__
 from .config import ConfigError, load_config
-from .logs import add_log_flags, log_level_of, set_secrets, setup_logging
+from .logs import add_client_log_flags, log_level_of, set_secrets, setup_logging
 from .scaleengine import ApiError, client_for
 
 PROG = "scaleengine-exporter list-apps"
@@ -51,12 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="text: one app name per line, account<TAB>app with several accounts (default);"
         " json: the list of entries with every field the API gave, and account",
     )
-    add_log_flags(
-        p,
-        "warn",
-        "log level of the API client's messages on stderr (default warn)",
-        "log format on stderr (default logfmt)",
-    )
+    add_client_log_flags(p)
     p.add_argument("--version", action="version", version=f"scaleengine-exporter {__version__}")
     return p
 

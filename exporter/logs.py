@@ -95,6 +95,17 @@ def add_log_flags(
     )
 
 
+def add_client_log_flags(parser: argparse.ArgumentParser) -> None:
+    """The log flags of the API client's one-off commands (backfill, list-apps): warn and
+    above by default, on stderr."""
+    add_log_flags(
+        parser,
+        "warn",
+        "log level of the API client's messages on stderr (default warn)",
+        "log format on stderr (default logfmt)",
+    )
+
+
 def log_level_of(args: argparse.Namespace) -> str:
     """The logging level name of --log.level (``warn`` is ``warning``)."""
     return "warning" if args.log_level == "warn" else str(args.log_level)

@@ -15,7 +15,7 @@ from typing import IO
 
 from .. import __version__
 from ..config import Config, ConfigError, load_config
-from ..logs import add_log_flags, log_level_of, set_secrets, setup_logging
+from ..logs import add_client_log_flags, log_level_of, set_secrets, setup_logging
 from .discover import DiscoveryError, with_discovered
 from .output import OutputError
 from .plan import PROG, check_range
@@ -81,12 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="OpenMetrics file to write ('-' for stdout, which cannot resume); an existing "
         "file written by this command is kept and completed",
     )
-    add_log_flags(
-        p,
-        "warn",
-        "log level of the API client's messages on stderr (default warn)",
-        "log format on stderr (default logfmt)",
-    )
+    add_client_log_flags(p)
     p.add_argument("--version", action="version", version=f"scaleengine-exporter {__version__}")
     return p
 

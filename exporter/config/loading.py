@@ -22,6 +22,7 @@ from ..state import read_regular_file
 from .errors import ConfigError, problems_error, validation_problems
 from .errors import show as _show
 from .model import (
+    NOT_IN_SCALEENGINE,
     SINGLE_FORM_KEYS,
     Config,
     both_forms_message,
@@ -244,10 +245,10 @@ def _form_problems(data: dict[Any, Any], problems: list[tuple[str, str]]) -> dic
         return {k: v for k, v in data.items() if k not in given}
     section = data.get("scaleengine")
     if isinstance(section, dict):
-        for key in ("name", "apps", "discovery"):
+        for key in NOT_IN_SCALEENGINE:
             if key in section:
                 problems.append((f"scaleengine.{key}", f"unknown field 'scaleengine.{key}'"))
-        section = {k: v for k, v in section.items() if k not in ("name", "apps", "discovery")}
+        section = {k: v for k, v in section.items() if k not in NOT_IN_SCALEENGINE}
         data = {**data, "scaleengine": section}
     return data
 

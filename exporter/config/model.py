@@ -31,6 +31,7 @@ from .views import AccountViews, ConfigViews
 
 __all__ = [
     "MAX_ACCOUNT_NAME",
+    "NOT_IN_SCALEENGINE",
     "SINGLE_FORM_KEYS",
     "AccountConfig",
     "Config",
@@ -40,7 +41,17 @@ __all__ = [
 MAX_ACCOUNT_NAME = 64  # characters of an account's name (its label value)
 SINGLE_FORM_KEYS = ("scaleengine", "apps", "discovery")  # the keys accounts: replaces
 # keys of scaleengine: that an account has but the single form takes at the top level
-_NOT_IN_SCALEENGINE = ("name", "apps", "discovery")
+NOT_IN_SCALEENGINE = ("name", "apps", "discovery")
+
+
+def first_repeat(names: list[str]) -> int | None:
+    """The index of the first name given a second time, or None."""
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            return index
+        seen.add(name)
+    return None
 
 
 def check_account_name(value: str) -> str:
@@ -70,11 +81,9 @@ class AccountConfig(AccountViews, ScaleEngineConfig):
     @field_validator("apps")
     @classmethod
     def _unique_apps(cls, value: list[AppConfig]) -> list[AppConfig]:
-        seen: set[str] = set()
-        for index, app in enumerate(value):
-            if app.name in seen:
-                raise ValueError(f"@[{index}].name: app {_show(app.name)} is listed twice")
-            seen.add(app.name)
+        index = first_repeat([app.name for app in value])
+        if index is not None:
+            raise ValueError(f"@[{index}].name: app {_show(value[index].name)} is listed twice")
         return value
 
     @model_validator(mode="after")
@@ -112,7 +121,7 @@ def single_form_to_accounts(data: dict[Any, Any]) -> dict[Any, Any]:
     if not isinstance(section, dict):
         out["accounts"] = [section]  # reported as "must be a mapping"
         return out
-    for key in _NOT_IN_SCALEENGINE:
+    for key in NOT_IN_SCALEENGINE:
         if key in section:
             raise ValueError(f"@scaleengine.{key}: unknown field 'scaleengine.{key}'")
     account = {"name": _default_name(section)}
@@ -151,11 +160,9 @@ class Config(ConfigViews, BaseModel):
     def _unique_names(cls, value: tuple[AccountConfig, ...]) -> tuple[AccountConfig, ...]:
         if not value:
             raise ValueError("must list at least one account")
-        seen: set[str] = set()
-        for index, account in enumerate(value):
-            if account.name in seen:
-                raise ValueError(f"@[{index}].name: {duplicate_account_message(account.name)}")
-            seen.add(account.name)
+        index = first_repeat([account.name for account in value])
+        if index is not None:
+            raise ValueError(f"@[{index}].name: {duplicate_account_message(value[index].name)}")
         return value
 
     def secret_values(self) -> list[str]:

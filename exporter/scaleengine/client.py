@@ -283,17 +283,23 @@ class ScaleEngineClient:
         self, app: str, urls: list[str] | None, year: int, month: int, day: int | None, offset: int
     ) -> Page:
         """One page, with retries of transient errors (capped exponential backoff, jitter)."""
+        retrying = self._retrying(before_sleep=self._before_sleep)
+        return retrying(self._attempt, app, urls, year, month, day, offset)
+
+    def _retrying(self, **extra: Any) -> tenacity.Retrying:
+        """The retry policy of one request (a usage.vse page, app.list): retryable ApiErrors
+        tried again up to ``retries`` times, capped exponential backoff with jitter, never
+        sleeping past the fetch's deadline."""
         backoff = tenacity.wait_random_exponential(
             multiplier=self.backoff_base, max=self.backoff_max
         )
-        retrying = tenacity.Retrying(
+        return tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self.retries + 1),
             wait=lambda state: min(backoff(state), _time_left(backoff.max)),
             retry=tenacity.retry_if_exception(lambda e: isinstance(e, ApiError) and e.retryable),
             reraise=True,
-            before_sleep=self._before_sleep,
+            **extra,
         )
-        return retrying(self._attempt, app, urls, year, month, day, offset)
 
     @staticmethod
     def _before_sleep(state: tenacity.RetryCallState) -> None:
@@ -319,15 +325,7 @@ class ScaleEngineClient:
         """The account's applications (app.list): each entry a dict with its ``name`` first
         and the fields the API gave. Retries transient failures like a usage.vse page; 1000
         (busy) is not retried; ``deadline`` as for :meth:`fetch_usage`. Raises ApiError."""
-        backoff = tenacity.wait_random_exponential(
-            multiplier=self.backoff_base, max=self.backoff_max
-        )
-        retrying = tenacity.Retrying(
-            stop=tenacity.stop_after_attempt(self.retries + 1),
-            wait=lambda state: min(backoff(state), _time_left(backoff.max)),
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, ApiError) and e.retryable),
-            reraise=True,
-        )
+        retrying = self._retrying()
         outer = getattr(_current, "poll_deadline", None)
         _current.poll_deadline = deadline
         try:
